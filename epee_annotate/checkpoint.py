@@ -1,0 +1,108 @@
+"""Checkpoint directory format.
+
+A checkpoint is a directory:
+
+- ``epee_config.json``: task, label names, number of exits, pooling, default policy,
+  calibration record, training metadata, package version, weights hash;
+- ``config.json``: the backbone's Hugging Face config;
+- ``model.safetensors``: backbone + exit-head weights (safetensors only; never pickle);
+- tokenizer files (text) or ``preprocessor_config.json`` (images).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from safetensors.torch import load_model, save_model
+
+from . import __version__
+
+CONFIG_NAME = "epee_config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete or does not fit the model."""
+
+
+@dataclass
+class MultiExitConfig:
+    """Everything besides weights that defines a multi-exit model."""
+
+    task: str
+    labels: list[str]
+    model_type: str
+    num_layers: int
+    base_model: str = ""
+    max_length: int = 256
+    head_hidden_size: int = 0
+    dropout: float = 0.1
+    pool_width: int = 1
+    default_policy: dict[str, Any] | None = None
+    calibration: dict[str, Any] | None = None
+    training: dict[str, Any] = field(default_factory=dict)
+    package_version: str = __version__
+    weights_sha256: str = ""
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MultiExitConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_weights(module: nn.Module, config: MultiExitConfig, directory: Path) -> None:
+    """Write weights, then the config that records their hash."""
+    directory.mkdir(parents=True, exist_ok=True)
+    save_model(module, str(directory / WEIGHTS_NAME))
+    config.weights_sha256 = file_sha256(directory / WEIGHTS_NAME)
+    write_config(config, directory)
+
+
+def write_config(config: MultiExitConfig, directory: Path) -> None:
+    (directory / CONFIG_NAME).write_text(config.to_json() + "\n")
+
+
+def read_config(directory: str | Path) -> MultiExitConfig:
+    path = Path(directory)
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory {str(path)!r} does not exist")
+    config_file = path / CONFIG_NAME
+    if not config_file.is_file():
+        raise CheckpointError(f"{str(path)!r} is not an epee-annotate checkpoint: {CONFIG_NAME} is missing")
+    return MultiExitConfig.from_dict(json.loads(config_file.read_text()))
+
+
+def read_weights(module: nn.Module, directory: Path) -> None:
+    """Load safetensors weights strictly; name the keys that do not fit."""
+    weights = directory / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{WEIGHTS_NAME} is missing from checkpoint {str(directory)!r}")
+    try:
+        missing, unexpected = load_model(module, str(weights), strict=False)
+    except RuntimeError as error:  # shape mismatches
+        raise CheckpointError(f"weights in {str(directory)!r} do not fit the model: {error}") from None
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {str(directory)!r} do not fit the model: missing keys {sorted(missing)[:20]}, "
+            f"unexpected keys {sorted(unexpected)[:20]}"
+        )

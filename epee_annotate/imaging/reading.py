@@ -1,0 +1,310 @@
+"""Decode DICOM, raster (PNG/JPEG/TIFF/BMP) and MedMNIST .npz files into float arrays.
+
+Decoding only: resizing and model normalisation happen downstream. Every image comes back
+as float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3) for colour.
+
+Documented choices:
+
+* DICOM grayscale: Modality LUT (rescale) -> VOI -> MONOCHROME1 inversion (1 - x).
+  VOI is the file's VOI LUT Sequence or first Window Center/Width (pydicom decides, LUT first);
+  the result is scaled to [0, 1] by the VOI step's full output range. Without either, a robust
+  window from the 0.5/99.5 percentiles is used (min/max if those coincide).
+* Multi-frame DICOM: ``frames="middle"`` (default) decodes only frame ``n // 2``;
+  ``"all"`` returns every frame with its index; ``"mip"`` is the max over frames of the
+  fully displayed frames (after VOI and inversion), with ``frame=None``. A percentile
+  window is computed per frame for "middle"/"all" (so ``all[n // 2]`` equals "middle")
+  and over the whole volume for "mip". ``frame`` is None for single-frame files.
+* Constant images (all pixels equal, before VOI for DICOM) raise ImageReadError: a blank
+  image carries nothing to classify and would need a zero-width window.
+* Colour DICOM (RGB, YBR_* -> RGB by pydicom's decoder; PALETTE COLOR via its LUT) is scaled
+  by bit depth, no windowing.
+* Raster: 8-bit /255; I;16* /65535; "I" /65535 when values fit [0, 65535], else min/max;
+  "F" kept when in [0, 1], else min/max. Alpha (RGBA/LA/P with transparency) is composited
+  on white, as most viewers show it. "1" -> L, P/CMYK/other colour modes -> RGB.
+  EXIF orientation is applied. Only the first frame of multi-page rasters is read.
+* DICOM is recognised only by the "DICM" marker at byte 128; preamble-less files are rejected.
+* ImageReadError messages never include file names or tag values (either can carry PHI);
+  callers add their own context. The underlying exception is chained for debugging.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import zipfile
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydicom.datadict import tag_for_keyword
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+
+__all__ = ["DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
+
+Source = str | os.PathLike | bytes
+
+FRAME_MODES = ("middle", "all", "mip")
+METADATA_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
+CODECS_HINT = 'install the codecs extra: pip install "epee-annotate[dicom-codecs]"'
+_MONO = ("MONOCHROME1", "MONOCHROME2")
+# pydicom's decoders return these as RGB when raw=False.
+_RGB_LIKE = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+class ImageReadError(ValueError):
+    """An input could not be decoded into an image; the message is one line without PHI."""
+
+
+@dataclass
+class DecodedImage:
+    """One decoded image: float32 pixels in [0, 1], its frame index and non-PHI metadata."""
+
+    pixels: np.ndarray
+    frame: int | None
+    metadata: dict[str, str]
+
+
+def is_dicom(data_or_path: Source) -> bool:
+    """True when bytes 128:132 are b"DICM" (the DICOM Part 10 marker); missing files are False."""
+    if isinstance(data_or_path, bytes):
+        return data_or_path[128:132] == b"DICM"
+    try:
+        with open(data_or_path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
+def read_image(source: Source, *, frames: str = "middle", extra_tags: Sequence[str] = ()) -> list[DecodedImage]:
+    """Decode one file (path or bytes) into one or more images (several only for frames='all')."""
+    if frames not in FRAME_MODES:
+        raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    for keyword in extra_tags:
+        if tag_for_keyword(keyword) is None:
+            raise ValueError(f"unknown DICOM keyword in extra_tags: {keyword!r}")
+    if isinstance(source, bytes):
+        if not source:
+            raise ImageReadError("empty input: no bytes to decode")
+        stream: Path | io.BytesIO = io.BytesIO(source)
+    else:
+        stream = Path(source)
+        if not stream.is_file():
+            raise ImageReadError("file not found or not a regular file")
+        if stream.stat().st_size == 0:
+            raise ImageReadError("empty file: no bytes to decode")
+    if is_dicom(source):
+        return _read_dicom(stream, frames, extra_tags)
+    return [DecodedImage(_read_raster(stream), None, {})]
+
+
+def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Load MedMNIST f"{split}_images" (uint8 (N,H,W) or (N,H,W,3)) and f"{split}_labels" (int64).
+
+    Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K).
+    """
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            keys = set(npz.files)
+            found = f"{split}_images" in keys and f"{split}_labels" in keys
+            if found:
+                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise ImageReadError(f"cannot read npz archive ({type(exc).__name__})") from exc
+    if not found:
+        splits = sorted(k[: -len("_images")] for k in keys if k.endswith("_images"))
+        raise ImageReadError(f"split {split!r} not in npz; available splits: {splits}")
+    if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
+        raise ImageReadError(f"expected uint8 (N,H,W) or (N,H,W,3) images, got {images.dtype} {images.shape}")
+    if labels.ndim == 2 and labels.shape[1] == 1:
+        labels = labels[:, 0]
+    if labels.ndim not in (1, 2) or len(labels) != len(images):
+        raise ImageReadError(f"labels shape {labels.shape} does not match {len(images)} images")
+    return images, labels.astype(np.int64)
+
+
+def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str]) -> list[DecodedImage]:
+    """Decode a DICOM Part 10 file following the module's documented rules."""
+    try:
+        ds = pydicom.dcmread(stream)
+    except Exception as exc:  # pydicom raises many types (EOFError, struct.error, ...) on damaged headers
+        raise ImageReadError(f"corrupt or truncated DICOM header ({type(exc).__name__})") from exc
+    # pydicom stops quietly at damage or EOF, so check for UIDs every valid Part 10 file has.
+    if ds.file_meta.get("TransferSyntaxUID") is None or "SOPClassUID" not in ds:
+        raise ImageReadError("corrupt or truncated DICOM header (no Transfer Syntax or SOP Class UID)")
+    if not any(k in ds for k in _PIXEL_KEYWORDS):
+        raise ImageReadError("DICOM has no pixel data (a non-image object such as a structured report, or truncated)")
+    if not int(ds.get("Rows") or 0) or not int(ds.get("Columns") or 0):
+        raise ImageReadError("zero-size DICOM image (Rows or Columns is 0 or missing)")
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):
+        raise ImageReadError(f"unsupported DICOM photometric interpretation {photometric[:24]!r}")
+    _check_decoder(ds)
+
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    try:
+        if frames == "middle" and n_frames > 1:
+            stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
+        else:
+            stack, indices = pixel_array(ds), list(range(n_frames))
+            if n_frames == 1:
+                stack = stack[None]
+    except Exception as exc:  # decoder/plugin errors vary by codec
+        raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})") from exc
+    if stack.size == 0:
+        raise ImageReadError("zero-size DICOM image (no pixels decoded)")
+
+    if photometric in _MONO:
+        per_frame = frames != "mip"
+        shown = np.stack([_display_mono(f, ds) for f in stack]) if per_frame else _display_mono(stack, ds)
+        if photometric == "MONOCHROME1":
+            shown = 1.0 - shown
+    elif photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(stack, ds)
+        shown = rgb / np.iinfo(rgb.dtype).max
+    else:
+        shown = np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
+    for img in shown if frames != "mip" else shown[None]:
+        _check_not_constant(img)
+
+    metadata = _metadata(ds, extra_tags)
+    if frames == "mip":
+        return [DecodedImage(shown.max(axis=0).astype(np.float32), None, metadata)]
+    return [
+        DecodedImage(img.astype(np.float32), i if n_frames > 1 else None, dict(metadata))
+        for i, img in zip(indices, shown)
+    ]
+
+
+def _check_decoder(ds: pydicom.Dataset) -> None:
+    """Raise a clear error when no installed plugin can decode the transfer syntax."""
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    try:
+        decoder = get_decoder(tsyntax)
+    except NotImplementedError as exc:
+        raise ImageReadError(f"DICOM transfer syntax {tsyntax.name} ({tsyntax}) is not supported") from exc
+    if not decoder.is_available:
+        options = "; ".join(decoder.missing_dependencies)
+        raise ImageReadError(
+            f"no decoder installed for DICOM transfer syntax {tsyntax.name} ({tsyntax}): "
+            f"{CODECS_HINT} (pydicom plugins: {options})"
+        )
+
+
+def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Modality LUT then VOI (file's LUT/window, else percentile window) scaled to [0, 1]."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ImageReadError("non-finite (NaN/inf) pixel values after modality rescale")
+    _check_not_constant(values)
+    if _has_voi(ds):
+        # A VOI LUT indexes by integer input value; round rather than let pydicom truncate floats.
+        voi_input = np.rint(values).astype(np.int64) if _has_voi_lut(ds) else values
+        try:
+            lo, hi = _voi_output_range(ds)
+            values = apply_voi_lut(voi_input, ds, prefer_lut=True)
+        except (ValueError, NotImplementedError) as exc:
+            raise ImageReadError(f"invalid DICOM VOI LUT or window ({type(exc).__name__})") from exc
+    else:
+        lo, hi = np.percentile(values, [0.5, 99.5])
+        if hi <= lo:
+            lo, hi = values.min(), values.max()
+    if hi <= lo:
+        raise ImageReadError("VOI window has zero width")
+    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+
+
+def _has_voi(ds: pydicom.Dataset) -> bool:
+    """True when pydicom's apply_voi_lut would change the data (usable VOI LUT or window)."""
+    return _has_voi_lut(ds) or (ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None)
+
+
+def _has_voi_lut(ds: pydicom.Dataset) -> bool:
+    """Mirror pydicom's validity test for the first VOI LUT Sequence item."""
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None
+
+
+def _voi_output_range(ds: pydicom.Dataset) -> tuple[float, float]:
+    """Full output range of pydicom's VOI step, found by probing it rather than re-deriving PS3.3."""
+    if _has_voi_lut(ds):
+        entries, first = ds.VOILUTSequence[0].LUTDescriptor[:2]
+        probe = np.arange(first, first + (entries or 2**16))
+    else:
+        probe = np.array([-1e300, 1e300])  # beyond any window: LINEAR clips, SIGMOID saturates
+    with np.errstate(over="ignore"):
+        out = apply_voi_lut(probe, ds, prefer_lut=True)
+    return float(out.min()), float(out.max())
+
+
+def _check_not_constant(values: np.ndarray) -> None:
+    """Reject images whose pixels are all equal (see module docstring)."""
+    if values.size and values.min() == values.max():
+        raise ImageReadError("constant image: all pixels have the same value")
+
+
+def _metadata(ds: pydicom.Dataset, extra_tags: Sequence[str]) -> dict[str, str]:
+    """Non-PHI identifiers plus explicitly requested keywords, as strings ("" when absent)."""
+    out = {}
+    for keyword in (*METADATA_KEYWORDS, *extra_tags):
+        value = ds.get(keyword)
+        if value is None:
+            out[keyword] = ""
+        elif isinstance(value, MultiValue):
+            out[keyword] = "\\".join(str(v) for v in value)
+        else:
+            out[keyword] = str(value)
+    return out
+
+
+def _read_raster(stream: Path | io.BytesIO) -> np.ndarray:
+    """Decode a Pillow-readable raster into float32 [0, 1], (H, W) or (H, W, 3)."""
+    try:
+        with Image.open(stream) as opened:
+            opened.load()
+            img = ImageOps.exif_transpose(opened)
+            img.load()
+    except UnidentifiedImageError as exc:
+        raise ImageReadError("unrecognised image format (not DICOM with a DICM marker, not PNG/JPEG/TIFF/BMP)") from exc
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ImageReadError(f"corrupt or truncated raster image ({type(exc).__name__})") from exc
+    if img.width == 0 or img.height == 0:
+        raise ImageReadError("zero-size raster image")
+    out = _raster_to_float(img)
+    _check_not_constant(out)
+    return out.astype(np.float32)
+
+
+def _raster_to_float(img: Image.Image) -> np.ndarray:
+    """Map a Pillow image to [0, 1] per the module's raster rules."""
+    mode = img.mode
+    if mode.startswith("I;16"):
+        return np.asarray(img).astype(np.float64) / 65535.0
+    if mode in ("I", "F"):
+        arr = np.asarray(img).astype(np.float64)
+        if not np.isfinite(arr).all():
+            raise ImageReadError("non-finite (NaN/inf) pixel values in raster image")
+        lo, hi = arr.min(), arr.max()
+        top = 65535.0 if mode == "I" else 1.0
+        if lo >= 0 and hi <= top:
+            return arr / top
+        return (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA" if mode == "PA" or "transparency" in img.info else "RGB")
+    elif mode == "1":
+        img = img.convert("L")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
+    arr = np.asarray(img).astype(np.float64) / 255.0
+    if img.mode in ("LA", "RGBA"):
+        alpha = arr[..., -1:]
+        arr = arr[..., :-1] * alpha + (1.0 - alpha)  # composite on white
+        if img.mode == "LA":
+            arr = arr[..., 0]
+    return arr

@@ -1,0 +1,253 @@
+"""MultiExitModel: a pretrained backbone with an exit head after every layer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
+
+from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
+from .checkpoint import MultiExitConfig, read_config, read_weights, write_config, write_weights
+from .engine import length_buckets, run_all_exits, run_early_exit
+from .heads import make_exit_heads
+from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
+from .policies import ExitPolicy, normalized_entropy, policy_from_dict
+from .prediction import Prediction
+
+_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+
+
+class MultiExitModel(nn.Module):
+    """Backbone + one exit head per layer, with EPEE-style early-exit prediction."""
+
+    def __init__(self, backbone: Backbone, config: MultiExitConfig, preprocessor: Any):
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.heads = make_exit_heads(
+            config.num_layers, config.pool_width * backbone.hidden_size, config.head_hidden_size,
+            config.num_labels, config.dropout,
+        )
+        self.preprocessor = preprocessor  # tokenizer or image processor
+        self.encoder = _make_encoder(config, backbone, preprocessor)
+        self.autocast_dtype: torch.dtype | None = None
+
+    # ----- construction and persistence -------------------------------------------------
+    @classmethod
+    def from_base(
+        cls,
+        name_or_path: str | Path,
+        task: str = "text",
+        labels: Sequence[str] = (),
+        *,
+        max_length: int = 256,
+        head_hidden_size: int | None = None,
+        dropout: float = 0.1,
+        image_size: int | None = None,
+        **hub_kwargs: Any,
+    ) -> "MultiExitModel":
+        """A new multi-exit model on a pretrained backbone (hub name or local directory), fresh exit heads."""
+        if task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+        labels = [str(label) for label in labels]
+        if len(labels) < 2 or len(set(labels)) != len(labels):
+            raise ValueError(f"need at least two distinct labels, got {labels}")
+        hub_kwargs.pop("trust_remote_code", None)  # never executed: only built-in architectures are supported
+        name = str(name_or_path)
+        backbone = load_backbone(name, **hub_kwargs)
+        if (backbone.modality == "image") != (task == "image"):
+            raise ValueError(f"a {backbone.config.model_type} backbone cannot do the {task!r} task")
+        preprocessor = _load_preprocessor(name, backbone, task, image_size, hub_kwargs)
+        if task == "relation":
+            preprocessor.add_tokens(list(RELATION_MARKERS), special_tokens=True)
+            backbone.model.resize_token_embeddings(len(preprocessor), mean_resizing=False)
+        config = MultiExitConfig(
+            task=task,
+            labels=labels,
+            model_type=backbone.config.model_type,
+            num_layers=backbone.num_layers,
+            base_model=name,
+            max_length=max_length,
+            head_hidden_size=head_hidden_size or backbone.hidden_size,
+            dropout=dropout,
+            pool_width=pooling_width(task, backbone.is_causal),
+        )
+        return cls(backbone, config, preprocessor)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiExitModel":
+        """Load a checkpoint written by ``save_pretrained`` (safetensors only)."""
+        path = Path(directory)
+        config = read_config(path)
+        backbone_class(config.model_type)  # clear error for unknown architectures
+        backbone = backbone_from_config(AutoConfig.from_pretrained(path))
+        if config.task == "image":
+            with quiet_transformers():
+                preprocessor = AutoImageProcessor.from_pretrained(path)
+        else:
+            preprocessor = AutoTokenizer.from_pretrained(path)
+            _ensure_pad_token(preprocessor)
+        model = cls(backbone, config, preprocessor)
+        read_weights(model, path)
+        return model.eval().to(device)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write the checkpoint directory (config JSON, safetensors weights, preprocessor files)."""
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        self.backbone.config.save_pretrained(path)
+        self.preprocessor.save_pretrained(path)
+        write_weights(self, self.config, path)
+
+    def save_config(self, directory: str | Path) -> None:
+        """Rewrite only ``epee_config.json`` (e.g. after calibration), keeping the weights."""
+        write_config(self.config, Path(directory))
+
+    # ----- properties ------------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return self.config.labels
+
+    @property
+    def num_layers(self) -> int:
+        return self.config.num_layers
+
+    @property
+    def task(self) -> str:
+        return self.config.task
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def default_policy(self) -> ExitPolicy:
+        return policy_from_dict(self.config.default_policy)
+
+    @property
+    def checkpoint_id(self) -> str:
+        """Name + weights hash, for provenance."""
+        digest = self.config.weights_sha256[:12] or "unsaved"
+        return f"{self.config.base_model}@{digest}"
+
+    def set_default_policy(self, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> None:
+        self.config.default_policy = policy.to_dict()
+        self.config.calibration = calibration
+
+    def use_autocast(self, dtype: str | None) -> None:
+        """Use bf16/fp16 autocast for inference on CUDA (ignored on CPU)."""
+        self.autocast_dtype = _AUTOCAST[dtype] if dtype else None
+
+    # ----- training forward --------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of every exit, (M, B, K)."""
+        features = self.backbone(batch)
+        return torch.stack([head(f) for head, f in zip(self.heads, features)])
+
+    # ----- inference --------------------------------------------------------------------
+    def encode(self, inputs: Sequence[Any]) -> list[EncodedRow | InputError]:
+        """Encode each input, keeping per-item errors in place."""
+        rows: list[EncodedRow | InputError] = []
+        for item in inputs:
+            try:
+                rows.append(self.encoder.encode(item))
+            except InputError as error:
+                rows.append(error)
+            except Exception as error:  # e.g. an unreadable image file: one item, not the batch
+                rows.append(InputError(f"{type(error).__name__}: {error}"))
+        return rows
+
+    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int) -> list[list[int]]:
+        """Index groups for valid rows: length buckets for text, input order for images."""
+        valid = [i for i, row in enumerate(rows) if isinstance(row, EncodedRow)]
+        lengths = [rows[i].length for i in valid]
+        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size)]
+
+    def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        batch = self.encoder.collate(rows, padding_side)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def predict(
+        self,
+        inputs: Sequence[Any],
+        policy: ExitPolicy | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> list[Prediction]:
+        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered."""
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        if isinstance(inputs, (str, dict)):
+            raise TypeError("predict takes a list of inputs; wrap a single input in a list")
+        policy = policy or self.default_policy
+        self.eval()
+        rows = self.encode(inputs)
+        results: list[Prediction | None] = [
+            Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
+        ]
+        groups = self.batches(rows, batch_size)
+        for group in tqdm(groups, desc="predict", unit="batch", disable=not progress):
+            outcome = run_early_exit(
+                self.backbone, self.heads, self.collate([rows[i] for i in group]), policy, self.autocast_dtype
+            )
+            probs = outcome.probs.cpu()
+            entropy = normalized_entropy(probs).tolist()
+            confidence, label_id = probs.max(-1)
+            for j, i in enumerate(group):
+                results[i] = Prediction(
+                    label=self.labels[int(label_id[j])],
+                    label_id=int(label_id[j]),
+                    exit_layer=int(outcome.exit_layer[j]),
+                    num_layers=self.num_layers,
+                    confidence=float(confidence[j]),
+                    entropy=float(entropy[j]),
+                    probs=probs[j].tolist(),
+                    truncated=rows[i].truncated,
+                )
+        return results  # type: ignore[return-value]
+
+    def exit_probs(self, inputs: Sequence[Any], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
+        """Probabilities of every exit for every input, (N, M, K); raises on the first bad input."""
+        rows = self.encode(inputs)
+        for index, row in enumerate(rows):
+            if isinstance(row, InputError):
+                raise InputError(f"input {index}: {row}")
+        self.eval()
+        out = torch.empty(len(rows), self.num_layers, self.config.num_labels)
+        groups = self.batches(rows, batch_size)
+        for group in tqdm(groups, desc="all exits", unit="batch", disable=not progress):
+            batch = self.collate([rows[i] for i in group])
+            out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
+        return out
+
+
+def _make_encoder(config: MultiExitConfig, backbone: Backbone, preprocessor: Any):
+    if config.task == "image":
+        return ImageEncoder.from_processor(preprocessor, backbone.config.num_channels)
+    return TextEncoder(preprocessor, config.task, config.max_length, backbone.is_causal)
+
+
+def _ensure_pad_token(tokenizer) -> None:
+    # GPT-2 has no pad token; padding positions are masked, so any id will do.
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+
+
+def _load_preprocessor(name: str, backbone: Backbone, task: str, image_size: int | None, hub_kwargs: dict):
+    if task != "image":
+        tokenizer = AutoTokenizer.from_pretrained(name, **hub_kwargs)
+        _ensure_pad_token(tokenizer)
+        return tokenizer
+    with quiet_transformers():
+        try:
+            return AutoImageProcessor.from_pretrained(name, **hub_kwargs)
+        except (OSError, ValueError):
+            # Backbones saved without a processor (e.g. trained from scratch): ViT defaults at the model's size.
+            from transformers import ViTImageProcessor
+
+            side = image_size or backbone.config.image_size
+            return ViTImageProcessor(size={"height": side, "width": side}, image_mean=[0.5] * 3, image_std=[0.5] * 3)

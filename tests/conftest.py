@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from epee_annotate.testing import tiny_model
+
+SENTENCES = [
+    "the patient takes fish oil and vitamin e daily",
+    "aspirin increases the anticoagulant effect of warfarin",
+    "she stopped taking ginkgo biloba before surgery",
+    "no history of adverse reaction to penicillin",
+    "melatonin was started for insomnia two weeks ago",
+    "rash and nausea developed after the first dose",
+    "coq10 turmeric garlic",
+    "pain",
+]
+
+
+def make_texts(count: int, seed: int = 0) -> list[str]:
+    """Varied sentences of varied length built from the tiny vocabulary."""
+    rng = np.random.default_rng(seed)
+    words = " ".join(SENTENCES).split()
+    return [" ".join(rng.choice(words, size=int(rng.integers(1, 30)))) for _ in range(count)]
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory):
+    """Cached tiny multi-exit models keyed by (model_type, task, labels)."""
+    cache = {}
+
+    def build(model_type: str, task: str = "text", labels=("neg", "pos", "other"), num_layers: int = 4):
+        key = (model_type, task, tuple(labels), num_layers)
+        if key not in cache:
+            directory = tmp_path_factory.mktemp(f"tiny_{model_type}_{task}")
+            cache[key] = tiny_model(model_type, directory, task=task, labels=labels, num_layers=num_layers)
+        return cache[key]
+
+    return build

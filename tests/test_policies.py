@@ -1,0 +1,80 @@
+import pytest
+import torch
+
+from epee_annotate import EPEE, BudgetedExit, EntropyExit, MaxProbExit, PatienceExit
+from epee_annotate.policies import normalized_entropy, policy_from_dict, simulate
+
+
+def random_exit_probs(rows=500, layers=6, classes=3, seed=0, sharpness=3.0):
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(rows, layers, classes, generator=generator) * sharpness
+    return logits.softmax(-1)
+
+
+def test_normalized_entropy_bounds():
+    uniform = torch.full((1, 4), 0.25)
+    onehot = torch.tensor([[1.0, 0.0, 0.0, 0.0]])
+    assert normalized_entropy(uniform).item() == pytest.approx(1.0)
+    assert normalized_entropy(onehot).item() == pytest.approx(0.0)
+    two = torch.tensor([[0.9, 0.1]])
+    expected = -(0.9 * torch.log(torch.tensor(0.9)) + 0.1 * torch.log(torch.tensor(0.1))) / torch.log(torch.tensor(2.0))
+    assert normalized_entropy(two).item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("patience", [1, 2, 3, 4, 6])
+def test_epee_with_zero_entropy_is_patience_only(patience):
+    probs = random_exit_probs()
+    assert torch.equal(simulate(EPEE(entropy=0.0, patience=patience), probs), simulate(PatienceExit(patience), probs))
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.2, 0.5, 0.8, 0.95])
+def test_epee_with_full_patience_is_entropy_only(tau):
+    probs = random_exit_probs()
+    layers = probs.size(1)
+    epee = simulate(EPEE(entropy=tau, patience=layers), probs)
+    entropy = simulate(EntropyExit(tau), probs)
+    assert torch.equal(epee, entropy)
+    assert 1 < epee.float().mean() < layers  # the case is not trivially all-first or all-last
+
+
+def test_patience_counter_resets_on_change():
+    # argmax per layer: 0, 0, 1, 1, 1, 0 -> run lengths 1, 2, 1, 2, 3, 1
+    picks = [0, 0, 1, 1, 1, 0]
+    probs = torch.stack([torch.tensor([0.6, 0.4]) if p == 0 else torch.tensor([0.4, 0.6]) for p in picks])[None]
+    assert simulate(PatienceExit(2), probs).item() == 2
+    assert simulate(PatienceExit(3), probs).item() == 5
+    assert simulate(PatienceExit(4), probs).item() == 6  # never reached: the last layer answers
+
+
+def test_entropy_rule_and_epee_or():
+    probs = torch.tensor([[[0.5, 0.5], [0.6, 0.4], [0.99, 0.01], [0.99, 0.01]]])
+    assert simulate(EntropyExit(0.2), probs).item() == 3
+    # patience 2 fires at layer 2 (argmax 0 twice) before the entropy rule does
+    assert simulate(EPEE(entropy=0.2, patience=2), probs).item() == 2
+
+
+def test_budgeted_and_maxprob():
+    probs = random_exit_probs(rows=50)
+    assert simulate(BudgetedExit(3), probs).eq(3).all()
+    assert simulate(BudgetedExit(0), probs).eq(probs.size(1)).all()
+    exits = simulate(MaxProbExit(0.8), probs)
+    for row, layer in enumerate(exits.tolist()):
+        reached = (probs[row].max(-1).values >= 0.8).nonzero()
+        assert layer == (int(reached[0]) + 1 if len(reached) else probs.size(1))
+
+
+def test_policy_serialisation_round_trip():
+    for policy in [EPEE(0.3, 2), EntropyExit(0.4), PatienceExit(3), MaxProbExit(0.7), BudgetedExit(2)]:
+        assert policy_from_dict(policy.to_dict()) == policy
+    assert policy_from_dict(None) == BudgetedExit(0)
+    with pytest.raises(ValueError, match="Unknown exit policy"):
+        policy_from_dict({"name": "bogus"})
+
+
+def test_invalid_settings_raise():
+    with pytest.raises(ValueError):
+        EPEE(entropy=1.5, patience=1)
+    with pytest.raises(ValueError):
+        PatienceExit(0)
+    with pytest.raises(ValueError):
+        BudgetedExit(-1)
