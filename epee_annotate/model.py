@@ -184,7 +184,8 @@ class MultiExitModel(nn.Module):
         if isinstance(inputs, (str, dict)):
             raise TypeError("predict takes a list of inputs; wrap a single input in a list")
         policy = policy or self.default_policy
-        self.eval()
+        if self.training:
+            self.eval()
         rows = self.encode(inputs)
         results: list[Prediction | None] = [
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
@@ -216,7 +217,8 @@ class MultiExitModel(nn.Module):
         for index, row in enumerate(rows):
             if isinstance(row, InputError):
                 raise InputError(f"input {index}: {row}")
-        self.eval()
+        if self.training:
+            self.eval()
         out = torch.empty(len(rows), self.num_layers, self.config.num_labels)
         groups = self.batches(rows, batch_size)
         for group in tqdm(groups, desc="all exits", unit="batch", disable=not progress):

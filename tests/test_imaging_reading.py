@@ -283,14 +283,16 @@ def test_tiff_16bit_big_endian(tmp_path):
     arr = np.array([[0, 1000], [65535, 30000]], dtype=">u2")
     img = Image.frombytes("I;16B", (2, 2), arr.tobytes())
     path = _save(tmp_path, img, "TIFF")
-    assert Image.open(path).mode == "I;16B"
+    with Image.open(path) as reopened:
+        assert reopened.mode == "I;16B"
     np.testing.assert_allclose(_one(path), arr.astype(np.float64) / 65535.0, atol=1e-7)
 
 
 def test_tiff_mode_i_fits_16bit_range(tmp_path):
     arr = np.array([[0, 1000], [65535, 30000]], dtype=np.int32)
     path = _save(tmp_path, Image.fromarray(arr, mode="I"), "TIFF")
-    assert Image.open(path).mode == "I"
+    with Image.open(path) as reopened:
+        assert reopened.mode == "I"
     np.testing.assert_allclose(_one(path), arr / 65535.0, atol=1e-7)
 
 
@@ -432,7 +434,8 @@ def test_not_an_image(tmp_path):
 
 def test_truncated_png(tmp_path):
     arr = np.random.default_rng(0).integers(0, 255, (64, 64), dtype=np.uint8)
-    data = open(_save(tmp_path, Image.fromarray(arr), "PNG"), "rb").read()
+    with open(_save(tmp_path, Image.fromarray(arr), "PNG"), "rb") as fh:
+        data = fh.read()
     _raises(data[: len(data) // 2], "corrupt or truncated raster")
 
 

@@ -14,8 +14,9 @@ Documented choices:
   fully displayed frames (after VOI and inversion), with ``frame=None``. A percentile
   window is computed per frame for "middle"/"all" (so ``all[n // 2]`` equals "middle")
   and over the whole volume for "mip". ``frame`` is None for single-frame files.
-* Constant images (all pixels equal, before VOI for DICOM) raise ImageReadError: a blank
-  image carries nothing to classify and would need a zero-width window.
+* Constant images (all stored values equal, or a blank result after VOI) raise ImageReadError
+  rather than returning zeros: a blank image carries nothing to classify, and windowing it
+  would divide by zero.
 * Colour DICOM (RGB, YBR_* -> RGB by pydicom's decoder; PALETTE COLOR via its LUT) is scaled
   by bit depth, no windowing.
 * Raster: 8-bit /255; I;16* /65535; "I" /65535 when values fit [0, 65535], else min/max;
@@ -23,7 +24,10 @@ Documented choices:
   on white, as most viewers show it. "1" -> L, P/CMYK/other colour modes -> RGB.
   EXIF orientation is applied. Only the first frame of multi-page rasters is read.
 * DICOM is recognised only by the "DICM" marker at byte 128; preamble-less files are rejected.
-* ImageReadError messages never include file names or tag values (either can carry PHI);
+* A compressed transfer syntax with no installed decoder raises ImageReadError naming the
+  syntax and UID, the codecs extra, and pydicom's list of plugins that would decode it.
+  RLE is built in; JPEG baseline/extended and JPEG 2000 decode through Pillow.
+* ImageReadError messages never include file names or patient/study tag values (PHI risk);
   callers add their own context. The underlying exception is chained for debugging.
 """
 
@@ -109,7 +113,8 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
     Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K).
     """
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        # Open the file ourselves: np.load leaks its handle when the archive is corrupt.
+        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
             keys = set(npz.files)
             found = f"{split}_images" in keys and f"{split}_labels" in keys
             if found:
@@ -276,13 +281,13 @@ def _read_raster(stream: Path | io.BytesIO) -> np.ndarray:
         raise ImageReadError(f"corrupt or truncated raster image ({type(exc).__name__})") from exc
     if img.width == 0 or img.height == 0:
         raise ImageReadError("zero-size raster image")
-    out = _raster_to_float(img)
+    out = pil_to_unit_array(img)
     _check_not_constant(out)
     return out.astype(np.float32)
 
 
-def _raster_to_float(img: Image.Image) -> np.ndarray:
-    """Map a Pillow image to [0, 1] per the module's raster rules."""
+def pil_to_unit_array(img: Image.Image) -> np.ndarray:
+    """Map a Pillow image to [0, 1], (H, W) or (H, W, 3), per the module's raster rules."""
     mode = img.mode
     if mode.startswith("I;16"):
         return np.asarray(img).astype(np.float64) / 65535.0
