@@ -1,3 +1,4 @@
+import copy
 import json
 
 import numpy as np
@@ -15,7 +16,7 @@ from epee_annotate.checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError
      ("vit", "image")],
 )
 def test_save_load_round_trip_gives_identical_predictions(model_factory, tmp_path, model_type, task):
-    model = model_factory(model_type, task=task)
+    model = copy.deepcopy(model_factory(model_type, task=task))  # the shared model keeps its default policy
     if task == "image":
         rng = np.random.default_rng(0)
         inputs = [rng.random((20, 20)).astype(np.float32) for _ in range(10)]
