@@ -84,6 +84,7 @@ class Backbone(nn.Module):
     def __init__(self, model: PreTrainedModel):
         super().__init__()
         self.model = model
+        self.mean_pooling = False  # set for text encoders whose pretraining pooled by mean (e.g. MiniLM)
 
     @property
     def config(self) -> PretrainedConfig:
@@ -107,6 +108,9 @@ class Backbone(nn.Module):
 
     def features(self, index: int, state: LayerState) -> torch.Tensor:
         """Pooled features (B, P * H) for the exit head after layer ``index`` (0-based)."""
+        if self.mean_pooling:
+            weights = state.token_mask.unsqueeze(-1).to(state.hidden.dtype)
+            return (self.final_norm(state.hidden) * weights).sum(1) / weights.sum(1).clamp_min(1.0)
         # Final norms are per token, so normalising only the pooled positions gives the same values.
         return self.final_norm(gather_positions(state.hidden, state.pool_index)).flatten(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -32,6 +33,7 @@ class MultiExitModel(nn.Module):
             config.num_layers, config.pool_width * backbone.hidden_size, config.head_hidden_size,
             config.num_labels, config.dropout,
         )
+        backbone.mean_pooling = config.pooling == "mean"
         self.preprocessor = preprocessor  # tokenizer or image processor
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
@@ -48,9 +50,14 @@ class MultiExitModel(nn.Module):
         head_hidden_size: int | None = None,
         dropout: float = 0.1,
         image_size: int | None = None,
+        pooling: str = "auto",
         **hub_kwargs: Any,
     ) -> "MultiExitModel":
-        """A new multi-exit model on a pretrained backbone (hub name or local directory), fresh exit heads."""
+        """A new multi-exit model on a pretrained backbone (hub name or local directory), fresh exit heads.
+
+        ``pooling`` (text task, encoders): "cls", "mean", or "auto" = mean when the base was
+        pretrained with mean pooling (a sentence-transformers ``1_Pooling`` config), else CLS.
+        """
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, got {task!r}")
         labels = [str(label) for label in labels]
@@ -75,6 +82,7 @@ class MultiExitModel(nn.Module):
             head_hidden_size=head_hidden_size or backbone.hidden_size,
             dropout=dropout,
             pool_width=pooling_width(task, backbone.is_causal),
+            pooling=_choose_pooling(pooling, name, task, backbone),
         )
         return cls(backbone, config, preprocessor)
 
@@ -225,6 +233,21 @@ class MultiExitModel(nn.Module):
             batch = self.collate([rows[i] for i in group])
             out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
         return out
+
+
+def _choose_pooling(pooling: str, name: str, task: str, backbone: Backbone) -> str:
+    if pooling not in ("auto", "cls", "mean"):
+        raise ValueError(f"pooling must be 'auto', 'cls' or 'mean', got {pooling!r}")
+    if task != "text" or backbone.is_causal or backbone.modality != "text":
+        if pooling == "mean":
+            raise ValueError("mean pooling is for the text task on encoder backbones")
+        return "positions"
+    if pooling == "auto":
+        # Sentence-transformers checkpoints say how they were trained to pool; their CLS state is weak early on.
+        settings = Path(name) / "1_Pooling" / "config.json"
+        mean = settings.is_file() and json.loads(settings.read_text()).get("pooling_mode_mean_tokens", False)
+        return "mean" if mean else "positions"
+    return "mean" if pooling == "mean" else "positions"
 
 
 def _make_encoder(config: MultiExitConfig, backbone: Backbone, preprocessor: Any):

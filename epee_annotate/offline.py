@@ -28,3 +28,38 @@ def minilm_path() -> Path:
 def resolve_base(name_or_path: str) -> str:
     """Accept the alias ``offline:minilm`` wherever a hub name or directory is expected."""
     return str(minilm_path()) if name_or_path in ("offline:minilm", "minilm") else name_or_path
+
+
+def scratch_vit(
+    directory: str | Path,
+    image_size: int = 28,
+    patch_size: int = 4,
+    hidden_size: int = 128,
+    num_layers: int = 6,
+    num_heads: int = 4,
+    seed: int = 0,
+) -> Path:
+    """Write a randomly initialised small ViT base (config, safetensors, image processor) to train from scratch.
+
+    No pretrained ViT weights are available offline; with a network, pass a hub name such as
+    ``google/vit-base-patch16-224-in21k`` to ``from_base`` / ``--base`` instead.
+    """
+    import torch
+    from transformers import ViTConfig, ViTModel
+
+    from .backbones import quiet_transformers
+
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = ViTConfig(
+        image_size=image_size, patch_size=patch_size, num_channels=3, hidden_size=hidden_size,
+        num_hidden_layers=num_layers, num_attention_heads=num_heads, intermediate_size=2 * hidden_size,
+    )
+    with quiet_transformers():
+        from transformers import ViTImageProcessor
+
+        ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+        size = {"height": image_size, "width": image_size}
+        ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+    return path

@@ -62,7 +62,7 @@ def tiny_tokenizer(model_type: str, directory: Path) -> PreTrainedTokenizerFast:
     else:
         vocab_file = directory / "vocab.txt"
         vocab_file.write_text("\n".join(_wordpiece_vocab()) + "\n")
-        tokenizer = BertTokenizerFast(vocab_file=str(vocab_file), model_max_length=64)
+        tokenizer = BertTokenizerFast(vocab=str(vocab_file), model_max_length=64)
     tokenizer.model_max_length = 64
     tokenizer.save_pretrained(directory)
     return tokenizer

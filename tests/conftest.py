@@ -1,5 +1,9 @@
 import numpy as np
 import pytest
+import torch
+
+# Tiny models gain nothing from intra-op threads, and threads thrash when the cores are shared.
+torch.set_num_threads(1)
 
 from epee_annotate.testing import tiny_model
 

@@ -95,3 +95,24 @@ def test_task_and_labels_are_checked(tmp_path):
         MultiExitModel.from_base(base, task="text", labels=["a", "a"])
     with pytest.raises(ValueError, match="cannot do"):
         MultiExitModel.from_base(base, task="image", labels=["a", "b"])
+
+
+def test_mean_pooling_is_auto_detected_and_ignores_padding(tmp_path):
+    base = tiny_backbone_dir("bert", tmp_path / "bert")
+    (base / "1_Pooling").mkdir()
+    (base / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    model = MultiExitModel.from_base(base, task="text", labels=["a", "b"])
+    assert model.config.pooling == "mean"
+    assert MultiExitModel.from_base(base, task="text", labels=["a", "b"], pooling="cls").config.pooling == "positions"
+    texts = ["rash", "aspirin increases the anticoagulant effect of warfarin daily"]
+    rows = [model.encoder.encode(t) for t in texts]
+    with torch.no_grad():
+        padded = model.backbone(model.collate(rows))[-1]
+        alone = model.backbone(model.collate(rows[:1]))[-1]
+        hidden = model.backbone.model(**{k: v for k, v in model.collate(rows[:1]).items() if k != "pool_index"})
+    torch.testing.assert_close(padded[0], alone[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(alone[0], hidden.last_hidden_state[0].mean(0), atol=1e-5, rtol=1e-4)
+    model.save_pretrained(tmp_path / "ckpt")
+    assert MultiExitModel.from_pretrained(tmp_path / "ckpt").backbone.mean_pooling
+    with pytest.raises(ValueError, match="mean pooling"):
+        MultiExitModel.from_base(base, task="relation", labels=["a", "b"], pooling="mean")

@@ -1,0 +1,320 @@
+"""Accuracy, speed-up and throughput of early exit against full depth and the usual alternatives.
+
+One run, same inputs for every method:
+
+- full depth (the multi-exit model's last exit), EPEE at the checkpoint's calibrated setting,
+  entropy-only and patience-only at the settings whose speed-up on the calibration part is
+  closest to EPEE's, budgeted mode at the layer closest to the same speed-up;
+- the baseline a user would otherwise run: a plain Hugging Face ``pipeline("text-classification")``
+  over the same fine-tuned backbone with only the last classifier (text), or the model's own
+  full forward + last head (relations, images);
+- batch size 1 (mean and p95 latency) and batched throughput (median of repeats, with spread),
+  warm-up excluded; methods alternate within each repeat so load drift hits all alike;
+- layer speed-up (EPEE paper Eq. 5, as M / mean exit layer) next to the measured wall-clock
+  speed-up over full depth, and their ratio.
+
+    python -m benchmarks.run [--phee runs/phee_minilm] [--ddi runs/ddi_minilm] [--vit runs/pneumonia_vit]
+
+Writes benchmarks/results/results.{json,md,png} and the README's results section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from epee_annotate import BudgetedExit, EntropyExit, MultiExitModel, PatienceExit
+from epee_annotate.calibration import split_examples
+from epee_annotate.data.load import load_examples
+from epee_annotate.evaluation import ExitTable, find_negative_label
+from epee_annotate.policies import ExitPolicy
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+RESULTS = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
+
+
+@dataclass
+class Task:
+    name: str
+    checkpoint: Path
+    data: Path
+    format: str
+    split: str | None = None
+    options: dict | None = None
+
+
+# ----- baselines ---------------------------------------------------------------------------------
+def hf_text_pipeline(model: MultiExitModel):
+    """The same fine-tuned backbone as a stock HF sequence classifier: BERT pooler + classifier = last exit head."""
+    from transformers import AutoModelForSequenceClassification, pipeline
+
+    config = model.backbone.config.__class__.from_dict(model.backbone.config.to_dict())
+    config.num_labels = len(model.labels)
+    config.id2label = dict(enumerate(model.labels))
+    config.label2id = {label: i for i, label in enumerate(model.labels)}
+    hf = AutoModelForSequenceClassification.from_config(config).eval()
+    base = getattr(hf, hf.base_model_prefix)
+    missing, _ = base.load_state_dict(model.backbone.model.state_dict(), strict=False)
+    head = model.heads[-1]
+    with torch.no_grad():
+        base.pooler.dense.load_state_dict(head.dense.state_dict())
+        hf.classifier.load_state_dict(head.classifier.state_dict())
+    assert all(k.startswith("pooler.") for k in missing), missing
+    return pipeline("text-classification", model=hf, tokenizer=model.preprocessor, device=-1)
+
+
+def check_pipeline_matches(model: MultiExitModel, pipe, texts: Sequence[str]) -> float:
+    """Max |prob difference| between the HF pipeline and our last exit (should be ~0)."""
+    ours = model.predict(list(texts), policy=BudgetedExit(0))
+    theirs = pipe(list(texts), top_k=None, truncation=True, max_length=model.encoder.max_length)
+    diffs = []
+    for p, t in zip(ours, theirs):
+        scores = {d["label"]: d["score"] for d in t}
+        diffs.append(max(abs(p.probs[i] - scores[label]) for i, label in enumerate(model.labels)))
+    return float(max(diffs))
+
+
+def own_forward(model: MultiExitModel) -> Callable[[Sequence[Any], int], None]:
+    """The backbone's own HF forward over full depth, then the last exit head."""
+
+    @torch.inference_mode()
+    def run(inputs: Sequence[Any], batch_size: int) -> None:
+        rows = model.encode(inputs)
+        for group in model.batches(rows, batch_size):
+            batch = model.collate([rows[i] for i in group])
+            if model.task == "image":
+                hidden = model.backbone.model(pixel_values=batch["pixel_values"]).last_hidden_state
+            else:
+                hidden = model.backbone.model(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).last_hidden_state
+            index = batch["pool_index"].unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+            model.heads[-1](hidden.gather(1, index).flatten(1)).softmax(-1)
+
+    return run
+
+
+# ----- timing ------------------------------------------------------------------------------------
+def timed(fn: Callable[[], Any]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Sequence[Any], single: int,
+            batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Batch-size-1 latency over ``single`` inputs and batched throughput over all, methods interleaved."""
+    for run in runners.values():  # warm-up
+        run(inputs[:batch_size], batch_size)
+        run(inputs[:1], 1)
+    latency: dict[str, list[float]] = {name: [] for name in runners}
+    for item in inputs[:single]:
+        for name, run in runners.items():
+            latency[name].append(timed(lambda: run([item], 1)))
+    batched: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            batched[name].append(timed(lambda: run(inputs, batch_size)))
+    out = {}
+    for name in runners:
+        seconds = statistics.median(batched[name])
+        out[name] = {
+            "bs1_mean_ms": 1e3 * float(np.mean(latency[name])),
+            "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)),
+            "throughput": len(inputs) / seconds,
+            "throughput_min": len(inputs) / max(batched[name]),
+            "throughput_max": len(inputs) / min(batched[name]),
+        }
+    return out
+
+
+# ----- one task ----------------------------------------------------------------------------------
+def closest(table: ExitTable, policies: Sequence[ExitPolicy], speedup: float) -> ExitPolicy:
+    return min(policies, key=lambda p: abs(table.evaluate(p)["speedup"] - speedup))
+
+
+def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
+    model = MultiExitModel.from_pretrained(task.checkpoint)
+    calibration = model.config.calibration or {}
+    examples = load_examples(task.data, task.format, model.task, split=task.split, **(task.options or {}))
+    fraction = float(calibration.get("fraction") or calibration.get("calibration_fraction") or 0.5)
+    seed = int(calibration.get("seed", 0))
+    calib, report = split_examples(examples, fraction, seed)
+    negative = find_negative_label(model.labels) if model.task == "relation" else None
+    print(f"[{task.name}] {len(calib)} calibration / {len(report)} report examples, policy {model.default_policy.describe()}")
+    calib_table = ExitTable.from_model(model, [e.input for e in calib], [e.label for e in calib], negative_label=negative)
+    table = ExitTable.from_model(model, [e.input for e in report], [e.label for e in report], negative_label=negative)
+
+    epee = model.default_policy
+    target = calib_table.evaluate(epee)["speedup"]
+    layers = model.num_layers
+    methods: dict[str, ExitPolicy] = {
+        "full depth (last exit)": BudgetedExit(0),
+        f"EPEE calibrated {epee.describe()}": epee,
+        "entropy-only": closest(calib_table, [EntropyExit(t) for t in np.linspace(0.01, 0.99, 99).round(2)], target),
+        "patience-only": closest(calib_table, [PatienceExit(p) for p in range(1, layers + 1)], target),
+        "budgeted": BudgetedExit(max(1, min(layers, round(layers / target)))),
+    }
+    metric = "micro_f1_positive" if negative else "accuracy"
+    rows = {name: table.evaluate(policy) for name, policy in methods.items()}
+
+    inputs = [e.input for e in report][: args.docs]
+    runners: dict[str, Callable] = {
+        name: (lambda batch, bs, policy=policy: model.predict(batch, policy=policy, batch_size=bs))
+        for name, policy in methods.items()
+    }
+    baseline_name = "HF pipeline (last classifier)" if model.task == "text" else "own HF forward + last head"
+    if model.task == "text" and model.config.model_type == "bert":
+        pipe = hf_text_pipeline(model)
+        print(f"[{task.name}] HF pipeline vs last exit, max |prob diff| = {check_pipeline_matches(model, pipe, inputs[:32]):.2e}")
+        max_length = model.encoder.max_length
+        runners[baseline_name] = lambda batch, bs: pipe(list(batch), batch_size=bs, truncation=True, max_length=max_length)
+    else:
+        runners[baseline_name] = own_forward(model)
+    timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats)
+
+    full = timing["full depth (last exit)"]
+    results = []
+    for name, t in timing.items():
+        quality = rows.get(name, rows["full depth (last exit)"])
+        layer_speedup = quality["speedup"] if name in rows else 1.0
+        wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"]
+        wall_batched = t["throughput"] / full["throughput"]
+        results.append({
+            "task": task.name, "method": name, "policy": methods[name].describe() if name in methods else None,
+            "accuracy": quality["accuracy"], "macro_f1": quality["macro_f1"],
+            **({"micro_f1_positive": quality["micro_f1_positive"]} if negative else {}),
+            "metric": metric, "mean_exit_layer": quality["mean_exit_layer"] if name in rows else layers,
+            "layer_speedup": layer_speedup,
+            "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup,
+            "wall_speedup_batched": wall_batched, "ratio_batched": wall_batched / layer_speedup,
+            **t,
+        })
+    return {"task": task.name, "checkpoint": str(task.checkpoint), "checkpoint_id": model.checkpoint_id,
+            "report_examples": len(report), "timed_examples": len(inputs), "rows": results}
+
+
+# ----- output ------------------------------------------------------------------------------------
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [f"Machine: {results['machine']}. Command: `{results['command']}`.", ""]
+    for task in results["tasks"]:
+        metric = task["rows"][0]["metric"]
+        lines += [
+            f"**{task['task']}** ({task['report_examples']} report examples for quality, {task['timed_examples']} timed)",
+            "",
+            f"| method | {metric} | macro-F1 | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (min-max) | wall speed-up batched (ratio) |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in task["rows"]:
+            lines.append(
+                f"| {r['method']} | {r[metric]:.4f} | {r['macro_f1']:.4f} | {r['mean_exit_layer']:.2f} | "
+                f"{r['layer_speedup']:.2f} | {r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | "
+                f"{r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f}) | {r['throughput']:.1f} "
+                f"({r['throughput_min']:.1f}-{r['throughput_max']:.1f}) | "
+                f"{r['wall_speedup_batched']:.2f} ({r['ratio_batched']:.2f}) |"
+            )
+        lines.append("")
+    if results.get("memory"):
+        lines.append(f"Peak resident memory of one batch-job actor at the default batch size: {results['memory']}.")
+    return "\n".join(lines)
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = results["tasks"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        metric = task["rows"][0]["metric"]
+        for r in task["rows"]:
+            ax.scatter(r["throughput"], r[metric], s=40)
+            ax.annotate(r["method"].split(" ")[0], (r["throughput"], r[metric]), fontsize=8,
+                        xytext=(4, 3), textcoords="offset points")
+        ax.set_xlabel("batched throughput (inputs/s)")
+        ax.set_ylabel(metric)
+        ax.set_title(task["task"])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def update_readme(text: str) -> None:
+    readme = README.read_text()
+    if MARKERS[0] not in readme:
+        return
+    head, rest = readme.split(MARKERS[0], 1)
+    _, tail = rest.split(MARKERS[1], 1)
+    README.write_text(f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{tail}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Early-exit benchmarks (see module docstring)")
+    parser.add_argument("--phee", type=Path, default=ROOT / "runs" / "phee_minilm")
+    parser.add_argument("--ddi", type=Path, default=ROOT / "runs" / "ddi_minilm")
+    parser.add_argument("--vit", type=Path, default=ROOT / "runs" / "pneumonia_vit")
+    parser.add_argument("--phee-data", type=Path, default=SHARED / "phee" / "dev.json")
+    parser.add_argument("--ddi-data", type=Path, default=SHARED / "ddi" / "dev_split")
+    parser.add_argument("--npz", type=Path, default=SHARED / "pneumoniamnist" / "pneumoniamnist_train_val.npz")
+    parser.add_argument("--docs", type=int, default=400, help="inputs timed per task")
+    parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--memory", default="", help="peak RSS per batch-job actor, measured by benchmarks.batch_jobs")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    tasks = [
+        Task("PHEE (pharmacovigilance event type)", args.phee, args.phee_data, "phee"),
+        Task("DDI 2013 (drug-drug interaction)", args.ddi, args.ddi_data, "ddi"),
+        Task("PneumoniaMNIST (chest X-ray)", args.vit, args.npz, "npz", split="val",
+             options={"label_names": ["normal", "pneumonia"]}),
+    ]
+    results: dict[str, Any] = {"machine": machine(), "command": "python -m benchmarks.run", "tasks": []}
+    for task in tasks:
+        if not (task.checkpoint / "epee_config.json").is_file() or not task.data.exists():
+            print(f"[{task.name}] skipped: {task.checkpoint} or {task.data} is missing")
+            continue
+        start = time.perf_counter()
+        results["tasks"].append(run_task(task, args))
+        print(f"[{task.name}] done in {time.perf_counter() - start:.0f} s")
+    results["memory"] = args.memory
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (args.out / "results.md").write_text(text + "\n")
+    plot(results, args.out / "results.png")
+    update_readme(text + "\n\n![accuracy vs throughput](benchmarks/results/results.png)")
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""``epee-annotate evaluate`` and ``epee-annotate calibrate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("epee_annotate.evaluate")
+
+GUESS_FORMAT = {".jsonl": "jsonl", ".csv": "csv", ".npz": "npz"}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``evaluate`` and ``calibrate`` subcommands."""
+    evaluate = subparsers.add_parser(
+        "evaluate",
+        help="evaluate a checkpoint: per-exit (budgeted) and threshold-grid (dynamic) modes, report + plots",
+        description="Evaluate a multi-exit checkpoint on labelled data from one full-depth pass: every exit "
+                    "(budgeted mode), the checkpoint's default or a given (entropy, patience) setting, and with "
+                    "--grid the whole EPEE grid with entropy-only and patience-only baselines. Writes "
+                    "OUTDIR/report.json, report.md and PNG plots.",
+    )
+    _common(evaluate)
+    setting = evaluate.add_argument_group("setting")
+    setting.add_argument("--entropy", type=float, metavar="T",
+                         help="entropy threshold tau in [0, 1] (with --patience: EPEE; alone: entropy only)")
+    setting.add_argument("--patience", type=int, metavar="P",
+                         help="patience P >= 1 (with --entropy: EPEE; alone: patience only)")
+    setting.add_argument("--grid", action="store_true",
+                         help="sweep the (tau, P) grid and the entropy-only / patience-only baselines")
+    evaluate.add_argument("--report", required=True, metavar="OUTDIR", help="folder for report.json, report.md, PNGs")
+    evaluate.add_argument("--time-all", action="store_true",
+                          help="with --grid: time the real early-exit run of every grid point (slow)")
+    evaluate.add_argument("--no-timing", action="store_true", help="skip wall-clock measurements")
+    evaluate.add_argument("--timing-repeats", type=int, default=3, metavar="R",
+                          help="time each policy R times (interleaved) and keep the fastest (default 3)")
+    evaluate.add_argument("--no-plots", action="store_true", help="write report.json and report.md only")
+    evaluate.add_argument("--allow-same-split", action="store_true",
+                          help="evaluate even on the data the checkpoint was calibrated on (numbers are optimistic)")
+    evaluate.set_defaults(func=run_evaluate)
+
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="choose (entropy, patience) for a stated goal and store it as the checkpoint's default policy",
+        description="Choose the EPEE setting (entropy threshold, patience) on a calibration split for one goal "
+                    "and store it, with the evidence, in DIR/epee_config.json. Metric values are fractions: "
+                    "--max-drop 0.005 allows half an accuracy point.",
+    )
+    _common(calibrate)
+    goal = calibrate.add_mutually_exclusive_group(required=True)
+    goal.add_argument("--max-drop", type=float, metavar="D",
+                      help="fastest setting whose metric is within D (absolute, 0.005 = 0.5 points) of the last exit")
+    goal.add_argument("--min-speedup", type=float, metavar="S", help="best metric among settings with speed-up >= S")
+    goal.add_argument("--max-disagreement", type=float, metavar="E",
+                      help="fastest setting whose disagreement with full depth is <= E with confidence C "
+                           "(Clopper-Pearson, Bonferroni over the grid)")
+    calibrate.add_argument("--confidence", type=float, default=0.95, metavar="C",
+                           help="confidence of the disagreement bound (default 0.95)")
+    calibrate.add_argument("--dry-run", action="store_true", help="print the choice without changing the checkpoint")
+    calibrate.add_argument("--json", metavar="FILE", help="also write the calibration record to FILE")
+    calibrate.set_defaults(func=run_calibrate)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    from ..data import FORMATS
+
+    parser.add_argument("checkpoint", metavar="DIR", help="checkpoint directory (from train or save_pretrained)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--data", required=True, metavar="PATH", help="labelled data file (or DDI XML folder)")
+    data.add_argument("--format", choices=FORMATS,
+                      help="data format (default: from the extension for .jsonl, .csv, .npz)")
+    data.add_argument("--split", help="which arrays of an npz file (e.g. val; default train)")
+    data.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad records: stop or skip them")
+    data.add_argument("--dev-fraction", type=float, metavar="F",
+                      help="first keep only the dev part that `train --dev-fraction F --seed S` held out "
+                           "(documents kept whole), for data that has no separate dev file, e.g. DDI")
+    data.add_argument("--dev-seed", type=int, default=42, metavar="S",
+                      help="the --seed of that training run (default 42, train's default)")
+    data.add_argument("--calibration-fraction", type=float, metavar="F",
+                      help="split --data deterministically: calibrate uses a fraction F, evaluate the rest")
+    data.add_argument("--seed", type=int, default=0, help="seed of the calibration/report split (default 0)")
+    grid = parser.add_argument_group("grid and metric")
+    grid.add_argument("--metric", default="auto", choices=("auto", "accuracy", "macro_f1", "micro_f1_positive"),
+                      help="main metric (auto: micro_f1_positive when there is a negative label, else accuracy)")
+    grid.add_argument("--negative-label", metavar="LABEL",
+                      help="the no-relation label for micro_f1_positive (default: 'none' etc. for relation tasks)")
+    grid.add_argument("--taus", type=_floats, metavar="T1,T2,...", help="entropy thresholds of the grid")
+    grid.add_argument("--patiences", type=_ints, metavar="P1,P2,...", help="patience values of the grid (default 1..M)")
+    run = parser.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, default=32)
+    run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                     help="progress bars (default: when stderr is a terminal)")
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+# ----- shared steps ------------------------------------------------------------------------------------
+def _progress(args) -> bool:
+    return sys.stderr.isatty() if args.progress is None else args.progress
+
+
+def _load_model(args):
+    import torch
+
+    from ..model import MultiExitModel
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    return MultiExitModel.from_pretrained(args.checkpoint, device=device)
+
+
+def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:
+    """(inputs, gold labels, fingerprint, warnings) of the requested part of --data."""
+    from ..calibration import data_fingerprint, split_examples
+    from ..data import load_examples
+
+    path = Path(args.data)
+    if not path.exists():
+        raise FileNotFoundError(f"data path {args.data!r} does not exist")
+    fmt = args.format or GUESS_FORMAT.get(path.suffix.lower())
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {args.data!r} from its name: pass --format")
+    split = args.split or ("train" if fmt == "npz" else None)
+    examples = load_examples(path, fmt, model.task, split=split, on_error=args.on_error)
+    if not examples:
+        raise ValueError(f"{args.data!r} holds no examples")
+    holdout = None
+    if args.dev_fraction is not None:
+        from ..data import split_by_group
+
+        examples = split_by_group(examples, args.dev_fraction, args.dev_seed)[1]
+        holdout = {"dev_fraction": args.dev_fraction, "dev_seed": args.dev_seed}
+    fraction = args.calibration_fraction
+    if fraction is not None:
+        calibration_part, report_part = split_examples(examples, fraction, args.seed)
+        examples = calibration_part if part == "calibration" else report_part
+    else:
+        part = "all"
+    inputs = [e.input for e in examples]
+    gold = [str(e.label) for e in examples]
+    _check_labels(gold, model.labels)
+    warnings = []
+    missing = sorted(set(model.labels) - set(gold))
+    if missing:
+        warnings.append(f"labels of the checkpoint absent from this data: {missing} (their F1 is undefined and "
+                        "they count only if predicted)")
+    fingerprint = data_fingerprint(inputs, path=path, format=fmt, split=split, fraction=fraction, seed=args.seed,
+                                   part=part, holdout=holdout)
+    return inputs, gold, fingerprint, warnings
+
+
+def _check_labels(gold: list[str], labels: list[str]) -> None:
+    unseen = sorted(set(gold) - set(labels))
+    if not unseen:
+        return
+    if not set(gold) & set(labels):
+        raise ValueError(f"the label set of the data {sorted(set(gold))[:10]} does not match the checkpoint's "
+                         f"labels {labels}")
+    raise ValueError(f"labels unseen in the checkpoint: {unseen[:10]}; checkpoint labels: {labels}")
+
+
+def _negative_label(args, model) -> str | None:
+    from ..evaluation import find_negative_label
+
+    if args.negative_label is not None:
+        if args.negative_label not in model.labels:
+            raise ValueError(f"--negative-label {args.negative_label!r} is not a checkpoint label: {model.labels}")
+        return args.negative_label
+    return find_negative_label(model.labels) if model.task == "relation" else None
+
+
+# ----- evaluate -----------------------------------------------------------------------------------------
+def run_evaluate(args) -> int:
+    """The ``evaluate`` subcommand."""
+    from ..calibration import check_split
+    from ..evaluation import evaluate_model
+    from ..policies import make_policy
+    from ..reports import write_report
+
+    if args.time_all and not args.grid:
+        raise ValueError("--time-all needs --grid")
+    model = _load_model(args)
+    negative = _negative_label(args, model)
+    inputs, gold, fingerprint, warnings = _load_data(args, model, part="report")
+    same = check_split(model.config.calibration, fingerprint, args.allow_same_split)
+    if same:
+        warnings.insert(0, same)
+        print(same, file=sys.stderr)
+    if args.entropy is not None or args.patience is not None:
+        policy, source = make_policy(args.entropy, args.patience), "command line"
+    elif model.config.default_policy is not None:
+        policy = model.default_policy
+        goal = (model.config.calibration or {}).get("goal")
+        source = "checkpoint default policy" + (f" (calibrated: {goal['kind']}={goal['value']})" if goal else "")
+    else:
+        policy, source = None, None
+    timing = "none" if args.no_timing else ("all" if args.time_all else "selected")
+    report = evaluate_model(
+        model, inputs, gold, policy=policy, grid=args.grid, taus=args.taus, patiences=args.patiences,
+        metric=args.metric, timing=timing, timing_repeats=args.timing_repeats, negative_label=negative,
+        batch_size=args.batch_size, progress=_progress(args),
+    )
+    report["data"] = fingerprint
+    report["warnings"] = warnings
+    report["selected_source"] = source
+    report["checkpoint"]["path"] = str(Path(args.checkpoint).resolve())
+    paths = write_report(report, args.report, plots=not args.no_plots)
+    _print_summary(report)
+    print(f"report: {paths['markdown']} (numbers: {paths['json']})")
+    return 0
+
+
+def _print_summary(report: dict[str, Any]) -> None:
+    metric = report["metric"]
+    timing = (report.get("timing") or {}).get("policies", {})
+    full = report["full_depth"]
+    print(f"n={report['n']}  last exit: " + "  ".join(f"{m} {full[m]:.4f}" for m in report["metric_names"]))
+    if "selected" in report:
+        row = report["selected"]
+        wall = timing.get("selected", {}).get("wall_speedup")
+        cpu = timing.get("selected", {}).get("cpu_speedup")
+        print(f"{row['name']}: " + "  ".join(f"{m} {row[m]:.4f}" for m in report["metric_names"])
+              + f"  speedup {row['speedup']:.3f}x  saved_fraction {row['saved_fraction']:.3f}"
+              + f"  disagreement {row['disagreement']:.4f}"
+              + (f"  wall-clock speed-up {wall:.2f}x (CPU time {cpu:.2f}x)" if wall else ""))
+    if "dynamic" in report:
+        best = max(report["dynamic"]["epee"], key=lambda r: (r[metric] >= full[metric] - 0.005, r["speedup"]))
+        print(f"grid: fastest EPEE setting within 0.005 {metric} of the last exit on this data: {best['name']} "
+              f"({metric} {best[metric]:.4f}, speedup {best['speedup']:.3f}x; chosen on the report data itself, "
+              "so optimistic)")
+    for warning in report.get("warnings", []):
+        print(f"note: {warning}", file=sys.stderr)
+
+
+# ----- calibrate ----------------------------------------------------------------------------------------
+def run_calibrate(args) -> int:
+    """The ``calibrate`` subcommand."""
+    from ..calibration import CalibrationGoal, calibrate_checkpoint
+
+    if args.max_drop is not None:
+        kind, value = "max_drop", args.max_drop
+    elif args.min_speedup is not None:
+        kind, value = "min_speedup", args.min_speedup
+    else:
+        kind, value = "max_disagreement", args.max_disagreement
+    goal = CalibrationGoal(kind, value, metric=args.metric, confidence=args.confidence)
+    model = _load_model(args)
+    negative = _negative_label(args, model)
+    inputs, gold, fingerprint, warnings = _load_data(args, model, part="calibration")
+    for warning in warnings:
+        print(f"note: {warning}", file=sys.stderr)
+    if model.config.calibration and not args.dry_run:
+        log.info("replacing the checkpoint's previous calibration (%s)", model.config.calibration.get("policy_name"))
+    result = calibrate_checkpoint(
+        args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
+        negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
+        save=not args.dry_run,
+    )
+    print(result.summary())
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    if args.dry_run:
+        print("dry run: the checkpoint was not changed")
+    else:
+        print(f"stored {result.policy.describe()} as the default policy of {args.checkpoint}")
+    return 0

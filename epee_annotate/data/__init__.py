@@ -1,0 +1,14 @@
+"""Training data: loaders for generic JSONL/CSV, PHEE, DDI 2013 and MedMNIST, all giving ``Example`` lists."""
+
+from .ddi import DDI_LABELS, ddi_drug_lexicon, load_ddi, subsample_negatives
+from .examples import DataError, Example, label_counts, sorted_labels, split_by_group
+from .generic import load_records
+from .load import FORMATS, check_format, labels_for, load_examples
+from .medmnist import PNEUMONIAMNIST_LABELS, load_medmnist
+from .phee import PHEE_LABELS, load_phee, phee_labels
+
+__all__ = [
+    "DDI_LABELS", "PHEE_LABELS", "PNEUMONIAMNIST_LABELS", "FORMATS", "DataError", "Example", "check_format",
+    "ddi_drug_lexicon", "label_counts", "labels_for", "load_ddi", "load_examples", "load_medmnist", "load_phee",
+    "load_records", "phee_labels", "sorted_labels", "split_by_group", "subsample_negatives",
+]

@@ -1,0 +1,183 @@
+"""DDI Extraction 2013 XML corpus as relation classification.
+
+Every ``<pair e1 e2 ddi type>`` of a ``<sentence>`` becomes one relation example: head = the
+span of ``e1``, tail = the span of ``e2``, label = ``type`` for ``ddi="true"`` pairs and
+"none" otherwise. Labels have the fixed order ``DDI_LABELS``.
+
+Offsets: the corpus' ``charOffset="a-b"`` is inclusive (``text[a:b+1]``). A discontinuous
+entity ``"a-b;c-d"`` (38 in the train part, e.g. "beta- and alpha-blockers") is taken from
+its first fragment's start to its last fragment's end. If that makes the head and tail
+spans overlap (47 pairs), each entity falls back to its first fragment alone; pairs that
+still overlap (1) and positive pairs with no type (1) cannot be encoded and are dropped
+with a logged count.
+
+A path may be one XML file or a directory searched recursively for ``*.xml``. The example
+group is the ``<document id>``, so dev splits keep documents whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import xml.etree.ElementTree as ET
+from collections import Counter
+from pathlib import Path
+from typing import Sequence
+
+from .examples import Example, SkipCounter, require_examples
+
+logger = logging.getLogger(__name__)
+
+NEGATIVE = "none"
+DDI_LABELS = [NEGATIVE, "mechanism", "effect", "advise", "int"]
+ENTITY_TYPE_ORDER = ("drug", "brand", "group", "drug_n")  # tie-break for the lexicon
+
+Span = tuple[int, int]
+
+
+class _BadElement(ValueError):
+    """An element's attributes do not fit the corpus format."""
+
+
+def ddi_files(path: str | Path) -> list[Path]:
+    """The XML files at ``path`` (a file, or a directory searched recursively), sorted."""
+    source = Path(path)
+    if source.is_file():
+        return [source]
+    if not source.is_dir():
+        raise FileNotFoundError(f"DDI path {str(source)!r} does not exist")
+    files = sorted(p for p in source.rglob("*.xml") if p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no .xml files under {str(source)!r}")
+    return files
+
+
+def parse_offsets(value: str | None) -> list[Span]:
+    """``"a-b;c-d"`` -> [(a, b+1), (c, d+1)]: inclusive corpus ends become exclusive ends."""
+    if not value:
+        raise _BadElement("entity has no charOffset")
+    spans = []
+    for fragment in value.split(";"):
+        try:
+            start, end = (int(x) for x in fragment.strip().split("-"))
+        except ValueError:
+            raise _BadElement(f"charOffset {value!r} is not 'a-b' or 'a-b;c-d'") from None
+        if not 0 <= start <= end:
+            raise _BadElement(f"charOffset {value!r} has a fragment ending before it starts")
+        spans.append((start, end + 1))
+    return spans
+
+
+def _overlap(a: Span, b: Span) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def _pair_spans(head: list[Span], tail: list[Span]) -> tuple[Span, Span] | None:
+    """Head and tail spans by the module's rule, or None if they cannot be separated."""
+    wide_head, wide_tail = (head[0][0], head[-1][1]), (tail[0][0], tail[-1][1])
+    if not _overlap(wide_head, wide_tail):
+        return wide_head, wide_tail
+    if not _overlap(head[0], tail[0]):
+        return head[0], tail[0]
+    return None
+
+
+def _parse_file(path: Path, counter: SkipCounter) -> ET.Element | None:
+    try:
+        return ET.parse(path).getroot()
+    except ET.ParseError as error:
+        line, column = error.position
+        counter.bad(f"{path} line {line}", f"malformed XML at column {column}")
+    except OSError as error:
+        counter.bad(str(path), f"cannot read ({type(error).__name__})")
+    return None
+
+
+def load_ddi(path: str | Path, on_error: str = "stop") -> list[Example]:
+    """Relation examples for every entity pair under ``path``, in file order."""
+    files = ddi_files(path)
+    counter = SkipCounter(on_error, str(path))
+    examples: list[Example] = []
+    dropped: Counter = Counter()
+    for file in files:
+        root = _parse_file(file, counter)
+        if root is None:
+            continue
+        document = root.get("id") or file.stem
+        for sentence in root.iter("sentence"):
+            try:
+                examples += _sentence_examples(sentence, document, dropped)
+            except _BadElement as error:
+                counter.bad(f"{file} sentence {sentence.get('id')}", str(error))
+    counter.finish()
+    if dropped:
+        logger.info("DDI %s: dropped pairs %s", path, dict(dropped))
+    require_examples(examples, str(path), len(counter.skipped))
+    return examples
+
+
+def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) -> list[Example]:
+    text = sentence.get("text")
+    if text is None:
+        raise _BadElement("sentence has no text attribute")
+    entities = {}
+    for entity in sentence.iter("entity"):
+        spans = parse_offsets(entity.get("charOffset"))
+        if spans[-1][1] > len(text):
+            raise _BadElement(f"entity {entity.get('id')} offsets run past the sentence end")
+        entities[entity.get("id")] = spans
+    out = []
+    for pair in sentence.iter("pair"):
+        ident = pair.get("id")
+        if pair.get("e1") not in entities or pair.get("e2") not in entities:
+            raise _BadElement(f"pair {ident} names an entity the sentence does not have")
+        positive = (pair.get("ddi") or "").lower() == "true"
+        label = (pair.get("type") or "").lower() if positive else NEGATIVE
+        if label not in DDI_LABELS:
+            if positive and not label:
+                dropped["positive without type"] += 1
+                continue
+            raise _BadElement(f"pair {ident} has type {label!r}, expected one of {DDI_LABELS[1:]}")
+        spans = _pair_spans(entities[pair.get("e1")], entities[pair.get("e2")])
+        if spans is None:
+            dropped["overlapping entities"] += 1
+            continue
+        head, tail = spans
+        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, document))
+    return out
+
+
+def subsample_negatives(examples: Sequence[Example], ratio: float | None, seed: int = 0) -> list[Example]:
+    """Keep every positive and at most ``ratio`` negatives per positive (None: keep all), in order."""
+    if ratio is None:
+        return list(examples)
+    if ratio < 0:
+        raise ValueError(f"negative ratio must be >= 0, got {ratio}")
+    negatives = [i for i, e in enumerate(examples) if e.label == NEGATIVE]
+    positives = len(examples) - len(negatives)
+    keep_count = min(len(negatives), int(round(ratio * positives)))
+    keep = set(random.Random(seed).sample(negatives, keep_count))
+    return [e for i, e in enumerate(examples) if e.label != NEGATIVE or i in keep]
+
+
+def ddi_drug_lexicon(directory: str | Path) -> dict[str, str]:
+    """Entity text (lower-cased) -> entity type (drug, brand, group, drug_n) over the corpus.
+
+    A text annotated with several types gets its most frequent one; ties follow
+    ``ENTITY_TYPE_ORDER``. Unparseable files are skipped with a logged count.
+    """
+    counts: dict[str, Counter] = {}
+    counter = SkipCounter("skip", str(directory))
+    for file in ddi_files(directory):
+        root = _parse_file(file, counter)
+        if root is None:
+            continue
+        for entity in root.iter("entity"):
+            text, kind = (entity.get("text") or "").strip().lower(), entity.get("type")
+            if text and kind:
+                counts.setdefault(text, Counter())[kind] += 1
+    counter.finish()
+    rank = {kind: i for i, kind in enumerate(ENTITY_TYPE_ORDER)}
+    return {
+        text: min(kinds, key=lambda k: (-kinds[k], rank.get(k, len(rank)), k)) for text, kinds in sorted(counts.items())
+    }

@@ -1,0 +1,142 @@
+"""Generic JSONL/CSV loaders for text, relation and image-list data.
+
+Columns (CSV header or JSONL keys):
+
+- text: ``text``, ``label``;
+- relation: ``text``, ``head_start``, ``head_end``, ``tail_start``, ``tail_end``, ``label``
+  (character offsets, end exclusive); JSONL may give ``head`` and ``tail`` as ``[start, end]``;
+- image list: ``path`` (relative to the list file's folder, or absolute), ``label``.
+
+Optional ``id`` and ``group`` (document) columns are kept on the examples. Labels are read as
+strings. A bad record stops loading with an error naming the file and line, unless
+``on_error="skip"``, which skips it and logs a count with line numbers (never the text).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from .examples import DataError, Example, SkipCounter, require_examples
+
+REQUIRED = {
+    "text": ("text", "label"),
+    "relation": ("text", "head_start", "head_end", "tail_start", "tail_end", "label"),
+    "image": ("path", "label"),
+}
+
+
+class RecordError(ValueError):
+    """One record does not fit the expected columns."""
+
+
+def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop") -> list[Example]:
+    """Examples of ``task`` from a JSONL or CSV file (``fmt`` = "jsonl" or "csv")."""
+    source = Path(path)
+    if task not in REQUIRED:
+        raise ValueError(f"task must be one of {sorted(REQUIRED)}, got {task!r}")
+    if not source.is_file():
+        raise FileNotFoundError(f"data file {str(source)!r} does not exist")
+    counter = SkipCounter(on_error, str(source))
+    reader = {"jsonl": _jsonl_rows, "csv": _csv_rows}.get(fmt)
+    if reader is None:
+        raise ValueError(f"generic format must be 'jsonl' or 'csv', got {fmt!r}")
+    examples = []
+    for line, row in reader(source, task, counter):
+        try:
+            examples.append(_example(row, task, source.parent))
+        except RecordError as error:
+            counter.bad(f"line {line}", str(error))
+    counter.finish()
+    require_examples(examples, str(source), len(counter.skipped))
+    return examples
+
+
+def _jsonl_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(source, encoding="utf-8") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
+                continue
+            try:
+                row = json.loads(raw)
+            except json.JSONDecodeError as error:
+                counter.bad(f"line {number}", f"not valid JSON ({error.msg} at column {error.colno})")
+                continue
+            if not isinstance(row, dict):
+                counter.bad(f"line {number}", f"expected a JSON object, got {type(row).__name__}")
+                continue
+            yield number, row
+
+
+def _csv_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(source, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle, strict=True)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as error:
+            raise DataError(f"{source}, line 1: cannot read the CSV header ({error})") from None
+        # A missing column is a file-level problem: no row could be read, so always stop.
+        missing = [c for c in REQUIRED[task] if c not in header]
+        if missing:
+            raise DataError(f"{source}: missing column(s) {missing}; found {header}")
+        while True:
+            start = reader.line_num + 1
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as error:
+                counter.bad(f"line {start}", f"malformed CSV ({error})")
+                continue
+            if None in row or any(value is None for value in row.values()):
+                counter.bad(f"line {start}", f"expected {len(header)} fields")
+                continue
+            yield start, row
+
+
+def _example(row: dict[str, Any], task: str, base: Path) -> Example:
+    missing = [c for c in _required_keys(row, task) if c not in row or row[c] is None]
+    if missing:
+        raise RecordError(f"missing field(s) {missing}")
+    label = row["label"]
+    if isinstance(label, (dict, list, bool)) or str(label).strip() == "":
+        raise RecordError("label must be a non-empty string or number")
+    label = str(label).strip()
+    ident = None if row.get("id") is None else str(row["id"])
+    group = None if row.get("group") in (None, "") else str(row["group"])
+    if task == "text":
+        return Example(_text(row["text"]), label, ident, group)
+    if task == "relation":
+        text = _text(row["text"])
+        head, tail = _span(row, "head", len(text)), _span(row, "tail", len(text))
+        return Example({"text": text, "head": head, "tail": tail}, label, ident, group)
+    path = Path(str(row["path"]))
+    path = path if path.is_absolute() else base / path
+    if not path.is_file():
+        raise RecordError("image file does not exist")  # the path itself may name a patient
+    return Example(str(path), label, ident, group)
+
+
+def _required_keys(row: dict[str, Any], task: str) -> tuple[str, ...]:
+    if task == "relation" and "head" in row and "tail" in row:
+        return ("text", "head", "tail", "label")
+    return REQUIRED[task]
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise RecordError("text must be a non-empty string")
+    return value
+
+
+def _span(row: dict[str, Any], name: str, length: int) -> tuple[int, int]:
+    raw = row[name] if name in row else (row[f"{name}_start"], row[f"{name}_end"])
+    try:
+        start, end = (int(str(x).strip()) for x in raw)
+    except (TypeError, ValueError):
+        raise RecordError(f"{name} must be a [start, end] pair of integer character offsets") from None
+    if not 0 <= start < end <= length:
+        raise RecordError(f"{name} span ({start}, {end}) is outside the text of length {length}")
+    return start, end

@@ -1,0 +1,84 @@
+"""One entry point for every training-data format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .ddi import DDI_LABELS, load_ddi, subsample_negatives
+from .examples import Example, sorted_labels
+from .generic import load_records
+from .medmnist import load_medmnist, medmnist_label_names
+from .phee import load_phee, phee_labels
+
+FORMATS = ("jsonl", "csv", "phee", "ddi", "npz", "images")
+_TASKS = {
+    "jsonl": ("text", "relation"),
+    "csv": ("text", "relation"),
+    "phee": ("text",),
+    "ddi": ("relation",),
+    "npz": ("image",),
+    "images": ("image",),
+}
+
+
+def check_format(fmt: str, task: str) -> None:
+    """A clear error when a format cannot feed a task."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+    if task not in _TASKS[fmt]:
+        raise ValueError(f"format {fmt!r} gives {'/'.join(_TASKS[fmt])} data, not {task!r}")
+
+
+def load_examples(
+    path: str | Path,
+    format: str,
+    task: str,
+    split: str | None = None,
+    on_error: str = "stop",
+    **options: Any,
+) -> list[Example]:
+    """Examples from ``path`` in ``format`` for ``task``.
+
+    ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
+    ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
+    ``label_names`` (npz). For "images", ``path`` is a CSV or JSONL list (by extension).
+    """
+    check_format(format, task)
+    if on_error not in ("stop", "skip"):
+        raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
+    if format in ("jsonl", "csv"):
+        _no_options(format, options)
+        return load_records(path, format, task, on_error)
+    if format == "images":
+        _no_options(format, options)
+        fmt = "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
+        return load_records(path, fmt, "image", on_error)
+    if format == "phee":
+        _no_options(format, options, ("both", "no_event"))
+        return load_phee(path, on_error=on_error, **options)
+    if format == "ddi":
+        _no_options(format, options, ("negative_ratio", "seed"))
+        examples = load_ddi(path, on_error)
+        return subsample_negatives(examples, options.get("negative_ratio"), options.get("seed", 0))
+    _no_options(format, options, ("label_names",))
+    return load_medmnist(path, split or "train", options.get("label_names"))
+
+
+def _no_options(fmt: str, options: dict[str, Any], allowed: Sequence[str] = ()) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"format {fmt!r} takes no option(s) {unknown}")
+
+
+def labels_for(format: str, examples: Sequence[Example], label_names: Sequence[str] | None = None) -> list[str]:
+    """The model's label list: fixed by the format (ddi, phee, named npz) or sorted from the data."""
+    if format == "ddi":
+        return list(DDI_LABELS)
+    if format == "phee":
+        return phee_labels(examples)
+    if format == "npz":
+        if label_names is not None:
+            return medmnist_label_names(len(label_names), label_names)
+        return medmnist_label_names(max(int(e.label) for e in examples) + 1)
+    return sorted_labels(e.label for e in examples)

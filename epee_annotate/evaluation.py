@@ -1,0 +1,407 @@
+"""Evaluation of a multi-exit model from one full-depth pass.
+
+``model.exit_probs`` gives every exit's probabilities, an (N, M, K) tensor. Every exit policy
+is then replayed on that tensor with ``policies.simulate`` at no model cost, so the two modes
+of the EPEE paper come from a single pass:
+
+- budgeted mode: every input answers at exit m (per-exit accuracy, macro-F1, mean entropy);
+- dynamic mode: a grid of entropy thresholds x patience values (EPEE), with the entropy-only
+  (DeeBERT) and patience-only (PABEE) baselines on the same grid.
+
+Only wall-clock time needs the real early-exit engine (``model.predict``), so it is measured
+for a few chosen policies (``time_policies``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .metrics import classification_metrics
+from .policies import EPEE, EntropyExit, ExitPolicy, PatienceExit, full_depth, normalized_entropy, simulate
+
+# Normalized entropy of a confident binary answer is small (p=0.99 -> 0.08), so the low end is dense.
+DEFAULT_TAUS: tuple[float, ...] = (
+    0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
+)
+# Label names that mean "no relation" (the DDI 2013 metric is micro-F1 over the other labels).
+NEGATIVE_LABEL_NAMES = ("none", "negative", "no_relation", "no-relation", "false")
+METRICS = ("accuracy", "macro_f1", "micro_f1_positive")
+
+
+def default_patiences(num_layers: int) -> list[int]:
+    """Patience values 1..M (P = M makes EPEE entropy-only; P = 1 answers at exit 1)."""
+    return list(range(1, num_layers + 1))
+
+
+def find_negative_label(labels: Sequence[str]) -> str | None:
+    """The label that means "no relation" (e.g. ``none``), if there is one."""
+    for label in labels:
+        if str(label).strip().lower() in NEGATIVE_LABEL_NAMES:
+            return str(label)
+    return None
+
+
+def encode_gold(gold: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
+    """Gold label names -> ids of ``labels``; a clear error names labels the checkpoint lacks."""
+    index = {str(label): i for i, label in enumerate(labels)}
+    unseen = sorted({str(label) for label in gold} - set(index))
+    if unseen:
+        raise ValueError(
+            f"the data has labels the checkpoint does not know: {unseen[:10]}"
+            f"{' ...' if len(unseen) > 10 else ''}; checkpoint labels: {list(labels)}"
+        )
+    return torch.tensor([index[str(label)] for label in gold], dtype=torch.long)
+
+
+# ----- metrics --------------------------------------------------------------------------------
+def compute_metrics(
+    gold: torch.Tensor, predicted: torch.Tensor, labels: Sequence[str], negative_label: str | None = None
+) -> dict[str, float]:
+    """accuracy and macro-F1, plus micro-F1 over positive classes when a negative label is given."""
+    negative = list(labels).index(negative_label) if negative_label is not None else None
+    return classification_metrics(gold, predicted, negative)
+
+
+# ----- the exit table ---------------------------------------------------------------------------
+@dataclass
+class ExitTable:
+    """Every exit's probabilities (N, M, K) for N labelled inputs: all that evaluation needs."""
+
+    probs: torch.Tensor
+    gold: torch.Tensor
+    labels: list[str]
+    negative_label: str | None = None
+    _last: torch.Tensor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.probs = torch.as_tensor(self.probs, dtype=torch.float32).cpu()
+        self.gold = torch.as_tensor(self.gold, dtype=torch.long).cpu()
+        self.labels = [str(label) for label in self.labels]
+        if self.probs.dim() != 3:
+            raise ValueError(f"exit probabilities must be (N, M, K), got shape {tuple(self.probs.shape)}")
+        if self.probs.size(0) == 0:
+            raise ValueError("cannot evaluate on zero examples")
+        if self.gold.shape != (self.probs.size(0),):
+            raise ValueError(f"need one gold label per row: {tuple(self.gold.shape)} vs {self.probs.size(0)} rows")
+        if self.probs.size(2) != len(self.labels):
+            raise ValueError(f"{self.probs.size(2)} classes in the probabilities but {len(self.labels)} label names")
+        if self.gold.min() < 0 or self.gold.max() >= len(self.labels):
+            raise ValueError("gold label ids out of range")
+        if self.negative_label is not None and self.negative_label not in self.labels:
+            raise ValueError(f"negative label {self.negative_label!r} is not one of {self.labels}")
+        self._last = self.probs[:, -1].argmax(-1)
+
+    @classmethod
+    def from_model(
+        cls,
+        model,
+        inputs: Sequence[Any],
+        gold: Sequence[Any],
+        *,
+        negative_label: str | None = None,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> "ExitTable":
+        """One full-depth pass of ``model`` over ``inputs`` (gold given as label names)."""
+        if len(inputs) != len(gold):
+            raise ValueError(f"{len(inputs)} inputs but {len(gold)} gold labels")
+        if not inputs:
+            raise ValueError("cannot evaluate on zero examples")
+        gold_ids = encode_gold(gold, model.labels)
+        probs = model.exit_probs(list(inputs), batch_size=batch_size, progress=progress)
+        return cls(probs, gold_ids, list(model.labels), negative_label)
+
+    @property
+    def num_rows(self) -> int:
+        return self.probs.size(0)
+
+    @property
+    def num_layers(self) -> int:
+        return self.probs.size(1)
+
+    @property
+    def metric_names(self) -> list[str]:
+        return list(METRICS) if self.negative_label is not None else list(METRICS[:2])
+
+    def predictions(self, exit_layer: torch.Tensor) -> torch.Tensor:
+        """Argmax of the exit each row answered at (1-based ``exit_layer``)."""
+        rows = torch.arange(self.num_rows)
+        return self.probs[rows, exit_layer.long() - 1].argmax(-1)
+
+    def metrics(self, predicted: torch.Tensor) -> dict[str, float]:
+        return compute_metrics(self.gold, predicted, self.labels, self.negative_label)
+
+    def evaluate_exits(self, exit_layer: torch.Tensor) -> dict[str, Any]:
+        """Quality, cost and agreement with full depth when row i answers at ``exit_layer[i]``."""
+        exit_layer = exit_layer.long().cpu()
+        predicted = self.predictions(exit_layer)
+        n, depth = self.num_rows, self.num_layers
+        used = int(exit_layer.sum())
+        disagreements = int((predicted != self._last).sum())
+        return {
+            **self.metrics(predicted),
+            "mean_exit_layer": used / n,
+            # Eq. 5 of the EPEE paper: the fraction of layer computations skipped.
+            "saved_fraction": 1.0 - used / (n * depth),
+            # The same as a ratio: full-depth layers per layer actually run.
+            "speedup": depth * n / used,
+            "disagreement": disagreements / n,
+            "disagreement_count": disagreements,
+            "exit_histogram": torch.bincount(exit_layer, minlength=depth + 1)[1:].tolist(),
+        }
+
+    def evaluate(self, policy: ExitPolicy) -> dict[str, Any]:
+        """One policy replayed on the table: a report row."""
+        exits = simulate(policy, self.probs)
+        return {"policy": policy.to_dict(), "name": policy.describe(), **self.evaluate_exits(exits)}
+
+
+# ----- the two modes ----------------------------------------------------------------------------
+def budgeted(table: ExitTable) -> list[dict[str, Any]]:
+    """Budgeted mode (paper Fig. 3): every input answers at exit m, for each m."""
+    rows = []
+    for m in range(1, table.num_layers + 1):
+        row = table.evaluate_exits(torch.full((table.num_rows,), m, dtype=torch.long))
+        rows.append({
+            "layer": m,
+            **{name: row[name] for name in table.metric_names},
+            "mean_entropy": float(normalized_entropy(table.probs[:, m - 1]).mean()),
+            "speedup": row["speedup"],
+            "saved_fraction": row["saved_fraction"],
+            "disagreement": row["disagreement"],
+        })
+    return rows
+
+
+def epee_grid(taus: Iterable[float], patiences: Iterable[int]) -> list[EPEE]:
+    """EPEE(tau, P) for every pair, tau-major. tau = 0 is patience-only, P = M entropy-only."""
+    return [EPEE(entropy=float(tau), patience=int(p)) for tau in taus for p in patiences]
+
+
+def dynamic(
+    table: ExitTable,
+    taus: Sequence[float] | None = None,
+    patiences: Sequence[int] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Dynamic mode: the EPEE grid plus entropy-only and patience-only baselines on the same values."""
+    taus = sorted({float(t) for t in (DEFAULT_TAUS if taus is None else taus)})
+    patiences = sorted({int(p) for p in (default_patiences(table.num_layers) if patiences is None else patiences)})
+    _check_grid(taus, patiences)
+    families = {
+        "epee": epee_grid(taus, patiences),
+        "entropy": [EntropyExit(entropy=tau) for tau in taus],
+        "patience": [PatienceExit(patience=p) for p in patiences],
+    }
+    total = sum(len(v) for v in families.values())
+    out: dict[str, Any] = {"taus": taus, "patiences": patiences}
+    with tqdm(total=total, desc="grid", unit="policy", disable=not progress) as bar:
+        for family, policies in families.items():
+            rows = []
+            for policy in policies:
+                rows.append({"family": family, **_knobs(policy), **table.evaluate(policy)})
+                bar.update()
+            out[family] = rows
+    return out
+
+
+def _knobs(policy: ExitPolicy) -> dict[str, Any]:
+    return {"entropy": getattr(policy, "entropy", None), "patience": getattr(policy, "patience", None)}
+
+
+def _check_grid(taus: Sequence[float], patiences: Sequence[int]) -> None:
+    if not taus or not patiences:
+        raise ValueError("the grid needs at least one entropy threshold and one patience value")
+    bad_tau = [t for t in taus if not 0.0 <= t <= 1.0]
+    if bad_tau:
+        raise ValueError(f"entropy thresholds must be in [0, 1], got {bad_tau}")
+    bad_p = [p for p in patiences if p < 1]
+    if bad_p:
+        raise ValueError(f"patience values must be >= 1, got {bad_p}")
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
+    """Rows no other row beats on both speed-up and ``metric``, by increasing speed-up."""
+    ordered = sorted(rows, key=lambda r: (-r["speedup"], -r[metric]))
+    front, best = [], float("-inf")
+    for row in ordered:
+        if row[metric] > best + 1e-12:
+            front.append(row)
+            best = row[metric]
+    return front[::-1]
+
+
+# ----- wall-clock time ---------------------------------------------------------------------------
+def time_policies(
+    model,
+    inputs: Sequence[Any],
+    policies: dict[str, ExitPolicy],
+    *,
+    batch_size: int = 32,
+    repeats: int = 3,
+    table: ExitTable | None = None,
+    progress: bool = False,
+) -> dict[str, dict[str, Any]]:
+    """Time the real early-exit ``model.predict`` for each named policy (full depth always included).
+
+    Policies are run in turn ``repeats`` times and each keeps its fastest run: on a shared machine
+    the minimum is the least noisy estimate of what the computation itself costs. CPU time of this
+    process (all threads) is kept too: it counts the work done and is less disturbed by other
+    processes competing for the same cores.
+    """
+    if repeats < 1:
+        raise ValueError("repeats must be >= 1")
+    policies = {"full_depth": full_depth(), **policies}
+    inputs = list(inputs)
+    # One small warm-up call so the first timed policy does not pay for lazy initialisation.
+    model.predict(inputs[: min(len(inputs), batch_size)], policy=full_depth(), batch_size=batch_size)
+    runs: dict[str, list[float]] = {name: [] for name in policies}
+    cpu: dict[str, list[float]] = {name: [] for name in policies}
+    exits: dict[str, torch.Tensor] = {}
+    with tqdm(total=repeats * len(policies), desc="timing", unit="run", disable=not progress) as bar:
+        for _ in range(repeats):
+            for name, policy in policies.items():
+                _synchronize(model)
+                start, start_cpu = time.perf_counter(), time.process_time()
+                predictions = model.predict(inputs, policy=policy, batch_size=batch_size)
+                _synchronize(model)
+                runs[name].append(time.perf_counter() - start)
+                cpu[name].append(time.process_time() - start_cpu)
+                exits[name] = torch.tensor([p.exit_layer or model.num_layers for p in predictions])
+                bar.update()
+    out: dict[str, dict[str, Any]] = {}
+    for name, policy in policies.items():
+        seconds = min(runs[name])
+        entry: dict[str, Any] = {
+            "policy": policy.to_dict(),
+            "name": policy.describe(),
+            "seconds": seconds,
+            "seconds_runs": runs[name],
+            "cpu_seconds": min(cpu[name]),
+            "items_per_second": len(inputs) / seconds if seconds > 0 else float("inf"),
+            "mean_exit_layer": float(exits[name].float().mean()),
+        }
+        if table is not None:
+            # The engine runs layer by layer on compacted batches; tiny numeric differences can move
+            # a row that sits on a threshold, so report how often it matches the replayed exit.
+            entry["exit_layer_match"] = float((simulate(policy, table.probs) == exits[name]).float().mean())
+        out[name] = entry
+    base, base_cpu = out["full_depth"]["seconds"], out["full_depth"]["cpu_seconds"]
+    for entry in out.values():
+        entry["wall_speedup"] = base / entry["seconds"] if entry["seconds"] > 0 else float("inf")
+        entry["cpu_speedup"] = base_cpu / entry["cpu_seconds"] if entry["cpu_seconds"] > 0 else float("inf")
+    return out
+
+
+def _synchronize(model) -> None:
+    if model.device.type == "cuda":
+        torch.cuda.synchronize(model.device)
+
+
+# ----- the whole evaluation ------------------------------------------------------------------------
+def resolve_metric(metric: str | None, table: ExitTable) -> str:
+    """``auto``/None -> positive micro-F1 when there is a negative label, else accuracy."""
+    if metric in (None, "auto"):
+        return "micro_f1_positive" if table.negative_label is not None else "accuracy"
+    if metric not in table.metric_names:
+        hint = " (it needs a negative label such as 'none')" if metric == "micro_f1_positive" else ""
+        raise ValueError(f"metric {metric!r} is not available{hint}; choose from {table.metric_names}")
+    return metric
+
+
+def evaluate_table(
+    table: ExitTable,
+    *,
+    policy: ExitPolicy | None = None,
+    grid: bool = True,
+    taus: Sequence[float] | None = None,
+    patiences: Sequence[int] | None = None,
+    metric: str | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Budgeted mode, full depth, an optional selected policy and optionally the dynamic grid."""
+    metric = resolve_metric(metric, table)
+    report: dict[str, Any] = {
+        "n": table.num_rows,
+        "num_layers": table.num_layers,
+        "labels": table.labels,
+        "negative_label": table.negative_label,
+        "metric": metric,
+        "metric_names": table.metric_names,
+        "gold_counts": dict(zip(table.labels, torch.bincount(table.gold, minlength=len(table.labels)).tolist())),
+        "budgeted": budgeted(table),
+        "full_depth": table.evaluate(full_depth()),
+    }
+    if policy is not None:
+        report["selected"] = table.evaluate(policy)
+    if grid:
+        report["dynamic"] = dynamic(table, taus, patiences, progress=progress)
+        report["dynamic"]["front"] = {
+            family: [row["name"] for row in pareto_front(report["dynamic"][family], metric)]
+            for family in ("epee", "entropy", "patience")
+        }
+    return report
+
+
+def evaluate_model(
+    model,
+    inputs: Sequence[Any],
+    gold: Sequence[Any],
+    *,
+    policy: ExitPolicy | None = None,
+    grid: bool = True,
+    taus: Sequence[float] | None = None,
+    patiences: Sequence[int] | None = None,
+    metric: str | None = None,
+    timing: str = "selected",
+    timing_repeats: int = 3,
+    negative_label: str | None = None,
+    batch_size: int = 32,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Full evaluation of ``model`` on labelled ``inputs``; ``timing`` is none, selected or all."""
+    if timing not in ("none", "selected", "all"):
+        raise ValueError(f"timing must be none, selected or all, got {timing!r}")
+    if negative_label is None and model.task == "relation":
+        negative_label = find_negative_label(model.labels)
+    table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, batch_size=batch_size,
+                                 progress=progress)
+    report = evaluate_table(table, policy=policy, grid=grid, taus=taus, patiences=patiences, metric=metric,
+                            progress=progress)
+    report["checkpoint"] = {
+        "id": model.checkpoint_id,
+        "task": model.task,
+        "num_layers": model.num_layers,
+        "labels": list(model.labels),
+        "default_policy": model.config.default_policy,
+        "calibration": model.config.calibration,
+    }
+    if timing != "none":
+        chosen: dict[str, ExitPolicy] = {}
+        if policy is not None:
+            chosen["selected"] = policy
+        if timing == "all" and grid:
+            for family in ("epee", "entropy", "patience"):
+                for row in report["dynamic"][family]:
+                    chosen[row["name"]] = _policy_of(row)
+        measured = time_policies(model, inputs, chosen, batch_size=batch_size, repeats=timing_repeats, table=table,
+                                 progress=progress)
+        report["timing"] = {"device": str(model.device), "batch_size": batch_size, "repeats": timing_repeats,
+                            "policies": measured}
+        if timing == "all" and grid:
+            for family in ("epee", "entropy", "patience"):
+                for row in report["dynamic"][family]:
+                    row["wall_seconds"] = measured[row["name"]]["seconds"]
+                    row["wall_speedup"] = measured[row["name"]]["wall_speedup"]
+    return report
+
+
+def _policy_of(row: dict[str, Any]) -> ExitPolicy:
+    from .policies import policy_from_dict
+
+    return policy_from_dict(row["policy"])

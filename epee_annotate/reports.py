@@ -1,0 +1,161 @@
+"""Write an evaluation report: ``report.json`` (every number), ``report.md`` (tables) and PNG plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from .evaluation import pareto_front
+
+HEADERS = {
+    "accuracy": "accuracy",
+    "macro_f1": "macro-F1",
+    "micro_f1_positive": "micro-F1 (pos.)",
+}
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if math.isinf(value) or math.isnan(value):
+            return str(value)
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _policy_rows(report: dict[str, Any], entries: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    metrics = report["metric_names"]
+    timing = (report.get("timing") or {}).get("policies", {})
+    headers = ["setting", *[HEADERS[m] for m in metrics], "mean exit layer", "speedup", "saved_fraction",
+               "disagreement", "wall s", "wall speed-up", "CPU s", "CPU speed-up"]
+    rows = []
+    for label, row in entries:
+        measured = timing.get(label) or {}
+        rows.append([label if label == row["name"] else f"{label}: {row['name']}",
+                     *[_num(row[m]) for m in metrics], _num(row["mean_exit_layer"], 2), _num(row["speedup"], 3),
+                     _num(row["saved_fraction"], 3), _num(row["disagreement"]),
+                     _num(measured.get("seconds"), 2), _num(measured.get("wall_speedup"), 2),
+                     _num(measured.get("cpu_seconds"), 2), _num(measured.get("cpu_speedup"), 2)])
+    return _table(headers, rows)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown tables."""
+    metric = report["metric"]
+    metrics = report["metric_names"]
+    checkpoint = report.get("checkpoint", {})
+    data = report.get("data") or {}
+    out = ["# Evaluation report", ""]
+    if checkpoint:
+        out.append(f"- checkpoint: `{checkpoint.get('id')}` ({checkpoint.get('task')}, "
+                   f"{checkpoint.get('num_layers')} exits, labels {checkpoint.get('labels')})")
+    if data:
+        where = Path(data["path"]).name if data.get("path") else "in-memory inputs"
+        part = "" if data.get("part", "all") == "all" else \
+            f", {data['part']} part of a split (fraction {data.get('fraction')}, seed {data.get('seed')})"
+        out.append(f"- data: `{where}` (format {data.get('format')}, split {data.get('split')}{part})")
+    out.append(f"- n = {report['n']}; gold label counts: {report.get('gold_counts')}")
+    negative = report.get("negative_label")
+    out.append(f"- main metric: {metric}" + (f"; positive-class micro-F1 excludes `{negative}`" if negative else ""))
+    out.append("- speedup = M / mean exit layer; saved_fraction = 1 - sum(exit layers) / (N x M) (EPEE paper Eq. 5); "
+               "disagreement = share of answers that differ from the last exit's answer")
+    for warning in report.get("warnings", []):
+        out.append(f"- **{warning}**")
+    out.append("")
+
+    out += ["## Full depth and the selected setting", ""]
+    entries = [("full_depth", report["full_depth"])]
+    if "selected" in report:
+        entries.append(("selected", report["selected"]))
+    out += [_policy_rows(report, entries), ""]
+    if report.get("selected_source"):
+        out += [f"Selected setting from: {report['selected_source']}.", ""]
+    timing = report.get("timing")
+    if timing:
+        out += [f"Wall-clock times: real early-exit `model.predict` on {timing['device']}, batch size "
+                f"{timing['batch_size']}, fastest of {timing.get('repeats', 1)} interleaved runs each, after a "
+                "warm-up batch; wall speed-up = full-depth seconds / seconds; CPU = process CPU time (all threads).", ""]
+
+    out += ["## Budgeted mode (every input exits at layer m)", ""]
+    out.append(_table(["exit layer", *[HEADERS[m] for m in metrics], "mean entropy", "speedup", "disagreement"],
+                      [[r["layer"], *[_num(r[m]) for m in metrics], _num(r["mean_entropy"]), _num(r["speedup"], 2),
+                        _num(r["disagreement"])] for r in report["budgeted"]]))
+    out.append("")
+
+    dynamic = report.get("dynamic")
+    if dynamic:
+        out += ["## Dynamic mode", "",
+                f"Grid: entropy thresholds tau in {dynamic['taus']}, patience P in {dynamic['patiences']}. "
+                "EPEE exits when normalized entropy < tau OR the same class won P consecutive exits; "
+                f"tau = 0 is patience only, P = {report['num_layers']} is entropy only.", ""]
+        for family, title in (("epee", "EPEE"), ("entropy", "entropy only (DeeBERT)"),
+                              ("patience", "patience only (PABEE)")):
+            front = pareto_front(dynamic[family], metric)
+            out += [f"### Pareto front ({HEADERS[metric]} vs speed-up): {title}", ""]
+            out.append(_table(["setting", *[HEADERS[m] for m in metrics], "speedup", "saved_fraction", "disagreement"]
+                              + (["wall speed-up"] if "wall_speedup" in front[0] else []),
+                              [[r["name"], *[_num(r[m]) for m in metrics], _num(r["speedup"], 3),
+                                _num(r["saved_fraction"], 3), _num(r["disagreement"])]
+                               + ([_num(r["wall_speedup"], 2)] if "wall_speedup" in r else []) for r in front]))
+            out.append("")
+        for key, title, digits in ((metric, HEADERS[metric], 4), ("speedup", "speed-up", 2),
+                                   ("disagreement", "disagreement", 4)):
+            out += [f"### EPEE grid: {title} (rows tau, columns P)", ""]
+            cells = {(r["entropy"], r["patience"]): r[key] for r in dynamic["epee"]}
+            out.append(_table(["tau \\ P", *map(str, dynamic["patiences"])],
+                              [[f"{t:g}", *[_num(cells[(t, p)], digits) for p in dynamic["patiences"]]]
+                               for t in dynamic["taus"]]))
+            out.append("")
+
+    calibration = checkpoint.get("calibration")
+    if calibration:
+        out += ["## Calibration record of the checkpoint", ""]
+        goal = calibration.get("goal", {})
+        out.append(f"- goal: {goal.get('kind')} = {goal.get('value')} (metric {goal.get('metric')}, "
+                   f"confidence {goal.get('confidence')}); chosen {calibration.get('policy_name')}")
+        out.append(f"- calibration n = {calibration.get('n')}, grid of {calibration.get('grid_size')}; "
+                   f"disagreement upper bound {_num(calibration.get('disagreement_bound'))} "
+                   f"({calibration.get('correction')}, confidence {calibration.get('confidence')})")
+        out.append("")
+    plots = report.get("plots") or []
+    if plots:
+        out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
+    return "\n".join(out)
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe values (inf/nan become strings rather than invalid JSON)."""
+    if isinstance(value, float) and (math.isinf(value) or math.isnan(value)):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def write_report(report: dict[str, Any], directory: str | Path, plots: bool = True) -> dict[str, Path]:
+    """Write report.json, report.md and (optionally) the PNG plots into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    if plots:
+        from .plots import write_plots
+
+        for path in write_plots(report, directory):
+            paths[path.stem] = path
+        report["plots"] = [path.name for path in paths.values()]
+    paths["json"] = directory / "report.json"
+    paths["json"].write_text(json.dumps(_clean(report), indent=2) + "\n")
+    paths["markdown"] = directory / "report.md"
+    paths["markdown"].write_text(render_markdown(report) + "\n")
+    return paths

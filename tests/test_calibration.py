@@ -1,0 +1,221 @@
+"""Calibration goals, the Clopper-Pearson bound with its Bonferroni correction, split safety, CLI."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import beta
+
+from conftest import make_texts
+from epee_annotate import EPEE, MultiExitModel
+from epee_annotate.calibration import (
+    CalibrationGoal,
+    SameSplitError,
+    bonferroni_level,
+    calibrate,
+    calibrate_checkpoint,
+    check_split,
+    clopper_pearson_upper,
+    data_fingerprint,
+    inputs_sha256,
+    split_examples,
+)
+from epee_annotate.cli import main
+from epee_annotate.evaluation import ExitTable
+from epee_annotate.policies import full_depth
+
+A, B, C, D = [0.99, 0.01], [0.6, 0.4], [0.01, 0.99], [0.4, 0.6]
+
+
+@pytest.fixture
+def table():
+    """The hand-checked table of test_evaluation: accuracy 1.0 at full depth."""
+    probs = torch.tensor([[A, A, A], [B, B, C], [D, C, C], [B, D, B]])
+    return ExitTable(probs, torch.tensor([0, 1, 1, 0]), ["neg", "pos"])
+
+
+GRID = dict(taus=[0.0, 0.5], patiences=[1, 2, 3])
+# (tau, P): speed-up, accuracy -- (0,1) 3.0 .75 | (0,2) 1.33 .75 | (0,3) 1.0 1.0
+#                                 (.5,1) 3.0 .75 | (.5,2) 1.5 .75 | (.5,3) 1.33 1.0
+
+
+def test_clopper_pearson_known_values():
+    assert clopper_pearson_upper(0, 100, 0.95) == pytest.approx(1 - 0.05 ** (1 / 100))
+    assert clopper_pearson_upper(0, 100, 0.95) == pytest.approx(0.0295, abs=5e-5)
+    assert clopper_pearson_upper(9, 10, 0.95) == pytest.approx(0.95 ** (1 / 10))  # k = n - 1: C^(1/n)
+    assert clopper_pearson_upper(1, 10, 0.95) == pytest.approx(0.3942, abs=1e-4)
+    assert clopper_pearson_upper(10, 10, 0.95) == 1.0
+    with pytest.raises(ValueError):
+        clopper_pearson_upper(3, 2, 0.95)
+    assert bonferroni_level(0.95, 10) == pytest.approx(0.995)
+
+
+def test_max_drop(table):
+    strict = calibrate(table, CalibrationGoal("max_drop", 0.0), **GRID)
+    assert strict.policy == EPEE(0.5, 3) and strict.metrics["speedup"] == pytest.approx(4 / 3)
+    assert strict.metrics["accuracy"] == 1.0 and strict.reference["accuracy"] == 1.0
+    assert strict.grid_size == 6 and strict.feasible == 2 and strict.n == 4
+    loose = calibrate(table, CalibrationGoal("max_drop", 0.25), **GRID)
+    assert loose.policy.patience == 1 and loose.metrics["speedup"] == 3.0
+    assert loose.goal.metric == "accuracy"  # auto without a negative label
+
+
+def test_min_speedup(table):
+    result = calibrate(table, CalibrationGoal("min_speedup", 1.2), **GRID)
+    assert result.policy == EPEE(0.5, 3) and result.metrics["accuracy"] == 1.0
+    assert calibrate(table, CalibrationGoal("min_speedup", 1.4), **GRID).metrics["speedup"] == 3.0
+    with pytest.raises(ValueError, match="reaches 3.000"):
+        calibrate(table, CalibrationGoal("min_speedup", 3.5), **GRID)
+
+
+def two_exit_table(n: int, disagreements: int) -> ExitTable:
+    """Exit 1 is confident for every row and differs from exit 2 on ``disagreements`` rows."""
+    probs = torch.tensor([[A, A]] * n)
+    probs[:disagreements, 1] = torch.tensor(C)
+    return ExitTable(probs, probs[:, 1].argmax(-1), ["neg", "pos"])
+
+
+def test_max_disagreement_bound_is_bonferroni_corrected():
+    grid = dict(taus=[0.0, 0.5], patiences=[1, 2])  # 4 points: three exit at layer 1, (0, 2) is full depth
+    table = two_exit_table(300, 3)
+    level = 1 - 0.05 / 4
+    expected = beta.ppf(level, 3 + 1, 300 - 3)
+    passing = calibrate(table, CalibrationGoal("max_disagreement", expected + 1e-4, confidence=0.95), **grid)
+    assert passing.metrics["speedup"] == 2.0 and not passing.fallback
+    assert passing.bound == pytest.approx(expected)
+    assert passing.bound_uncorrected == pytest.approx(beta.ppf(0.95, 4, 297))
+    assert passing.bound_uncorrected < passing.bound
+    assert passing.metrics["disagreement"] == pytest.approx(0.01)
+    # Just below the corrected bound: only the grid's full-depth point (tau 0, P = M) passes; it cannot disagree.
+    failing = calibrate(table, CalibrationGoal("max_disagreement", expected - 1e-4), **grid)
+    assert failing.policy == EPEE(0.0, 2) and failing.bound == 0.0 and failing.metrics["speedup"] == 1.0
+    assert failing.feasible == 1 and not failing.fallback
+    # A grid without a full-depth point falls back to full depth itself.
+    fallback = calibrate(table, CalibrationGoal("max_disagreement", 0.001), taus=[0.0, 0.5], patiences=[1])
+    assert fallback.fallback and fallback.policy == full_depth() and fallback.bound == 0.0
+    # k = 0: the corrected bound is 1 - (alpha / G)^(1/n).
+    zero = calibrate(two_exit_table(300, 0), CalibrationGoal("max_disagreement", 0.02), **grid)
+    assert zero.bound == pytest.approx(1 - (0.05 / 4) ** (1 / 300)) and zero.metrics["speedup"] == 2.0
+
+
+def test_goal_validation():
+    with pytest.raises(ValueError, match="goal"):
+        CalibrationGoal("fastest", 1.0)
+    with pytest.raises(ValueError, match="0.005 = 0.5 points"):
+        CalibrationGoal("max_drop", 5.0)
+    with pytest.raises(ValueError, match="confidence"):
+        CalibrationGoal("max_disagreement", 0.01, confidence=1.0)
+
+
+def test_split_examples_is_deterministic_and_disjoint():
+    items = list(range(101))
+    first, rest = split_examples(items, 0.5, seed=3)
+    assert (first, rest) == split_examples(items, 0.5, seed=3)
+    assert len(first) == 50 and sorted(first + rest) == items
+    assert first == sorted(first)  # original order is kept
+    assert split_examples(items, 0.5, seed=4)[0] != first
+    with pytest.raises(ValueError):
+        split_examples(items, 1.0)
+
+
+def test_check_split_refuses_the_calibration_data(tmp_path):
+    data = tmp_path / "dev.jsonl"
+    data.write_text("x\n")
+    texts = ["a", "b", "c", "d"]
+    cal = data_fingerprint(texts[:2], path=data, format="jsonl", fraction=0.5, seed=0, part="calibration")
+    record = {"data": cal}
+    rest = data_fingerprint(texts[2:], path=data, format="jsonl", fraction=0.5, seed=0, part="report")
+    assert check_split(record, rest) is None  # the complementary part is fine
+    whole = data_fingerprint(texts, path=data, format="jsonl")
+    with pytest.raises(SameSplitError, match="--calibration-fraction 0.5 --seed 0\)"):
+        check_split(record, whole)
+    other_seed = data_fingerprint(texts[1:3], path=data, format="jsonl", fraction=0.5, seed=1, part="report")
+    with pytest.raises(SameSplitError):
+        check_split(record, other_seed)
+    same_inputs = data_fingerprint(texts[:2], format="jsonl")
+    with pytest.raises(SameSplitError, match="exactly"):
+        check_split(record, same_inputs)
+    # A dev part held out of the same file by training is part of the data's identity.
+    dev = {"dev_fraction": 0.2, "dev_seed": 42}
+    held = {"data": data_fingerprint(texts[:2], path=data, format="ddi", fraction=0.5, seed=0, part="calibration",
+                                     holdout=dev)}
+    assert check_split(held, data_fingerprint(texts[2:], path=data, format="ddi", fraction=0.5, seed=0,
+                                              part="report", holdout=dev)) is None
+    with pytest.raises(SameSplitError, match="--dev-fraction 0.2 --dev-seed 42"):
+        check_split(held, data_fingerprint(texts[2:], path=data, format="ddi", fraction=0.5, seed=0, part="report"))
+    assert "WARNING" in check_split(record, whole, allow_same_split=True)
+    assert check_split(None, whole) is None
+    assert inputs_sha256(["a", "b"]) != inputs_sha256(["ab"])
+    assert inputs_sha256([np.zeros((2, 2), np.uint8)]) != inputs_sha256([np.zeros((4,), np.uint8)])
+
+
+def test_calibrate_checkpoint_stores_policy(tmp_path, model_factory):
+    model = model_factory("bert")
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    weights_hash = MultiExitModel.from_pretrained(directory).config.weights_sha256
+    texts = make_texts(30, seed=2)
+    gold = [p.label for p in model.predict(texts, policy=full_depth())]
+    result = calibrate_checkpoint(directory, texts, gold, CalibrationGoal("max_drop", 0.05),
+                                  data={"path": "mem"}, taus=[0.0, 0.3, 0.6])
+    loaded = MultiExitModel.from_pretrained(directory)
+    assert loaded.default_policy == result.policy
+    record = loaded.config.calibration
+    assert record["policy"] == result.policy.to_dict() and record["n"] == 30 and record["grid_size"] == 12
+    assert record["data"]["inputs_sha256"] == inputs_sha256(texts)
+    assert record["metrics"]["accuracy"] >= 1.0 - 0.05
+    assert loaded.config.weights_sha256 == weights_hash  # only epee_config.json was rewritten
+
+
+def test_cli_calibrate_then_evaluate_other_part(tmp_path, model_factory, capsys):
+    model = model_factory("bert")
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    texts = make_texts(60, seed=11)
+    labels = [p.label for p in model.predict(texts, policy=full_depth())]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    split = ["--calibration-fraction", "0.5", "--seed", "1"]
+    record = tmp_path / "calibration.json"
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-disagreement", "0.2",
+                 "--confidence", "0.9", *split, "--json", str(record)]) == 0
+    printed = capsys.readouterr().out
+    assert "upper bound" in printed and "stored" in printed
+    stored = json.loads(record.read_text())
+    assert stored["n"] == 30 and stored["data"]["part"] == "calibration" and stored["correction"] == "bonferroni"
+    saved = MultiExitModel.from_pretrained(directory).config.calibration
+    assert saved["disagreement_bound"] == stored["disagreement_bound"]
+
+    out = tmp_path / "report"
+    # The whole file overlaps the calibration part: refused, then allowed with a loud warning.
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing"]) == 2
+    assert "calibrated on the same data file" in capsys.readouterr().err
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing",
+                 "--allow-same-split"]) == 0
+    assert "WARNING" in capsys.readouterr().err
+    # The other part of the same split is held out: accepted, evaluated with the stored policy.
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing", *split]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["n"] == 30 and report["data"]["part"] == "report"
+    assert not any("WARNING" in w for w in report["warnings"])
+    assert report["selected"]["policy"] == stored["policy"]
+    assert report["full_depth"]["accuracy"] == 1.0  # labels are the model's own full-depth answers
+
+
+def test_cli_calibrate_errors(tmp_path, model_factory, capsys):
+    model = model_factory("bert")
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": "neg"}) + "\n" for t in make_texts(10)))
+    with pytest.raises(SystemExit):  # a goal is required
+        main(["calibrate", str(directory), "--data", str(data)])
+    capsys.readouterr()
+    assert main(["calibrate", str(directory), "--data", str(data), "--min-speedup", "50", "--dry-run"]) == 2
+    assert "no setting on the grid reaches" in capsys.readouterr().err
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-drop", "0.01", "--metric",
+                 "micro_f1_positive"]) == 2
+    assert "needs a negative label" in capsys.readouterr().err
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-drop", "0.01", "--dry-run"]) == 0
+    assert MultiExitModel.from_pretrained(directory).config.calibration is None  # dry run wrote nothing
