@@ -141,7 +141,9 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     if fmt is None:
         raise ValueError(f"cannot tell the format of {args.data!r} from its name: pass --format")
     split = args.split or ("train" if fmt == "npz" else None)
-    examples = load_examples(path, fmt, model.task, split=split, on_error=args.on_error)
+    # npz labels are class ids: name them with the checkpoint's labels, in order.
+    options = {"label_names": model.labels} if fmt == "npz" else {}
+    examples = load_examples(path, fmt, model.task, split=split, on_error=args.on_error, **options)
     if not examples:
         raise ValueError(f"{args.data!r} holds no examples")
     holdout = None
