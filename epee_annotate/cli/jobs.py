@@ -1,0 +1,114 @@
+"""``annotate-notes`` and ``annotate-images``: Ray Data batch jobs writing Parquet (docs/batch_jobs.md)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    out = parser.add_argument_group("output")
+    out.add_argument("--out", required=True, help="output dataset directory (created atomically at the end)")
+    out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    out.add_argument("--partition-by-task", action="store_true", help="hive-partition the output by task")
+    out.add_argument("--rows-per-file", type=int, default=100_000, help="minimum rows per Parquet file")
+
+    run = parser.add_argument_group("execution")
+    run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
+    run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
+    run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 puts models on cuda")
+    run.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="mixed precision on GPU")
+    run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
+    run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
+    run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
+    run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
+    run.add_argument("--address", default=None,
+                     help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started in-process)")
+    run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                     help="show Ray Data progress bars")
+    run.add_argument("--worker-logs", action="store_true", help="forward worker logs to this terminal")
+
+    policy = parser.add_argument_group("exit policy (default: each checkpoint's calibrated policy)")
+    policy.add_argument("--entropy", type=float, default=None, help="exit when normalized entropy < this")
+    policy.add_argument("--patience", type=int, default=None, help="exit after this many agreeing exits")
+    policy.add_argument("--budget", type=int, default=None, help="every input exits at this layer; 0 = full depth")
+
+
+def _options(args: argparse.Namespace):
+    from ..pipelines.jobs import JobOptions
+    from ..pipelines.runtime import ActorSettings
+
+    actors = ActorSettings(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.max_restarts,
+                           args.max_task_retries)
+    return JobOptions(
+        out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
+        model_batch_size=args.model_batch_size, address=args.address, entropy=args.entropy,
+        patience=args.patience, budget=args.budget, autocast=args.autocast,
+        partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
+        progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file,
+    )
+
+
+def _split_columns(value: str | None) -> list[str]:
+    return [c.strip() for c in (value or "").split(",") if c.strip()]
+
+
+def run_notes(args: argparse.Namespace) -> int:
+    from ..pipelines.jobs import NotesJob, run_notes_job
+    from ..pipelines.notes import PipelineSource, parse_overrides
+
+    source = PipelineSource(pipeline=args.pipeline, config=args.config, checkpoint=args.checkpoint,
+                            overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
+    job = NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
+                   text_column=args.text_column, keep_columns=_split_columns(args.keep_columns), fmt=args.format)
+    summary = run_notes_job(job)
+    return 0
+
+
+def run_images(args: argparse.Namespace) -> int:
+    from ..pipelines.jobs import ImagesJob, run_images_job
+
+    job = ImagesJob(checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz,
+                    split=args.split, frames=args.frames, task_name=args.task_name)
+    summary = run_images_job(job)
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add the ``annotate-notes`` and ``annotate-images`` subcommands."""
+    notes = subparsers.add_parser(
+        "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
+        description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",
+    )
+    notes.add_argument("inputs", nargs="+", help="files, globs or directories of CSV, TSV, JSON(L) or Parquet")
+    notes.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"], default=None,
+                       help="input format (default: from the file names)")
+    notes.add_argument("--id-column", default="id", help="column/field with the note id")
+    notes.add_argument("--text-column", default="text", help="column/field with the note text")
+    notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")
+    notes.add_argument("--include-text", action="store_true",
+                       help="write the annotated text spans (PHI!) in a 'text' column; off by default")
+    source = notes.add_argument_group("pipeline (exactly one)")
+    source.add_argument("--pipeline", default=None, help="directory written by nlp.to_disk")
+    source.add_argument("--config", default=None, help="spaCy config file (.cfg)")
+    source.add_argument("--checkpoint", default=None,
+                        help="shortcut: blank English + sentencizer + epee_textcat on this checkpoint")
+    source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override, e.g. components.pv_event.checkpoint=runs/phee_minilm (repeatable)")
+    source.add_argument("--scope", choices=["sents", "doc"], default="sents", help="--checkpoint: per sentence or doc")
+    source.add_argument("--task-name", default="textcat", help="--checkpoint: component (task) name")
+    _add_common(notes)
+    notes.set_defaults(func=run_notes)
+
+    images = subparsers.add_parser(
+        "annotate-images", help="classify DICOM/PNG/JPEG files or an npz split with a multi-exit ViT",
+        description="Ray Data job: one Parquet row per image (or frame); every file yields at least one row.",
+    )
+    images.add_argument("inputs", nargs="*", help="image files, globs or directories")
+    images.add_argument("--checkpoint", required=True, help="multi-exit image checkpoint directory")
+    images.add_argument("--npz", default=None, help="MedMNIST-style .npz archive instead of files")
+    images.add_argument("--split", default="val", help="split of the npz archive (train/val/test)")
+    images.add_argument("--frames", choices=["middle", "all", "mip"], default="middle",
+                        help="multi-frame DICOM: middle frame, every frame (one row each), or max projection")
+    images.add_argument("--task-name", default="image", help="value of the task column")
+    _add_common(images)
+    images.set_defaults(func=run_images)

@@ -1,0 +1,89 @@
+"""Annotation records: one plain dict per result, and ``doc_annotations`` to export them as rows.
+
+Row keys (stable; batch jobs build table schemas from them):
+
+``task`` (component name), ``kind`` ("mention" | "pair" | "sentence" | "doc"), ``start``/``end``
+(character offsets of the mention, sentence or doc; for a pair the span covering head and tail),
+``head_start``/``head_end``/``tail_start``/``tail_end`` (None unless ``kind == "pair"``),
+``label`` (None when the input could not be classified), ``exit_layer``, ``num_layers``,
+``confidence``, ``entropy``, ``probs`` (list of float, in the checkpoint's label order),
+``truncated`` (the model saw a cut version of the input), ``context`` (mentions: ConText flags
+``negated``/``historical``/``hypothetical``/``family`` as booleans; None otherwise), and
+``text`` only when ``include_text=True`` (clinical text is PHI).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from spacy.tokens import Doc, Span
+
+from ..prediction import Prediction
+
+KINDS = ("mention", "pair", "sentence", "doc")
+RECORD_KEYS = (
+    "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "label", "exit_layer",
+    "num_layers", "confidence", "entropy", "probs", "truncated",
+)
+ANNOTATION_KEYS = RECORD_KEYS + ("context",)
+CONTEXT_FLAGS = {"negated": "is_negated", "historical": "is_historical", "hypothetical": "is_hypothetical",
+                 "family": "is_family"}
+
+
+def make_record(
+    task: str,
+    kind: str,
+    start: int,
+    end: int,
+    prediction: Prediction,
+    truncated: bool = False,
+    head: tuple[int, int] | None = None,
+    tail: tuple[int, int] | None = None,
+    label: str | None = None,
+) -> dict[str, Any]:
+    """The stored form of one result (plain values only, so DocBin can serialise it)."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    return {
+        "task": task,
+        "kind": kind,
+        "start": int(start),
+        "end": int(end),
+        "head_start": None if head is None else int(head[0]),
+        "head_end": None if head is None else int(head[1]),
+        "tail_start": None if tail is None else int(tail[0]),
+        "tail_end": None if tail is None else int(tail[1]),
+        "label": label if label is not None else prediction.label,
+        "exit_layer": prediction.exit_layer,
+        "num_layers": prediction.num_layers,
+        "confidence": prediction.confidence,
+        "entropy": prediction.entropy,
+        "probs": [float(p) for p in prediction.probs],
+        "truncated": bool(truncated or prediction.truncated),
+    }
+
+
+def _context_flags(doc: Doc, start: int, end: int) -> dict[str, bool]:
+    """ConText flags of the mention at [start, end); False where ConText did not run."""
+    span = doc.char_span(start, end)
+    flags = {}
+    for key, attr in CONTEXT_FLAGS.items():
+        value = span._.get(attr) if span is not None and Span.has_extension(attr) else None
+        flags[key] = bool(value)
+    return flags
+
+
+def doc_annotations(doc: Doc, include_text: bool = False) -> list[dict[str, Any]]:
+    """One dict per EPEE annotation on ``doc`` (keys: ``ANNOTATION_KEYS`` [+ ``text``]); [] when none."""
+    if not Doc.has_extension("epee_annotations"):
+        return []
+    rows = []
+    for record in doc._.epee_annotations or []:
+        row = {key: record.get(key) for key in RECORD_KEYS}
+        row["probs"] = list(record.get("probs") or [])
+        row["truncated"] = bool(record.get("truncated"))
+        row["context"] = _context_flags(doc, row["start"], row["end"]) if row["kind"] == "mention" else None
+        if include_text:
+            row["text"] = doc.text[row["start"] : row["end"]]
+        rows.append(row)
+    return rows

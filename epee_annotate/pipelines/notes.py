@@ -1,0 +1,377 @@
+"""The notes job's worker: a spaCy/medspaCy pipeline with EPEE components, run per Ray actor.
+
+Per-document outcomes (documented in docs/batch_jobs.md):
+
+* annotations found: one row per annotation, ``status="ok"`` (an annotation whose model input
+  could not be classified gets ``status="error"``);
+* the pipeline ran and found nothing: one row ``kind="doc"``, ``label`` null, ``status="ok"``;
+* the note text is missing, empty or whitespace: one row ``kind="doc"``, ``status="empty"``;
+* anything else (missing id, text not a string, invalid UTF-8, malformed JSON line, the
+  pipeline failing on this note): one row ``status="error"`` with a one-line reason that never
+  quotes the note.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+
+from .schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, safe_rows_to_table
+from .sources import LINE_NO, RAW_LINE, SOURCE_FILE, parse_json_line
+
+logger = logging.getLogger(__name__)
+
+EPEE_FACTORY_PREFIX = "epee_"
+SCOPES = ("sents", "doc")
+
+
+# ----- where the pipeline comes from ------------------------------------------------------
+def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
+    """``["a.b=1", "c.d=runs/x"]`` -> {"a.b": 1, "c.d": "runs/x"}; values are JSON when they parse."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _absolute_if_path(key: str, value: Any) -> Any:
+    """Make override values that name existing files absolute (checkpoint/paths.* settings only)."""
+    looks_like_path = key.startswith("paths.") or key.endswith("checkpoint") or key.endswith("rules")
+    if looks_like_path and isinstance(value, str) and value and Path(value).exists():
+        return str(Path(value).expanduser().resolve())
+    return value
+
+
+@dataclass
+class PipelineSource:
+    """Exactly one of: a saved pipeline directory, a config file, or a checkpoint (shortcut)."""
+
+    pipeline: str | None = None
+    config: str | None = None
+    checkpoint: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    scope: str = "sents"
+    task_name: str = "textcat"
+
+    def __post_init__(self) -> None:
+        given = [x for x in (self.pipeline, self.config, self.checkpoint) if x]
+        if len(given) != 1:
+            raise ValueError("give exactly one of --pipeline DIR, --config FILE.cfg or --checkpoint DIR")
+        if self.scope not in SCOPES:
+            raise ValueError(f"--scope must be one of {SCOPES}, got {self.scope!r}")
+        if self.overrides and self.checkpoint:
+            raise ValueError("--set applies to --pipeline/--config; with --checkpoint use the job options")
+        for name in ("pipeline", "config", "checkpoint"):
+            path = getattr(self, name)
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{path!r} does not exist")
+            if path:  # Ray workers may run in another directory
+                setattr(self, name, str(Path(path).expanduser().resolve()))
+        self.overrides = {key: _absolute_if_path(key, value) for key, value in self.overrides.items()}
+
+    def describe(self) -> dict[str, Any]:
+        """Provenance for the output metadata."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
+
+    def load(self, settings: dict[str, Any]) -> "Language":  # noqa: F821
+        """Build the pipeline; ``settings`` (policy, batch_size, device, autocast) go to every EPEE component."""
+        import spacy
+        from spacy.util import get_model_meta, load_config, load_model_from_config
+
+        from .. import components  # noqa: F401  (registers the epee_* factories)
+
+        settings = {k: v for k, v in settings.items() if v is not None}
+        if self.checkpoint:
+            nlp = spacy.blank("en")
+            nlp.add_pipe("sentencizer")
+            nlp.add_pipe("epee_textcat", name=self.task_name,
+                         config={"checkpoint": str(self.checkpoint), "scope": self.scope, **settings})
+            return nlp
+        cfg_path = Path(self.pipeline) / "config.cfg" if self.pipeline else Path(self.config)
+        # Dict values are assigned after loading: as spaCy overrides they would be merged into
+        # the saved section (a saved policy {"budget": 2} plus a new {"entropy": 0.3} ...).
+        scalars = {k: v for k, v in self.overrides.items() if not isinstance(v, dict)}
+        config = load_config(cfg_path, overrides=scalars)
+        for key, value in self.overrides.items():
+            if isinstance(value, dict):
+                *sections, leaf = key.split(".")
+                target = config
+                for section in sections:
+                    if section not in target:
+                        raise ValueError(f"--set {key}: section {section!r} not in the config")
+                    target = target[section]
+                target[leaf] = value
+        for component in config.get("components", {}).values():
+            if str(component.get("factory", "")).startswith(EPEE_FACTORY_PREFIX):
+                component.update(settings)  # assigned, for the same reason
+        if not self.pipeline:
+            return load_model_from_config(config, auto_fill=True)
+        # What spacy.load does for a directory, with our edited config.
+        nlp = load_model_from_config(config, meta=get_model_meta(Path(self.pipeline)))
+        return nlp.from_disk(self.pipeline, overrides=scalars)
+
+
+def epee_components(nlp) -> list:
+    """The pipeline's EPEE components, in pipeline order."""
+    from ..components.base import EpeeComponent
+
+    return [pipe for _, pipe in nlp.pipeline if isinstance(pipe, EpeeComponent)]
+
+
+def component_info(nlp) -> list[dict[str, Any]]:
+    """Checkpoint identity, labels and policy of every EPEE component (loads their models)."""
+    info = []
+    for pipe in epee_components(nlp):
+        model = pipe.model
+        info.append({
+            "task": pipe.name, "factory": type(pipe).__name__, "checkpoint_id": model.checkpoint_id,
+            "checkpoint_task": model.task, "labels": list(model.labels), "num_layers": model.num_layers,
+            "policy": pipe.policy.describe(), "policy_config": pipe.policy.to_dict(),
+        })
+    if not info:
+        raise ValueError("the pipeline has no EPEE component (factories epee_*); nothing would be annotated")
+    return info
+
+
+# ----- reading one note from a raw input row ---------------------------------------------
+@dataclass
+class NoteColumns:
+    """Which input columns hold the id, the text and the pass-through values, and the format."""
+
+    fmt: str
+    id_column: str = "id"
+    text_column: str = "text"
+    keep_columns: tuple[str, ...] = ()
+
+    @property
+    def read_columns(self) -> list[str]:
+        return [self.id_column, self.text_column, *self.keep_columns]
+
+
+@dataclass
+class NoteInput:
+    doc_id: str | None
+    text: str | None
+    keep: dict[str, Any]
+    error: str | None = None
+
+
+def _doc_id(value: Any) -> str | None:
+    """Normalise an id value to text; None when missing; ValueError when unusable."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("id is not valid UTF-8") from None
+    if isinstance(value, bool):
+        raise ValueError("id must be a string or an integer, got bool")
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        value = int(value) if value.is_integer() else value
+    if isinstance(value, (int, float)):
+        return str(value)
+    if not isinstance(value, str):
+        raise ValueError(f"id must be a string or an integer, got {type(value).__name__}")
+    return value if value.strip() else None
+
+
+def _note_text(value: Any) -> str | None:
+    """Note text as str (None when missing); ValueError when it is not text."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise ValueError(f"text is not valid UTF-8 (byte {error.start})") from None
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"text must be a string, got {type(value).__name__}")
+    return value
+
+
+def _keep_value(value: Any, as_string: bool) -> Any:
+    if not as_string or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def extract_notes(batch: pa.Table, columns: NoteColumns) -> list[NoteInput]:
+    """One NoteInput per input row; problems are recorded in ``error``, never raised."""
+    text_formats = columns.fmt in ("csv", "tsv", "jsonl", "json")
+    if columns.fmt == "jsonl":
+        raws = batch.column(RAW_LINE).to_pylist()
+        lines = batch.column(LINE_NO).to_pylist()
+        files = batch.column(SOURCE_FILE).to_pylist()
+        records = []
+        for raw, line, path in zip(raws, lines, files):
+            where = f"{os.path.basename(path)} line {line}"
+            try:
+                records.append((parse_json_line(raw), None))
+            except ValueError as error:
+                records.append(({}, f"{where}: {error}"))
+    else:
+        records = [(record, None) for record in batch.select(columns.read_columns).to_pylist()]
+        files, lines = [None] * len(records), [None] * len(records)
+    notes = []
+    for (record, error), path, line in zip(records, files, lines):
+        keep = {c: _keep_value(record.get(c), text_formats) for c in columns.keep_columns}
+        where = f"{os.path.basename(path)} line {line}: " if path else ""
+        if error is not None:
+            notes.append(NoteInput(None, None, keep, error))
+            continue
+        try:
+            doc_id = _doc_id(record.get(columns.id_column))
+        except ValueError as problem:
+            notes.append(NoteInput(None, None, keep, f"{where}{problem}"))
+            continue
+        if doc_id is None:
+            notes.append(NoteInput(None, None, keep, f"{where}missing id (column {columns.id_column!r})"))
+            continue
+        if columns.fmt == "jsonl" and columns.text_column not in record:
+            notes.append(NoteInput(doc_id, None, keep, f"no {columns.text_column!r} field"))
+            continue
+        try:
+            text = _note_text(record.get(columns.text_column))
+        except ValueError as problem:
+            notes.append(NoteInput(doc_id, None, keep, str(problem)))
+            continue
+        notes.append(NoteInput(doc_id, text, keep))
+    return notes
+
+
+# ----- test-only fault injection ---------------------------------------------------------
+@dataclass
+class CrashSwitch:
+    """Test-only: the first worker to see ``doc_id`` (any doc when None) creates ``marker`` and dies."""
+
+    marker: str
+    doc_id: str | None = None
+
+    @classmethod
+    def from_env(cls) -> "CrashSwitch | None":
+        """EPEE_TEST_CRASH_ONCE=<marker file>[, EPEE_TEST_CRASH_DOC=<doc id>], read by the driver."""
+        marker = os.environ.get("EPEE_TEST_CRASH_ONCE")
+        return cls(marker, os.environ.get("EPEE_TEST_CRASH_DOC") or None) if marker else None
+
+    def maybe_crash(self, doc_ids: Sequence[str | None]) -> None:
+        if self.doc_id is not None and self.doc_id not in doc_ids:
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # already crashed once: this is the retry
+        os.close(fd)
+        os._exit(1)  # a hard death, like an OOM kill: no exception, no cleanup
+
+
+# ----- the Ray actor ---------------------------------------------------------------------
+class NoteAnnotator:
+    """Callable class for ``map_batches``: loads the pipeline once per actor, annotates pyarrow batches."""
+
+    def __init__(
+        self,
+        source: PipelineSource,
+        columns: NoteColumns,
+        settings: dict[str, Any],
+        schema: pa.Schema,
+        pipe_batch_size: int = 64,
+        include_text: bool = False,
+        threads: int | None = None,
+        crash: CrashSwitch | None = None,
+    ):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        self.nlp = source.load(settings)
+        # Load every model now, once per actor, so a bad checkpoint fails at start-up.
+        self.policies = {info["task"]: info["policy"] for info in component_info(self.nlp)}
+        self.columns = columns
+        self.schema = schema
+        self.pipe_batch_size = pipe_batch_size
+        self.include_text = include_text
+        self.crash = crash
+        self.names = set(schema.names)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        notes = extract_notes(batch, self.columns)
+        if self.crash is not None:
+            self.crash.maybe_crash([n.doc_id for n in notes])
+        todo = [i for i, n in enumerate(notes) if n.error is None and n.text is not None and n.text.strip()]
+        docs, failures = self._run([notes[i].text for i in todo])
+        outcome: dict[int, Any] = dict(zip(todo, docs))
+        failed = {todo[j]: message for j, message in failures.items()}
+        rows: list[dict[str, Any]] = []
+        for index, note in enumerate(notes):
+            base = {"doc_id": note.doc_id, **note.keep}
+            if note.error is not None:
+                rows.append({**base, "kind": "doc", "status": STATUS_ERROR, "error": note.error})
+            elif index in failed:
+                rows.append({**base, "kind": "doc", "status": STATUS_ERROR, "error": failed[index]})
+            elif index not in outcome:
+                rows.append({**base, "kind": "doc", "start": 0, "end": len(note.text or ""), "status": STATUS_EMPTY})
+            else:
+                rows += self._rows(base, outcome[index])
+        return safe_rows_to_table(rows, self.schema)
+
+    def _run(self, texts: list[str]) -> tuple[list[Any], dict[int, str]]:
+        """Batched ``nlp.pipe``; if the batch fails, redo it one doc at a time to isolate the bad ones."""
+        if not texts:
+            return [], {}
+        try:
+            return list(self.nlp.pipe(texts, batch_size=self.pipe_batch_size)), {}
+        except Exception:  # one bad doc must not sink the batch: find it below
+            logger.warning("pipeline failed on a batch of %d notes; retrying one at a time", len(texts))
+        docs, failures = [], {}
+        for j, text in enumerate(texts):
+            try:
+                docs.append(self.nlp(text))
+            except Exception as error:
+                docs.append(None)
+                # The exception type only: spaCy messages can quote the text.
+                failures[j] = f"pipeline failed on this note ({type(error).__name__})"
+        return docs, failures
+
+    def _rows(self, base: dict[str, Any], doc) -> list[dict[str, Any]]:
+        from ..components.records import doc_annotations
+
+        annotations = doc_annotations(doc, include_text=self.include_text)
+        if not annotations:
+            row = {**base, "kind": "doc", "start": 0, "end": len(doc.text), "status": STATUS_OK}
+            if self.include_text:
+                row["text"] = doc.text
+            return [row]
+        rows = []
+        for annotation in annotations:
+            # Only the schema's columns: keys added to the records later must not break the job.
+            row = {**base, **{k: v for k, v in annotation.items() if k in self.names}}
+            row["policy"] = self.policies.get(annotation["task"])
+            if annotation.get("context") is not None:
+                row["context"] = list(annotation["context"].items())
+            failed = annotation.get("label") is None and annotation.get("exit_layer") is None
+            row["status"] = STATUS_ERROR if failed else STATUS_OK
+            row["error"] = annotation.get("error") or ("the model could not classify this input" if failed else None)
+            rows.append(row)
+        return rows

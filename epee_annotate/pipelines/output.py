@@ -1,0 +1,58 @@
+"""All-or-nothing output directories: write into a hidden sibling, move into place at the end."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+
+def check_output(out: str | Path, overwrite: bool) -> Path:
+    """Resolve ``out``; refuse an existing path unless ``overwrite`` (checked before any work)."""
+    text = str(out)
+    if "://" in text:
+        raise ValueError(f"output must be a local (or mounted shared) directory, got {text!r}")
+    path = Path(out).expanduser().resolve()
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite to replace it")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"output {str(path)!r} exists and is not a directory")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"parent directory of output {str(path)!r} does not exist")
+    return path
+
+
+@contextmanager
+def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+    """Yield a temporary sibling directory; on success it replaces ``out``, on failure it is removed.
+
+    The sibling lives in the same parent so the final move is a rename on one filesystem:
+    readers see either no dataset or a complete one, never a half-written one.
+    """
+    out = check_output(out, overwrite)
+    tag = uuid.uuid4().hex[:8]
+    staging = out.parent / f".{out.name}.tmp-{tag}"
+    staging.mkdir()
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    try:
+        if out.exists():
+            if not overwrite:  # someone else created it while we ran
+                raise FileExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}")
+            old = out.parent / f".{out.name}.old-{tag}"
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except FileExistsError:
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

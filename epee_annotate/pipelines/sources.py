@@ -1,0 +1,270 @@
+"""Input side of the batch jobs: resolve files/globs/directories and open them as Ray datasets.
+
+Text formats are read so that one bad record never fails a whole block:
+
+* CSV: the id, text and pass-through columns are read as raw bytes (quoted fields may span
+  lines) and decoded per document, so invalid UTF-8 becomes that document's error row.
+* JSONL/NDJSON: read line by line (``JsonLinesDatasource``); each line is parsed per document,
+  so a malformed line, a non-string text or a missing id is one error row. Blank lines are skipped.
+* JSON (``.json`` starting with ``[``: one array per file): ``ray.data.read_json`` (Arrow), which
+  needs well-formed files; a ``.json`` file that does not start with ``[`` is read as JSON Lines.
+* Parquet: ``ray.data.read_parquet`` of the needed columns only; pass-through columns keep
+  their Parquet types. CSV/JSON pass-through columns are written as strings.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Iterator, Sequence
+
+import pyarrow as pa
+
+NOTE_FORMATS = {
+    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
+    ".parquet": "parquet", ".pq": "parquet",
+}
+IMAGE_EXTENSIONS = {".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# Column names used between the reader and the annotator (never written).
+RAW_LINE, LINE_NO, SOURCE_FILE = "__raw_line", "__line_no", "__source_file"
+
+
+def expand_paths(specs: Sequence[str], keep) -> list[str]:
+    """Files named by paths, globs or directories (recursively), filtered by ``keep(path)``; sorted."""
+    found: list[str] = []
+    for spec in specs:
+        spec = os.path.expanduser(str(spec))
+        if os.path.isdir(spec):
+            for root, dirs, files in os.walk(spec):
+                dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+                found += [os.path.join(root, f) for f in sorted(files) if keep(os.path.join(root, f))]
+        elif glob.has_magic(spec):
+            matches = [m for m in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(m) and keep(m)]
+            if not matches:
+                raise FileNotFoundError(f"no input files match {spec!r}")
+            found += matches
+        elif os.path.isfile(spec):
+            found.append(spec)
+        else:
+            raise FileNotFoundError(f"input {spec!r} does not exist")
+    unique = sorted({os.path.abspath(p) for p in found})
+    if not unique:
+        raise FileNotFoundError(f"no input files found in {list(specs)}")
+    return unique
+
+
+def _visible(path: str) -> bool:
+    return not os.path.basename(path).startswith((".", "_"))
+
+
+def note_format(path: str) -> str | None:
+    """Input format from a file name; ``.json`` is JSON Lines unless the file starts with '['."""
+    fmt = NOTE_FORMATS.get(os.path.splitext(os.path.basename(path).lower())[1])
+    if fmt == "json":
+        # Many exports (PHEE included) are JSON Lines named .json.
+        with open(path, "rb") as handle:
+            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        fmt = "json" if head.startswith(b"[") else "jsonl"
+    return fmt
+
+
+def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[str, list[str]]:
+    """(format, files): one format per job, taken from ``fmt`` or the file names."""
+    if fmt is not None and fmt not in set(NOTE_FORMATS.values()):
+        raise ValueError(f"--format must be one of {sorted(set(NOTE_FORMATS.values()))}, got {fmt!r}")
+    files = expand_paths(specs, lambda p: _visible(p) and (fmt is not None or note_format(p) is not None))
+    if fmt is None:
+        formats = {note_format(f) for f in files}
+        if None in formats:
+            unknown = [f for f in files if note_format(f) is None][:3]
+            raise ValueError(f"cannot tell the format of {unknown}; pass --format")
+        if len(formats) > 1:
+            raise ValueError(f"inputs mix formats {sorted(formats)}; run one job per format or pass --format")
+        fmt = formats.pop()
+    return fmt, files
+
+
+def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
+    """Image files: known extensions, plus extension-less files (common for DICOM) in directories."""
+    def keep(path: str) -> bool:
+        name = os.path.basename(path)
+        if not _visible(path) or name.upper() == "DICOMDIR":
+            return False
+        ext = os.path.splitext(name)[1].lower()
+        return ext in IMAGE_EXTENSIONS or ext == ""
+
+    return expand_paths(specs, keep)
+
+
+# ----- notes ---------------------------------------------------------------------------
+def csv_header(path: str, delimiter: str) -> list[str]:
+    """Column names of a CSV file (first block only)."""
+    from pyarrow import csv
+
+    reader = csv.open_csv(
+        path, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 20),
+        parse_options=csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+        convert_options=csv.ConvertOptions(column_types={}, strings_can_be_null=False),
+    )
+    return list(reader.schema.names)
+
+
+def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text_column: str,
+                            keep_columns: Sequence[str]) -> list[pa.Field]:
+    """Output fields of the pass-through columns; checks that the named columns exist where we can."""
+    needed = [id_column, text_column, *keep_columns]
+    if len(set(needed)) != len(needed):
+        raise ValueError(f"--id-column, --text-column and --keep-columns must all differ: {needed}")
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for path in files:
+            schema = pq.read_schema(path)
+            missing = [c for c in needed if c not in schema.names]
+            if missing:
+                raise ValueError(f"{path}: column(s) {missing} not found; columns are {schema.names}")
+        first = pq.read_schema(files[0])
+        for path in files[1:]:
+            schema = pq.read_schema(path)
+            differ = [c for c in keep_columns if schema.field(c).type != first.field(c).type]
+            if differ:
+                raise ValueError(f"{path}: column(s) {differ} have other types than in {files[0]}; "
+                                 "cast them to one type first")
+        return [pa.field(c, first.field(c).type) for c in keep_columns]
+    if fmt in ("csv", "tsv"):
+        for path in files:
+            names = csv_header(path, "\t" if fmt == "tsv" else ",")
+            missing = [c for c in needed if c not in names]
+            if missing:
+                raise ValueError(f"{path}: column(s) {missing} not found; columns are {names}")
+    # JSON(L) keys are only known per record: a missing id/text is that record's error row.
+    return [pa.field(c, pa.string()) for c in keep_columns]
+
+
+def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_blocks: int | None = None):
+    """A Ray dataset of raw note records in ``fmt`` (see module docstring for per-format rules)."""
+    import ray.data
+
+    columns = list(columns)
+    if fmt in ("csv", "tsv"):
+        from pyarrow import csv
+
+        return ray.data.read_csv(
+            list(files),
+            parse_options=csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
+            convert_options=csv.ConvertOptions(
+                include_columns=columns, column_types={c: pa.binary() for c in columns},
+                strings_can_be_null=False,
+            ),
+            override_num_blocks=num_blocks,
+        )
+    if fmt == "jsonl":
+        return ray.data.read_datasource(JsonLinesDatasource(list(files)), override_num_blocks=num_blocks)
+    if fmt == "json":
+        return ray.data.read_json(list(files), override_num_blocks=num_blocks).select_columns(columns)
+    if fmt == "parquet":
+        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks)
+    raise ValueError(f"unknown notes format {fmt!r}")
+
+
+def _file_based_datasource():
+    from ray.data.datasource import FileBasedDatasource
+
+    return FileBasedDatasource
+
+
+class JsonLinesDatasource(_file_based_datasource()):
+    """JSON Lines as raw lines (bytes, line number, file), parsed later one record at a time."""
+
+    _FILE_EXTENSIONS = ["jsonl", "ndjson", "json"]
+    LINES_PER_BLOCK = 2048
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        raws: list[bytes] = []
+        numbers: list[int] = []
+        for number, line in enumerate(_split_lines(f), start=1):
+            if not line.strip():
+                continue
+            raws.append(line)
+            numbers.append(number)
+            if len(raws) >= self.LINES_PER_BLOCK:
+                yield _line_block(raws, numbers, path)
+                raws, numbers = [], []
+        if raws:
+            yield _line_block(raws, numbers, path)
+
+
+def _split_lines(f, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Split a binary stream on b"\\n" only (JSON strings may hold U+2028 etc.)."""
+    pending = b""
+    while True:
+        chunk = f.read(chunk_size)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        yield from (line.rstrip(b"\r") for line in lines)
+    if pending:
+        yield pending.rstrip(b"\r")
+
+
+def _line_block(raws: list[bytes], numbers: list[int], path: str) -> pa.Table:
+    return pa.table({
+        RAW_LINE: pa.array(raws, pa.binary()),
+        LINE_NO: pa.array(numbers, pa.int64()),
+        SOURCE_FILE: pa.array([path] * len(raws), pa.string()),
+    })
+
+
+def parse_json_line(raw: bytes) -> dict[str, Any]:
+    """One JSONL record; raises ValueError with a one-line reason (never quoting the content)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"line is not valid UTF-8 (byte {error.start})") from None
+    try:
+        record = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"line is not valid JSON ({error.msg} at column {error.colno})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"line is a JSON {type(record).__name__}, not an object")
+    return record
+
+
+# ----- images --------------------------------------------------------------------------
+def read_image_files(files: Sequence[str], num_blocks: int | None = None):
+    """Ray dataset of (bytes, path) rows, one per file."""
+    import ray.data
+
+    return ray.data.read_binary_files(list(files), include_paths=True, override_num_blocks=num_blocks)
+
+
+def npz_table(path: str, split: str) -> pa.Table:
+    """MedMNIST-style archive as rows: doc_id, reference label, raw uint8 pixels, shape, archive path."""
+    from ..imaging import load_npz_split
+
+    images, labels = load_npz_split(path, split)
+    shape = images.shape[1:]
+    flat = images.reshape(len(images), -1)
+    if labels.ndim == 1:
+        reference = pa.array(labels, pa.int64())
+    else:
+        reference = pa.array([list(map(int, row)) for row in labels], pa.list_(pa.int64()))
+    width = len(str(max(len(images) - 1, 0)))
+    return pa.table({
+        "doc_id": pa.array([f"{split}-{i:0{width}d}" for i in range(len(images))], pa.string()),
+        "reference_label": reference,
+        "pixels": pa.array([row.tobytes() for row in flat], pa.binary()),
+        "shape": pa.array([list(shape)] * len(images), pa.list_(pa.int32())),
+        "path": pa.array([os.path.abspath(path)] * len(images), pa.string()),
+    })
+
+
+def read_npz(path: str, split: str, rows_per_block: int = 256):
+    """Ray dataset of an npz split (the archive is read once by the driver)."""
+    import ray.data
+
+    table = npz_table(path, split)
+    chunks = [table.slice(i, rows_per_block) for i in range(0, max(table.num_rows, 1), rows_per_block)]
+    return ray.data.from_arrow(chunks), table.schema.field("reference_label")

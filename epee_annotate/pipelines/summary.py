@@ -1,0 +1,130 @@
+"""Run summary of a batch job: counts, labels, exit layers, speed-up and throughput.
+
+Computed from the written dataset itself (a few narrow columns read back), so it describes
+exactly what a reader of the output will see. Written as ``_summary.json`` and ``_summary.png``
+inside the output directory (Parquet readers skip files starting with ``_``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from .schema import STATUSES
+
+SUMMARY_JSON = "_summary.json"
+SUMMARY_PNG = "_summary.png"
+_COLUMNS = ["doc_id", "task", "kind", "status", "label", "exit_layer", "num_layers"]
+
+
+def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: list[str] | None = None) -> pa.Table:
+    """The written dataset (or some columns of it) as one table."""
+    import pyarrow.dataset as pads
+
+    dataset = pads.dataset(str(dataset_dir), format="parquet", partitioning="hive" if partitioned else None)
+    table = dataset.to_table(columns=columns)
+    if partitioned and "task" in table.column_names and pa.types.is_dictionary(table.schema.field("task").type):
+        table = table.set_column(table.schema.get_field_index("task"), "task", table.column("task").cast(pa.string()))
+    return table
+
+
+def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, float], job: str) -> dict[str, Any]:
+    """Summary dict of the dataset in ``dataset_dir``; ``timings`` holds wall_s, pipeline_s, ray_start_s."""
+    frame = read_output(dataset_dir, partitioned, _COLUMNS).to_pandas()
+    # One document = one distinct id; rows without an id are each a separate bad input.
+    documents = int(frame["doc_id"].nunique()) + int(frame["doc_id"].isna().sum())
+    status = {s: int((frame["status"] == s).sum()) for s in STATUSES}
+    tasks: dict[str, Any] = {}
+    answered = frame[frame["exit_layer"].notna() & frame["task"].notna()]
+    for task, group in answered.groupby("task", sort=True):
+        layers = group["exit_layer"].astype(int)
+        num_layers = int(group["num_layers"].max())
+        mean_layer = float(layers.mean())
+        tasks[str(task)] = {
+            "rows": int(len(group)),
+            "labels": {str(k): int(v) for k, v in group["label"].value_counts().sort_index().items()},
+            "num_layers": num_layers,
+            "exit_layers": {int(k): int(v) for k, v in layers.value_counts().sort_index().items()},
+            "mean_exit_layer": round(mean_layer, 4),
+            "layer_speedup": round(num_layers / mean_layer, 4),
+        }
+    overall = None
+    if len(answered):
+        overall = round(float(answered["num_layers"].astype(int).sum()) / float(answered["exit_layer"].astype(int).sum()), 4)
+    pipeline_s = max(timings.get("pipeline_s", 0.0), 1e-9)
+    unit = "images" if job == "images" else "docs"
+    annotated = int(frame["kind"].isin(["image", "frame"]).sum()) if job == "images" else documents
+    return {
+        "job": job,
+        "rows": int(len(frame)),
+        "documents": documents,
+        "rows_per_status": status,
+        "tasks": tasks,
+        "layer_speedup": overall,
+        "throughput": {
+            **{k: round(v, 3) for k, v in timings.items()},
+            f"{unit}_per_s": round(annotated / pipeline_s, 3),
+            "docs_per_s": round(documents / pipeline_s, 3),
+            "rows_per_s": round(len(frame) / pipeline_s, 3),
+        },
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """Human-readable summary lines (counts only: no text, no ids)."""
+    t = summary["throughput"]
+    status = ", ".join(f"{k} {v}" for k, v in summary["rows_per_status"].items())
+    lines = [
+        f"{summary['job']} job: {summary['documents']} inputs -> {summary['rows']} rows ({status})",
+        f"time: {t.get('pipeline_s', 0):.1f} s read+annotate+write (wall {t.get('wall_s', 0):.1f} s); "
+        f"{t['docs_per_s']:.1f} inputs/s, {t['rows_per_s']:.1f} rows/s"
+        + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else ""),
+    ]
+    for task, info in summary["tasks"].items():
+        labels = ", ".join(f"{k} {v}" for k, v in info["labels"].items())
+        histogram = " ".join(f"L{k}:{v}" for k, v in info["exit_layers"].items())
+        lines.append(
+            f"  {task}: {info['rows']} rows; mean exit layer {info['mean_exit_layer']:.2f}/{info['num_layers']} "
+            f"(speed-up x{info['layer_speedup']:.2f}); exits {histogram}; labels {labels}"
+        )
+    return "\n".join(lines)
+
+
+def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
+    """Exit-layer histogram per task and rows per status, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    tasks = summary["tasks"]
+    width = 0.8 / max(len(tasks), 1)
+    for i, (task, info) in enumerate(tasks.items()):
+        layers = list(range(1, info["num_layers"] + 1))
+        total = max(info["rows"], 1)
+        counts = [info["exit_layers"].get(m, 0) / total for m in layers]
+        left.bar([m + (i - (len(tasks) - 1) / 2) * width for m in layers], counts, width=width,
+                 label=f"{task} (x{info['layer_speedup']:.2f})")
+    left.set_xlabel("exit layer")
+    left.set_ylabel("share of rows")
+    left.set_title("Exit layers")
+    if tasks:
+        left.legend(fontsize=8)
+    statuses = summary["rows_per_status"]
+    right.bar(list(statuses), list(statuses.values()), color=["tab:green", "tab:gray", "tab:red"])
+    right.set_title("Rows per status")
+    fig.suptitle(f"{summary['job']} job: {summary['documents']} inputs, {summary['rows']} rows", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_summary(summary: dict[str, Any], dataset_dir: str | Path) -> None:
+    """``_summary.json`` and ``_summary.png`` inside the dataset directory."""
+    directory = Path(dataset_dir)
+    (directory / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    plot_summary(summary, directory / SUMMARY_PNG)
