@@ -21,7 +21,6 @@ import argparse
 import json
 import platform
 import shutil
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]

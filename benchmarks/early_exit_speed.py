@@ -109,7 +109,7 @@ def main() -> None:
 
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     print(f"MiniLM-L6 multi-exit, {len(texts)} docs, {machine}")
-    print(f"| setting | mode | mean exit layer | layer speed-up | wall-clock speed-up | ratio |")
+    print("| setting | mode | mean exit layer | layer speed-up | wall-clock speed-up | ratio |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['setting']} | {r['mode']} | {r['mean_exit_layer']:.2f} | {r['layer_speedup']:.2f} | "

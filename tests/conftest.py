@@ -39,3 +39,17 @@ def model_factory(tmp_path_factory):
         return cache[key]
 
     return build
+
+
+@pytest.fixture(scope="session")
+def clinical_checkpoints(tmp_path_factory) -> dict[str, str]:
+    """Tiny random checkpoints for the three clinical tasks: keys pv, sup (text) and ddi (relation)."""
+    from epee_annotate.components import DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_STATUS_LABELS
+
+    root = tmp_path_factory.mktemp("clinical_ckpts")
+    out = {}
+    for key, task, labels in (("pv", "text", PV_EVENT_LABELS), ("sup", "text", SUPPLEMENT_STATUS_LABELS),
+                              ("ddi", "relation", DDI_LABELS)):
+        tiny_model("bert", root / key, task=task, labels=labels).save_pretrained(root / key)
+        out[key] = str(root / key)
+    return out

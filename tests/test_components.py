@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import spacy
-import torch
 from spacy.tokens import DocBin
 
 from epee_annotate.components import (
@@ -17,7 +16,6 @@ from epee_annotate.components import (
     mark_mention, read_rules, supplement_rules, write_rules,
 )
 from epee_annotate.policies import EPEE, BudgetedExit
-from epee_annotate.testing import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FACTORIES = ["epee_textcat", "epee_span_classifier", "epee_supplement_status", "epee_ddi", "epee_pv_event"]
@@ -30,27 +28,12 @@ NOTES = [
 LEXICON = {"aspirin": "drug", "warfarin": "drug", "penicillin": "drug", "amoxicillin": "drug", "coumadin": "brand"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run far faster on one thread than on threads fighting over a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    """Tiny random checkpoints for the three clinical tasks."""
-    root = tmp_path_factory.mktemp("component_ckpts")
-    out = {}
-    for key, task, labels in (("pv", "text", PV_EVENT_LABELS), ("sup", "text", SUPPLEMENT_STATUS_LABELS),
-                              ("ddi", "relation", DDI_LABELS)):
-        tiny_model("bert", root / key, task=task, labels=labels).save_pretrained(root / key)
-        out[key] = str(root / key)
-    write_rules(build_drug_lexicon(LEXICON), root / "drugs.json")
-    out["lexicon"] = str(root / "drugs.json")
-    return out
+def ckpt(clinical_checkpoints, tmp_path_factory):
+    """The shared tiny clinical checkpoints plus a drug lexicon."""
+    lexicon = tmp_path_factory.mktemp("lexicon") / "drugs.json"
+    write_rules(build_drug_lexicon(LEXICON), lexicon)
+    return {**clinical_checkpoints, "lexicon": str(lexicon)}
 
 
 def clinical_nlp(ckpt, **policy):

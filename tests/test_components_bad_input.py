@@ -2,39 +2,25 @@
 
 import pytest
 import spacy
-import torch
 
 from epee_annotate.components import (
-    DDI_LABELS, MENTION_MARKERS, PV_EVENT_LABELS, SUPPLEMENT_STATUS_LABELS, build_drug_lexicon, doc_annotations,
-    write_rules,
+    DDI_LABELS, MENTION_MARKERS, SUPPLEMENT_STATUS_LABELS, build_drug_lexicon, doc_annotations, write_rules,
 )
 from epee_annotate.components.windows import clip_context, mention_input, mention_room
-from epee_annotate.testing import tiny_model
 
 FILLER = "the patient was seen today and reports no new complaints "
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def nlp(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bad_input_ckpts")
-    for key, task, labels in (("pv", "text", PV_EVENT_LABELS), ("sup", "text", SUPPLEMENT_STATUS_LABELS),
-                              ("ddi", "relation", DDI_LABELS)):
-        tiny_model("bert", root / key, task=task, labels=labels).save_pretrained(root / key)
+def nlp(clinical_checkpoints, tmp_path_factory):
+    root = tmp_path_factory.mktemp("bad_input_rules")
     write_rules(build_drug_lexicon(["aspirin", "warfarin"]), root / "drugs.json")
     pipeline = spacy.blank("en")
     pipeline.add_pipe("sentencizer")
-    pipeline.add_pipe("epee_supplement_status", config={"checkpoint": str(root / "sup")})
-    pipeline.add_pipe("epee_ddi", config={"checkpoint": str(root / "ddi"), "lexicon": str(root / "drugs.json"),
+    pipeline.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]})
+    pipeline.add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"], "lexicon": str(root / "drugs.json"),
                                           "max_pairs_per_doc": 100})
-    pipeline.add_pipe("epee_pv_event", config={"checkpoint": str(root / "pv")})
+    pipeline.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"]})
     return pipeline
 
 

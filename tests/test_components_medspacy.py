@@ -2,39 +2,26 @@
 
 import medspacy
 import pytest
-import torch
 from loguru import logger
 from spacy.tokens import DocBin
 
 from epee_annotate.components import (
-    DDI_LABELS, SUPPLEMENT_STATUS_LABELS, doc_annotations, doc_consumer_attrs, make_docbin_safe, quiet_medspacy,
+    SUPPLEMENT_STATUS_LABELS, doc_annotations, doc_consumer_attrs, make_docbin_safe, quiet_medspacy,
 )
-from epee_annotate.testing import tiny_model
 
 NOTE = ("Patient denies taking fish oil. Mother takes valerian root nightly.\n\n"
         "Continues CoQ10 with warfarin and aspirin.")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def nlp(tmp_path_factory):
-    root = tmp_path_factory.mktemp("medspacy_ckpts")
-    tiny_model("bert", root / "sup", task="text", labels=SUPPLEMENT_STATUS_LABELS).save_pretrained(root / "sup")
-    tiny_model("bert", root / "ddi", task="relation", labels=DDI_LABELS).save_pretrained(root / "ddi")
+def nlp(clinical_checkpoints):
     pipeline = medspacy.load()
     from medspacy.target_matcher import TargetRule
 
     pipeline.get_pipe("medspacy_target_matcher").add([TargetRule("warfarin", "DRUG"), TargetRule("aspirin", "DRUG")])
     # Before ConText, so ConText sees the supplement mentions the component adds.
-    pipeline.add_pipe("epee_supplement_status", config={"checkpoint": str(root / "sup")}, before="medspacy_context")
-    pipeline.add_pipe("epee_ddi", config={"checkpoint": str(root / "ddi")})
+    pipeline.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]}, before="medspacy_context")
+    pipeline.add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"]})
     pipeline.add_pipe("medspacy_doc_consumer", config={"dtype_attrs": doc_consumer_attrs()})
     return pipeline
 

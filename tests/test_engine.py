@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from conftest import make_texts
 from epee_annotate import EPEE, BudgetedExit, EntropyExit, PatienceExit

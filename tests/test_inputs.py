@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from epee_annotate.inputs import InputError, array_to_unit
 

@@ -35,15 +35,6 @@ def toy_examples(count: int, seed: int) -> list[Example]:
             for i in range(count)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy shared CPU two threads wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def word_bert(tmp_path_factory) -> Path:
     """A tiny BERT whose tokenizer knows the toy words (so the toy task is learnable)."""

@@ -60,7 +60,7 @@ def run_notes(args: argparse.Namespace) -> int:
                             overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
     job = NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
                    text_column=args.text_column, keep_columns=_split_columns(args.keep_columns), fmt=args.format)
-    summary = run_notes_job(job)
+    run_notes_job(job)  # prints and writes its own summary
     return 0
 
 
@@ -69,7 +69,7 @@ def run_images(args: argparse.Namespace) -> int:
 
     job = ImagesJob(checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz,
                     split=args.split, frames=args.frames, task_name=args.task_name)
-    summary = run_images_job(job)
+    run_images_job(job)  # prints and writes its own summary
     return 0
 
 
