@@ -35,6 +35,7 @@ import torch
 
 from epee_annotate import BudgetedExit, EntropyExit, MultiExitModel, PatienceExit
 from epee_annotate.calibration import split_examples
+from epee_annotate.data import split_by_group
 from epee_annotate.data.load import load_examples
 from epee_annotate.evaluation import ExitTable, find_negative_label
 from epee_annotate.policies import ExitPolicy
@@ -148,11 +149,12 @@ def closest(table: ExitTable, policies: Sequence[ExitPolicy], speedup: float) ->
 
 def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
     model = MultiExitModel.from_pretrained(task.checkpoint)
-    calibration = model.config.calibration or {}
+    # Re-create exactly the calibration / report halves that `epee-annotate calibrate` used.
+    record = (model.config.calibration or {}).get("data", {})
     examples = load_examples(task.data, task.format, model.task, split=task.split, **(task.options or {}))
-    fraction = float(calibration.get("fraction") or calibration.get("calibration_fraction") or 0.5)
-    seed = int(calibration.get("seed", 0))
-    calib, report = split_examples(examples, fraction, seed)
+    if record.get("holdout"):
+        examples = split_by_group(examples, record["holdout"]["dev_fraction"], record["holdout"]["dev_seed"])[1]
+    calib, report = split_examples(examples, float(record.get("fraction") or 0.5), int(record.get("seed") or 0))
     negative = find_negative_label(model.labels) if model.task == "relation" else None
     print(f"[{task.name}] {len(calib)} calibration / {len(report)} report examples, policy {model.default_policy.describe()}")
     calib_table = ExitTable.from_model(model, [e.input for e in calib], [e.label for e in calib], negative_label=negative)
@@ -282,7 +284,7 @@ def main() -> None:
     parser.add_argument("--ddi", type=Path, default=ROOT / "runs" / "ddi_minilm")
     parser.add_argument("--vit", type=Path, default=ROOT / "runs" / "pneumonia_vit")
     parser.add_argument("--phee-data", type=Path, default=SHARED / "phee" / "dev.json")
-    parser.add_argument("--ddi-data", type=Path, default=SHARED / "ddi" / "dev_split")
+    parser.add_argument("--ddi-data", type=Path, default=SHARED / "ddi" / "Train")
     parser.add_argument("--npz", type=Path, default=SHARED / "pneumoniamnist" / "pneumoniamnist_train_val.npz")
     parser.add_argument("--docs", type=int, default=400, help="inputs timed per task")
     parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1")
