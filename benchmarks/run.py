@@ -102,8 +102,13 @@ def own_forward(model: MultiExitModel) -> Callable[[Sequence[Any], int], None]:
                 hidden = model.backbone.model(
                     input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                 ).last_hidden_state
-            index = batch["pool_index"].unsqueeze(-1).expand(-1, -1, hidden.size(-1))
-            model.heads[-1](hidden.gather(1, index).flatten(1)).softmax(-1)
+            if model.backbone.mean_pooling:
+                weights = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * weights).sum(1) / weights.sum(1)
+            else:
+                index = batch["pool_index"].unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+                pooled = hidden.gather(1, index).flatten(1)
+            model.heads[-1](pooled).softmax(-1)
 
     return run
 
@@ -178,27 +183,31 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         name: (lambda batch, bs, policy=policy: model.predict(batch, policy=policy, batch_size=bs))
         for name, policy in methods.items()
     }
-    baseline_name = "HF pipeline (last classifier)" if model.task == "text" else "own HF forward + last head"
+    runners["own HF forward + last head"] = own_forward(model)
+    pipeline_note = ""
     if model.task == "text" and model.config.model_type == "bert":
         pipe = hf_text_pipeline(model)
-        print(f"[{task.name}] HF pipeline vs last exit, max |prob diff| = {check_pipeline_matches(model, pipe, inputs[:32]):.2e}")
+        diff = check_pipeline_matches(model, pipe, inputs[:32])
+        print(f"[{task.name}] HF pipeline vs last exit, max |prob diff| = {diff:.2e}")
         max_length = model.encoder.max_length
-        runners[baseline_name] = lambda batch, bs: pipe(list(batch), batch_size=bs, truncation=True, max_length=max_length)
-    else:
-        runners[baseline_name] = own_forward(model)
+        runners["HF pipeline"] = lambda batch, bs: pipe(list(batch), batch_size=bs, truncation=True, max_length=max_length)
+        if model.backbone.mean_pooling:
+            # A stock sequence classifier pools [CLS]; this model mean-pools, so only the timing compares.
+            pipeline_note = "HF pipeline: stock BertForSequenceClassification (CLS pooler), timing only"
     timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats)
 
     full = timing["full depth (last exit)"]
     results = []
     for name, t in timing.items():
-        quality = rows.get(name, rows["full depth (last exit)"])
+        comparable = not (name == "HF pipeline" and pipeline_note)
+        quality = rows.get(name, rows["full depth (last exit)"]) if comparable else {}
         layer_speedup = quality["speedup"] if name in rows else 1.0
         wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"]
         wall_batched = t["throughput"] / full["throughput"]
         results.append({
             "task": task.name, "method": name, "policy": methods[name].describe() if name in methods else None,
-            "accuracy": quality["accuracy"], "macro_f1": quality["macro_f1"],
-            **({"micro_f1_positive": quality["micro_f1_positive"]} if negative else {}),
+            "accuracy": quality.get("accuracy"), "macro_f1": quality.get("macro_f1"),
+            **({"micro_f1_positive": quality.get("micro_f1_positive")} if negative else {}),
             "metric": metric, "mean_exit_layer": quality["mean_exit_layer"] if name in rows else layers,
             "layer_speedup": layer_speedup,
             "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup,
@@ -206,6 +215,7 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
             **t,
         })
     return {"task": task.name, "checkpoint": str(task.checkpoint), "checkpoint_id": model.checkpoint_id,
+            "note": pipeline_note,
             "report_examples": len(report), "timed_examples": len(inputs), "rows": results}
 
 
@@ -233,13 +243,16 @@ def markdown(results: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in task["rows"]:
+            quality = "n/a | n/a" if r[metric] is None else f"{r[metric]:.4f} | {r['macro_f1']:.4f}"
             lines.append(
-                f"| {r['method']} | {r[metric]:.4f} | {r['macro_f1']:.4f} | {r['mean_exit_layer']:.2f} | "
+                f"| {r['method']} | {quality} | {r['mean_exit_layer']:.2f} | "
                 f"{r['layer_speedup']:.2f} | {r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | "
                 f"{r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f}) | {r['throughput']:.1f} "
                 f"({r['throughput_min']:.1f}-{r['throughput_max']:.1f}) | "
                 f"{r['wall_speedup_batched']:.2f} ({r['ratio_batched']:.2f}) |"
             )
+        if task.get("note"):
+            lines.append(f"\n{task['note']}.")
         lines.append("")
     if results.get("memory"):
         lines.append(f"Peak resident memory of one batch-job actor at the default batch size: {results['memory']}.")
@@ -257,6 +270,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
     for ax, task in zip(axes[0], tasks):
         metric = task["rows"][0]["metric"]
         for r in task["rows"]:
+            if r[metric] is None:
+                continue
             ax.scatter(r["throughput"], r[metric], s=40)
             ax.annotate(r["method"].split(" ")[0], (r["throughput"], r[metric]), fontsize=8,
                         xytext=(4, 3), textcoords="offset points")
