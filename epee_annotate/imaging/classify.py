@@ -42,16 +42,21 @@ def find_image_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def decode_sources(
-    sources: Sequence[str | os.PathLike | bytes], frames: str = "middle", extra_tags: Sequence[str] = ()
+    sources: Sequence[str | os.PathLike | bytes],
+    frames: str = "middle",
+    extra_tags: Sequence[str] = (),
+    names: Sequence[str] | None = None,
 ) -> list[tuple[str, DecodedImage | ImageReadError]]:
-    """Decode each source into its images (several for frames="all"), or one error."""
+    """Decode each source into its images (several for frames="all"), or one error; never raises per item."""
     decoded: list[tuple[str, DecodedImage | ImageReadError]] = []
     for index, source in enumerate(sources):
-        name = f"item-{index}" if isinstance(source, bytes) else str(source)
+        name = names[index] if names is not None else f"item-{index}" if isinstance(source, bytes) else str(source)
         try:
             decoded += [(name, image) for image in read_image(source, frames=frames, extra_tags=extra_tags)]
         except ImageReadError as error:
             decoded.append((name, error))
+        except Exception as error:  # a decoder bug on one file must not sink the batch
+            decoded.append((name, ImageReadError(f"unexpected {type(error).__name__} while decoding")))
     return decoded
 
 

@@ -92,25 +92,22 @@ class ImageAnnotator:
 
     def _decode_files(self, batch: pa.Table) -> list[tuple[dict[str, Any], np.ndarray | None]]:
         """(row, pixels) per decoded image; undecodable files give (error row, None)."""
-        from ..imaging import read_image
+        from ..imaging.classify import decode_sources
+        from ..imaging.reading import ImageReadError
 
+        paths = batch.column("path").to_pylist()
         items = []
-        for data, path in zip(batch.column("bytes").to_pylist(), batch.column("path").to_pylist()):
+        for path, image in decode_sources(batch.column("bytes").to_pylist(), self.frames, names=paths):
             base = {"doc_id": path, "path": path}
-            try:
-                images = read_image(data, frames=self.frames)
-            except Exception as error:  # corrupt, truncated, unsupported: this file only
-                message = str(error) if type(error).__name__ == "ImageReadError" else type(error).__name__
+            if isinstance(image, ImageReadError):  # corrupt, truncated, unsupported: this file only
                 items.append(({**base, "task": self.task_name, "kind": "image", "status": STATUS_ERROR,
-                               "error": f"cannot decode image: {message}"}, None))
+                               "error": f"cannot decode image: {image}"}, None))
                 continue
-            for image in images:
-                row = {**base, "kind": "frame" if self.frames == "all" and image.frame is not None else "image",
-                       "frame": image.frame}
-                for keyword, column in DICOM_COLUMNS.items():
-                    value = image.metadata.get(keyword)
-                    row[column] = value or None
-                items.append((row, image.pixels))
+            row = {**base, "kind": "frame" if self.frames == "all" and image.frame is not None else "image",
+                   "frame": image.frame}
+            for keyword, column in DICOM_COLUMNS.items():
+                row[column] = image.metadata.get(keyword) or None
+            items.append((row, image.pixels))
         return items
 
     def _decode_npz(self, batch: pa.Table) -> list[tuple[dict[str, Any], np.ndarray | None]]:
