@@ -45,7 +45,9 @@ class ExitPolicy:
 
     def describe(self) -> str:
         """Compact, stable text form used in outputs (e.g. ``epee(entropy=0.2,patience=3)``)."""
-        args = ",".join(f"{k}={v}" for k, v in asdict(self).items())  # type: ignore[call-overload]
+        # Round floats: config round trips (thinc) turn 0.3 into 0.30000000000000004.
+        args = ",".join(f"{k}={round(v, 6) if isinstance(v, float) else v}"
+                        for k, v in asdict(self).items())  # type: ignore[call-overload]
         return f"{self.name}({args})"
 
 

@@ -78,3 +78,8 @@ def test_invalid_settings_raise():
         PatienceExit(0)
     with pytest.raises(ValueError):
         BudgetedExit(-1)
+
+
+def test_describe_is_stable_text():
+    assert EPEE(entropy=0.1 + 0.2, patience=2).describe() == "epee(entropy=0.3,patience=2)"
+    assert BudgetedExit(3).describe() == "budgeted(layer=3)"
