@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import classification_metrics
+from .vocab import METRICS
 from .policies import EPEE, EntropyExit, ExitPolicy, PatienceExit, full_depth, normalized_entropy, simulate
 
 # Normalized entropy of a confident binary answer is small (p=0.99 -> 0.08), so the low end is dense.
@@ -30,7 +31,6 @@ DEFAULT_TAUS: tuple[float, ...] = (
 )
 # Label names that mean "no relation" (the DDI 2013 metric is micro-F1 over the other labels).
 NEGATIVE_LABEL_NAMES = ("none", "negative", "no_relation", "no-relation", "false")
-METRICS = ("accuracy", "macro_f1", "micro_f1_positive")
 
 
 def default_patiences(num_layers: int) -> list[int]:

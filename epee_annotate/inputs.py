@@ -5,6 +5,12 @@ Relation inputs are marked with typed marker tokens added to the tokenizer as sp
 markers (entity-start pooling); decoders (GPT-2) pool the last real token, which has seen both
 marked entities. When a relation input is too long, the token window is cut around the markers
 so they are always kept, and the row is flagged ``truncated``.
+
+Mention windowing (``TextEncoder.mention_input``): a mention is classified from its sentence
+with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``,
+fed to a ``task="text"`` checkpoint (train it on text built with ``mark_mention``). Long inputs
+are cut *before* encoding so the parts that matter survive (the text task keeps only the first
+tokens, which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
 """
 
 from __future__ import annotations
@@ -19,6 +25,14 @@ import torch.nn.functional as F
 
 RELATION_MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
 TASKS = ("text", "relation", "image")
+# A mention is marked with the relation task's head markers, so a future single-span task that
+# adds them as special tokens reads the same text; for a text checkpoint they are plain characters.
+MENTION_MARKERS = RELATION_MARKERS[:2]
+GAP = " ... "  # joins kept pieces of a clipped text
+# Characters kept per model token when clipping before tokenisation: tokens rarely cover more
+# than a few characters, so this over-keeps; the exact token window is applied afterwards.
+CHARS_PER_TOKEN = 16
+SLACK_TOKENS = 4  # re-tokenisation at cut points and around markers may add a token or two
 
 
 class InputError(ValueError):
@@ -56,6 +70,47 @@ class TextEncoder:
             self.marker_ids = tokenizer.convert_tokens_to_ids(list(RELATION_MARKERS))
         self.prefix, self.suffix = _special_affixes(tokenizer)
         self.num_special = len(self.prefix) + len(self.suffix)
+        self._mention_room: int | None = None
+
+    @property
+    def max_chars(self) -> int:
+        """Characters worth keeping of one input before tokenisation (see ``CHARS_PER_TOKEN``)."""
+        return self.max_length * CHARS_PER_TOKEN
+
+    @property
+    def mention_room(self) -> int:
+        """Tokens left for the text around a marked mention (``mention_room`` of the token budget)."""
+        if self._mention_room is None:
+            self._mention_room = mention_room(self.tokenizer, self.max_length - self.num_special)
+        return self._mention_room
+
+    def text_input(self, text: str, lo: int = 0, hi: int | None = None) -> tuple[str, bool]:
+        """``text[lo:hi]`` cut to ``max_chars`` (cheap on huge texts); returns (text, cut?)."""
+        hi = len(text) if hi is None else hi
+        return text[lo : min(hi, lo + self.max_chars)], hi - lo > self.max_chars
+
+    def mention_input(self, text: str, start: int, end: int, lo: int = 0, hi: int | None = None) -> tuple[str, bool]:
+        """Marked context ``text[lo:hi]`` of the mention ``text[start:end]``, windowed to fit; (text, cut?).
+
+        Only characters near the mention are copied, so a note's cost grows with its mentions, not
+        with mentions x note length.
+        """
+        hi = len(text) if hi is None else hi
+        reach = self.mention_room * CHARS_PER_TOKEN
+        near_lo, near_hi = max(lo, start - reach), min(hi, end + reach)
+        marked, cut = mention_input(text[near_lo:near_hi], start - near_lo, end - near_lo, self.tokenizer,
+                                    self.mention_room)
+        return marked, cut or near_lo > lo or near_hi < hi
+
+    def relation_input(self, text: str, head: tuple[int, int], tail: tuple[int, int], lo: int = 0,
+                       hi: int | None = None) -> tuple[dict[str, Any], bool]:
+        """Relation input for spans ``head``/``tail`` of ``text`` within the context ``text[lo:hi]``; (input, cut?)."""
+        hi = len(text) if hi is None else hi
+        reach = self.max_chars
+        near_lo, near_hi = max(lo, head[0] - reach), min(hi, tail[1] + reach)
+        spans = [(head[0] - near_lo, head[1] - near_lo), (tail[0] - near_lo, tail[1] - near_lo)]
+        clipped, (h, t), cut = clip_context(text[near_lo:near_hi], spans, self.max_chars)
+        return {"text": clipped, "head": h, "tail": t}, cut or near_lo > lo or near_hi < hi
 
     def encode(self, item: Any) -> EncodedRow:
         text = self._marked_text(item)
@@ -120,6 +175,83 @@ class TextEncoder:
             mask[i, offset : offset + row.length] = 1
             pool[i] = torch.tensor(row.pool_index) + offset
         return {"input_ids": ids, "attention_mask": mask, "pool_index": pool}
+
+
+def mark_mention(text: str, start: int, end: int, markers: Sequence[str] = MENTION_MARKERS) -> str:
+    """``text`` with ``text[start:end]`` wrapped in the mention markers."""
+    return f"{text[:start]}{markers[0]}{text[start:end]}{markers[1]}{text[end:]}"
+
+
+def clip_context(
+    text: str, spans: Sequence[tuple[int, int]], max_chars: int
+) -> tuple[str, list[tuple[int, int]], bool]:
+    """Cut ``text`` to about ``max_chars`` characters, keeping every span and text around it.
+
+    Returns (text, spans shifted into it, clipped?). With no spans the beginning is kept. Pieces
+    around spans that lie far apart are joined with ``GAP``.
+    """
+    if len(text) <= max_chars:
+        return text, list(spans), False
+    if not spans:
+        return text[:max_chars], [], True
+    pad = max(0, (max_chars - sum(e - s for s, e in spans)) // (2 * len(spans)))
+    pieces: list[list[int]] = []
+    for s, e in sorted(spans):
+        lo, hi = max(0, s - pad), min(len(text), e + pad)
+        if pieces and lo <= pieces[-1][1] + len(GAP):
+            pieces[-1][1] = max(pieces[-1][1], hi)
+        else:
+            pieces.append([lo, hi])
+    out, shifts, position = [], [], 0
+    for lo, hi in pieces:
+        if out:
+            out.append(GAP)
+            position += len(GAP)
+        shifts.append((lo, hi, position - lo))
+        out.append(text[lo:hi])
+        position += hi - lo
+    moved = []
+    for s, e in spans:
+        shift = next(d for lo, hi, d in shifts if lo <= s and e <= hi)
+        moved.append((s + shift, e + shift))
+    return "".join(out), moved, True
+
+
+def mention_room(tokenizer: Any, budget: int) -> int:
+    """Tokens left for the sentence around a mention once the markers and some slack are paid for."""
+    markers = len(tokenizer(" ".join(MENTION_MARKERS), add_special_tokens=False, verbose=False)["input_ids"])
+    return max(1, budget - markers - SLACK_TOKENS)
+
+
+def mention_input(text: str, start: int, end: int, tokenizer: Any, room: int) -> tuple[str, bool]:
+    """Marked text whose unmarked tokens fit ``room`` (see ``mention_room``); returns (text, cut?).
+
+    The token window is centred on the mention; a mention longer than ``room`` keeps its beginning.
+    """
+    text, [(start, end)], clipped = clip_context(text, [(start, end)], room * CHARS_PER_TOKEN)
+    offsets = _offsets(tokenizer, text)
+    if offsets is None or len(offsets) <= room:
+        return mark_mention(text, start, end), clipped
+    inside = [i for i, (s, e) in enumerate(offsets) if s < end and e > start and e > s] or [0]
+    first, last = inside[0], inside[-1]
+    if last - first + 1 > room:
+        end = max(start + 1, offsets[first + room - 1][1])
+        lo, hi = min(offsets[first][0], start), end
+    else:
+        extra = room - (last - first + 1)
+        lo_token = max(0, min(first - extra // 2, len(offsets) - room))
+        hi_token = min(len(offsets), lo_token + room) - 1
+        lo, hi = min(offsets[lo_token][0], start), max(offsets[hi_token][1], end)
+    return mark_mention(text[lo:hi], start - lo, end - lo), True
+
+
+def _offsets(tokenizer: Any, text: str) -> list[tuple[int, int]] | None:
+    """Character offsets of each token (fast tokenizers); None when the tokenizer cannot give them."""
+    try:
+        encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+    return [tuple(pair) for pair in encoded["offset_mapping"]]
 
 
 def _special_affixes(tokenizer) -> tuple[list[int], list[int]]:

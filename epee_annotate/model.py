@@ -18,8 +18,9 @@ from .heads import make_exit_heads
 from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
 from .policies import ExitPolicy, normalized_entropy, policy_from_dict
 from .prediction import Prediction
+from .vocab import AUTOCAST_MODES
 
-_AUTOCAST = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+_AUTOCAST = dict(zip(AUTOCAST_MODES, (torch.bfloat16, torch.float16)))
 
 
 class MultiExitModel(nn.Module):
@@ -148,6 +149,8 @@ class MultiExitModel(nn.Module):
 
     def use_autocast(self, dtype: str | None) -> None:
         """Use bf16/fp16 autocast for inference on CUDA (ignored on CPU)."""
+        if dtype is not None and dtype not in _AUTOCAST:
+            raise ValueError(f"autocast must be None or one of {AUTOCAST_MODES}, got {dtype!r}")
         self.autocast_dtype = _AUTOCAST[dtype] if dtype else None
 
     # ----- training forward --------------------------------------------------------------

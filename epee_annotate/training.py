@@ -38,11 +38,11 @@ from .data.examples import Example
 from .inputs import EncodedRow, InputError
 from .metrics import classification_metrics
 from .model import MultiExitModel
+from .vocab import METRICS
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "training_state"
-METRICS = ("accuracy", "macro_f1", "micro_f1_positive")
 # Settings that may change when resuming; any other change would make the resumed run a different run.
 _RESUMABLE_CHANGES = {"epochs", "device", "eval_batch_size", "progress"}
 _CHUNK_BATCHES = 50  # length buckets are formed inside shuffled chunks of this many batches

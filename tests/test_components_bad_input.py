@@ -6,7 +6,7 @@ import spacy
 from epee_annotate.components import (
     DDI_LABELS, MENTION_MARKERS, SUPPLEMENT_STATUS_LABELS, build_drug_lexicon, doc_annotations, write_rules,
 )
-from epee_annotate.components.windows import clip_context, mention_input, mention_room
+from epee_annotate.inputs import clip_context, mention_input, mention_room
 
 FILLER = "the patient was seen today and reports no new complaints "
 

@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..vocab import METRICS
+
 log = logging.getLogger("epee_annotate.evaluate")
 
 GUESS_FORMAT = {".jsonl": "jsonl", ".csv": "csv", ".npz": "npz"}
@@ -84,7 +86,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                       help="split --data deterministically: calibrate uses a fraction F, evaluate the rest")
     data.add_argument("--seed", type=int, default=0, help="seed of the calibration/report split (default 0)")
     grid = parser.add_argument_group("grid and metric")
-    grid.add_argument("--metric", default="auto", choices=("auto", "accuracy", "macro_f1", "micro_f1_positive"),
+    grid.add_argument("--metric", default="auto", choices=("auto", *METRICS),
                       help="main metric (auto: micro_f1_positive when there is a negative label, else accuracy)")
     grid.add_argument("--negative-label", metavar="LABEL",
                       help="the no-relation label for micro_f1_positive (default: 'none' etc. for relation tasks)")

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..vocab import FRAME_MODES
 from .common import add_policy_arguments, policy_from_args
 
 COLUMNS = ("source", "frame", "label", "exit_layer", "num_layers", "confidence", "entropy", "error")
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("checkpoint", type=Path, help="image checkpoint directory")
     parser.add_argument("paths", nargs="+", type=Path, help="image files or folders")
-    parser.add_argument("--frames", choices=("middle", "all", "mip"), default="middle",
+    parser.add_argument("--frames", choices=FRAME_MODES, default="middle",
                         help="multi-frame DICOM: middle frame, every frame, or max-intensity projection")
     parser.add_argument("--extra-tags", default="", help="comma-separated DICOM keywords to add (may be PHI)")
     parser.add_argument("--batch-size", type=int, default=32)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from .common import add_policy_arguments
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
@@ -16,7 +19,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 puts models on cuda")
-    run.add_argument("--autocast", choices=["bf16", "fp16"], default=None, help="mixed precision on GPU")
+    run.add_argument("--autocast", choices=AUTOCAST_MODES, default=None, help="mixed precision on GPU")
     run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
@@ -26,11 +29,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                      help="show Ray Data progress bars")
     run.add_argument("--worker-logs", action="store_true", help="forward worker logs to this terminal")
-
-    policy = parser.add_argument_group("exit policy (default: each checkpoint's calibrated policy)")
-    policy.add_argument("--entropy", type=float, default=None, help="exit when normalized entropy < this")
-    policy.add_argument("--patience", type=int, default=None, help="exit after this many agreeing exits")
-    policy.add_argument("--budget", type=int, default=None, help="every input exits at this layer; 0 = full depth")
+    add_policy_arguments(parser, "exit policy (default: each checkpoint's calibrated policy)")
 
 
 def _options(args: argparse.Namespace):
@@ -107,7 +106,7 @@ def register(subparsers) -> None:
     images.add_argument("--checkpoint", required=True, help="multi-exit image checkpoint directory")
     images.add_argument("--npz", default=None, help="MedMNIST-style .npz archive instead of files")
     images.add_argument("--split", default="val", help="split of the npz archive (train/val/test)")
-    images.add_argument("--frames", choices=["middle", "all", "mip"], default="middle",
+    images.add_argument("--frames", choices=FRAME_MODES, default="middle",
                         help="multi-frame DICOM: middle frame, every frame (one row each), or max projection")
     images.add_argument("--task-name", default="image", help="value of the task column")
     _add_common(images)

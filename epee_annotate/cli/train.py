@@ -13,7 +13,7 @@ logger = logging.getLogger(__name__)
 def register(subparsers: Any) -> None:
     """Add the ``train`` subcommand."""
     from ..data.load import FORMATS
-    from ..training import METRICS
+    from ..vocab import METRICS
 
     p = subparsers.add_parser(
         "train",

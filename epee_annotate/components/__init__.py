@@ -10,6 +10,7 @@ from .clinical import (
     DDI_ENTITY_LABELS, DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_LABEL, SUPPLEMENT_STATUS_LABELS, SUPPLEMENT_VARIANTS,
     build_drug_lexicon, supplement_rules,
 )
+from ..inputs import MENTION_MARKERS, mark_mention
 from .base import EpeeComponent
 from .extensions import RESULT_ATTRS, register_extensions
 from .factories import (
@@ -21,7 +22,6 @@ from .records import ANNOTATION_KEYS, doc_annotations
 from .relations import RelationClassifier
 from .spans import SpanClassifier
 from .textcat import TextClassifier
-from .windows import MENTION_MARKERS, mark_mention
 
 register_extensions()
 

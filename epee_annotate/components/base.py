@@ -4,13 +4,21 @@ A component says which items of a doc it classifies (``collect``: sentences, the
 or mention pairs, each with its model input). Everything else lives here: lazy checkpoint
 loading, the exit policy, batching over many docs (one ``model.predict`` call per spaCy batch,
 so the core's compaction and length bucketing see every item at once), writing results back,
-and saving/loading with ``nlp.to_disk`` / ``spacy.load``.
+saving/loading with ``nlp.to_disk`` / ``spacy.load``, and ``score`` for ``nlp.evaluate``.
+
+Multiprocessing: ``nlp.pipe(..., n_process=N)`` forks worker processes. Torch's OpenMP thread
+pool does not survive a fork once the parent has used it (the child hangs in its first parallel
+op), so a component running in a process other than the one that built it first switches torch
+to one thread per process; the processes give the parallelism. Pickling a component (spawn)
+leaves the weights behind: each process loads the checkpoint itself.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -21,17 +29,19 @@ from spacy.util import minibatch
 
 from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
-from ..policies import ExitPolicy, make_policy, policy_from_dict
+from ..policies import ExitPolicy
+from ..policy_settings import resolve_policy
 from ..prediction import Prediction
+from ..vocab import AUTOCAST_MODES
 from .extensions import register_extensions, replace_task_records, set_result
 from .medspacy_support import quiet_medspacy
 from .records import make_record
+from .scoring import score_component
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
 SETTINGS_FILE = "epee_component.json"
-AUTOCAST = (None, "bf16", "fp16")
 
 
 @dataclass
@@ -48,29 +58,31 @@ class Item:
     clipped: bool = False  # the component cut the input before encoding
 
 
-def resolve_policy(policy: dict[str, Any] | None) -> ExitPolicy | None:
-    """Config ``policy`` -> ExitPolicy; None keeps the checkpoint's default.
-
-    Accepts ``{"entropy": .., "patience": .., "budget": ..}`` (``make_policy`` knobs) or a saved
-    policy dict with ``"name"`` (``policy_from_dict``).
-    """
-    if policy is None:
-        return None
-    if not isinstance(policy, dict):
-        raise ValueError(f"policy must be null or a mapping, got {type(policy).__name__}")
-    if "name" in policy:
-        return policy_from_dict(policy)
-    unknown = set(policy) - {"entropy", "patience", "budget"}
-    if unknown:
-        raise ValueError(f"unknown policy settings {sorted(unknown)}; use entropy, patience, budget or name")
-    return make_policy(policy.get("entropy"), policy.get("patience"), policy.get("budget"))
-
-
 def sentences(doc: Doc) -> list[Span]:
     """The doc's sentences, or the whole doc as one when nothing set sentence boundaries."""
     if len(doc) and not doc.has_annotation("SENT_START"):
         return [doc[:]]
     return list(doc.sents)
+
+
+def sentence_bounds(doc: Doc, mentions: Sequence[Span]) -> list[tuple[int, int]]:
+    """Character range of the sentence holding each mention (sorted by start), in one pass over the doc.
+
+    The whole doc without sentence boundaries; a range stretches to cover a mention running past it.
+    """
+    if not doc.has_annotation("SENT_START"):
+        whole = (0, len(doc.text)) if mentions else (0, 0)
+        return [whole] * len(mentions)
+    bounds, sents = [], iter(doc.sents)
+    sent = next(sents, None)
+    for mention in mentions:
+        while sent is not None and sent.end <= mention.start:
+            sent = next(sents, None)
+        if sent is None:  # cannot happen for spans of this doc; keep the doc as context
+            bounds.append((0, mention.end_char))
+            continue
+        bounds.append((min(sent.start_char, mention.start_char), max(sent.end_char, mention.end_char)))
+    return bounds
 
 
 def has_content(text: str) -> bool:
@@ -89,6 +101,9 @@ class EpeeComponent:
         name: str,
         checkpoint: str | None,
         policy: dict[str, Any] | None = None,
+        entropy: float | None = None,
+        patience: int | None = None,
+        budget: int | None = None,
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
@@ -100,8 +115,8 @@ class EpeeComponent:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if autocast not in AUTOCAST:
-            raise ValueError(f"autocast must be one of {AUTOCAST}, got {autocast!r}")
+        if autocast is not None and autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         register_extensions()
@@ -109,8 +124,8 @@ class EpeeComponent:
         self.nlp = nlp
         self.name = name
         self.checkpoint = str(checkpoint)
-        self.policy_config = policy
-        self._policy = resolve_policy(policy)  # validate now, not at the first doc
+        # Flat settings (spaCy config overrides reach each one) or a saved policy dict with "name".
+        self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget}, policy)
         self.batch_size = int(batch_size)
         self.device = device
         self.autocast = autocast
@@ -120,6 +135,8 @@ class EpeeComponent:
         # Loaded on first use: spacy.load builds components from the saved config (the original
         # checkpoint path) and then calls from_disk, which points them at the saved copy.
         self._model: MultiExitModel | None = None
+        self._pid = os.getpid()  # the process that built the component (see the module docstring)
+        self._order_checked = False
 
     # ----- model ---------------------------------------------------------------------------
     @property
@@ -177,6 +194,10 @@ class EpeeComponent:
         raise NotImplementedError
 
     def _process(self, docs: Sequence[Doc]) -> None:
+        if os.getpid() != self._pid:
+            self._enter_worker_process()
+        if not self._order_checked:
+            self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
         predictions = self.model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
@@ -187,6 +208,44 @@ class EpeeComponent:
         for doc, items in zip(docs, per_doc):
             self._write(doc, items, predictions[position : position + len(items)])
             position += len(items)
+
+    def _enter_worker_process(self) -> None:
+        """First use in a forked/spawned process: one torch thread (a forked OpenMP pool would hang)."""
+        import torch
+
+        torch.set_num_threads(1)
+        self._pid = os.getpid()
+
+    def _check_order(self) -> None:
+        """Warn once when this component adds mentions after medSpaCy's ConText ran (their flags stay False)."""
+        self._order_checked = True
+        if not self.adds_mentions or self.name not in self.nlp.pipe_names:
+            return
+        names = self.nlp.pipe_names
+        for earlier in names[: names.index(self.name)]:
+            if self.nlp.get_pipe_meta(earlier).factory == "medspacy_context":
+                warnings.warn(
+                    f"component {self.name!r} runs after medSpaCy ConText ({earlier!r}) and adds mentions "
+                    f"ConText never saw: their negated/historical/hypothetical/family flags are all False. "
+                    f"Add it before {earlier!r} (nlp.add_pipe(..., before={earlier!r})).", UserWarning, stacklevel=3)
+                return
+
+    @property
+    def adds_mentions(self) -> bool:
+        """Whether the component finds mentions itself (rule matching), so ConText must run after it."""
+        mentions = getattr(self, "mentions", None)
+        return bool(mentions is not None and mentions.has_rules)
+
+    def score(self, examples: Iterable[Any], **kwargs: Any) -> dict[str, Any]:
+        """Scores against gold annotations of ``Example.reference`` (see ``scoring``) for ``nlp.evaluate``."""
+        return score_component(examples, self.name, self.labels, self.none_label,
+                               doc_level=getattr(self, "scope", None) == "doc")
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Pickling (spawned processes, copies) never carries the weights: each process loads the checkpoint.
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
 
     def _write(self, doc: Doc, items: Sequence[Item], predictions: Sequence[Prediction]) -> None:
         records = []
@@ -218,6 +277,16 @@ class EpeeComponent:
         self.model.save_pretrained(path / CHECKPOINT_DIR)
         info = {"checkpoint_id": self.model.checkpoint_id, "task": self.model.task, "labels": self.model.labels}
         (path / SETTINGS_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
+        """Refused: the weights live in a checkpoint directory, which bytes would silently leave behind."""
+        raise NotImplementedError(
+            f"component {self.name!r} cannot be serialised to bytes: its checkpoint (weights) lives on disk. "
+            f"Use nlp.to_disk(path) and spacy.load(path), or nlp.to_bytes(exclude=[{self.name!r}]).")
+
+    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "EpeeComponent":
+        """Refused, like ``to_bytes``."""
+        raise NotImplementedError(f"component {self.name!r} cannot be loaded from bytes; use spacy.load(path)")
 
     def from_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> "EpeeComponent":
         """Use the checkpoint copy saved in ``path`` instead of the configured one."""

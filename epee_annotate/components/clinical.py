@@ -11,10 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 SUPPLEMENT_LABEL = "SUPPLEMENT"
-SUPPLEMENT_STATUS_LABELS = ["Continuing", "Discontinued", "Started", "Uncertain"]
-DDI_LABELS = ["none", "mechanism", "effect", "advise", "int"]  # same order as epee_annotate.data.ddi
-PV_EVENT_LABELS = ["Adverse_event", "Potential_therapeutic_event"]  # same order as epee_annotate.data.phee
-DDI_ENTITY_LABELS = ["DRUG", "BRAND", "GROUP", "DRUG_N"]
+from ..vocab import DDI_ENTITY_LABELS, DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_STATUS_LABELS  # noqa: F401 (re-exported)
 
 _WS = r"[\s-]*"  # optional space or hyphen between word parts
 # canonical name -> alternatives (regex, matched case-insensitively with word boundaries)

@@ -10,98 +10,127 @@ from typing import Any, Dict, List, Optional
 from spacy.language import Language
 
 from .clinical import DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_LABEL, SUPPLEMENT_STATUS_LABELS, supplement_rules
+from .extensions import RESULT_ATTRS
 from .relations import RelationClassifier
 from .spans import SpanClassifier
 from .textcat import TextClassifier
 
-# Settings every component takes: checkpoint directory, exit policy (null = the checkpoint's
-# default; or {"entropy": .., "patience": ..} / {"budget": layer}), model batch size, device,
-# autocast (null | "bf16" | "fp16", CUDA only), and an optional confidence floor below which
-# the label becomes ``none_label``.
-COMMON = {"checkpoint": None, "policy": None, "batch_size": 32, "device": "cpu", "autocast": None,
-          "min_confidence": None, "none_label": "none"}
+# Settings every component takes: checkpoint directory; the exit policy as flat settings
+# (all null = the checkpoint's default; entropy and/or patience = EPEE; budget = a fixed exit
+# layer, 0 = full depth; policy = a saved policy dict with "name"; settings of two policy
+# families at once are an error, see epee_annotate.policy_settings); model batch size, device,
+# autocast (null | "bf16" | "fp16", CUDA only), and an optional confidence floor below which the
+# label becomes ``none_label``.
+COMMON = {"checkpoint": None, "entropy": None, "patience": None, "budget": None, "policy": None, "batch_size": 32,
+          "device": "cpu", "autocast": None, "min_confidence": None, "none_label": "none"}
+
+# What each kind of component writes (spaCy's assigns/requires, shown by nlp.analyze_pipes()).
+RECORDS = ["doc._.epee_annotations"]
+SPAN_RESULTS = [f"span._.{attr}" for attr in RESULT_ATTRS]
+TEXTCAT_ASSIGNS = ["doc.cats", *RECORDS, *SPAN_RESULTS, *(f"doc._.{attr}" for attr in RESULT_ATTRS)]
+SPAN_ASSIGNS = ["doc.ents", *RECORDS, *SPAN_RESULTS]  # doc.ents: mentions found by the component's own rules
+PAIR_ASSIGNS = ["doc.ents", *RECORDS, "doc._.epee_relations", "doc._.epee_truncated_pairs"]
 
 
-@Language.factory("epee_textcat", default_config={**COMMON, "scope": "sents"})
-def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str, policy: Optional[Dict[str, Any]],
-                 batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
+def _settings(checkpoint: Optional[str], entropy: Optional[float], patience: Optional[int], budget: Optional[int],
+              policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str],
+              min_confidence: Optional[float], none_label: str, **extra: Any) -> Dict[str, Any]:
+    """The common settings as keyword arguments of ``EpeeComponent``."""
+    return {"checkpoint": checkpoint, "entropy": entropy, "patience": patience, "budget": budget, "policy": policy,
+            "batch_size": batch_size, "device": device, "autocast": autocast, "min_confidence": min_confidence,
+            "none_label": none_label, **extra}
+
+
+@Language.factory("epee_textcat", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
+def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
+                 patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+                 device: str, autocast: Optional[str], min_confidence: Optional[float],
                  none_label: str) -> TextClassifier:
     """Classify each sentence (``scope="sents"``) or the whole doc (``"doc"``)."""
-    return TextClassifier(nlp, name, checkpoint, scope=scope, policy=policy, batch_size=batch_size, device=device,
-                          autocast=autocast, min_confidence=min_confidence, none_label=none_label)
+    return TextClassifier(nlp, name, scope=scope, **_settings(checkpoint, entropy, patience, budget, policy,
+                                                              batch_size, device, autocast, min_confidence, none_label))
 
 
 @Language.factory("epee_span_classifier", default_config={**COMMON, "spans_key": None, "span_labels": None,
-                                                          "rules": None})
+                                                          "rules": None},
+                  assigns=SPAN_ASSIGNS, requires=["doc.ents"])
 def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], spans_key: Optional[str],
-                         span_labels: Optional[List[str]], rules: Optional[str], policy: Optional[Dict[str, Any]],
+                         span_labels: Optional[List[str]], rules: Optional[str], entropy: Optional[float],
+                         patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]],
                          batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
                          none_label: str) -> SpanClassifier:
     """Classify mentions (doc.ents or ``doc.spans[spans_key]``, filtered by ``span_labels``).
 
     ``rules``: optional JSON file of medSpaCy TargetRules matched first to add mentions.
     """
-    return SpanClassifier(nlp, name, checkpoint, spans_key=spans_key, span_labels=span_labels,
-                          rules=rules, policy=policy, batch_size=batch_size,
-                          device=device, autocast=autocast, min_confidence=min_confidence, none_label=none_label)
+    return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels, rules=rules,
+                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                                      min_confidence, none_label))
 
 
 @Language.factory("epee_relation_classifier", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
-                                                              "span_labels": None, "rules": None})
+                                                              "span_labels": None, "rules": None},
+                  assigns=PAIR_ASSIGNS, requires=["doc.ents"])
 def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int,
                              spans_key: Optional[str], span_labels: Optional[List[str]], rules: Optional[str],
+                             entropy: Optional[float], patience: Optional[int], budget: Optional[int],
                              policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str],
                              min_confidence: Optional[float], none_label: str) -> RelationClassifier:
     """Classify every pair of mentions within a sentence (at most ``max_pairs_per_doc`` per doc)."""
-    return RelationClassifier(nlp, name, checkpoint, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
-                              span_labels=span_labels, rules=rules, policy=policy,
-                              batch_size=batch_size, device=device, autocast=autocast, min_confidence=min_confidence,
-                              none_label=none_label)
+    return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
+                              span_labels=span_labels, rules=rules,
+                              **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                                          min_confidence, none_label))
 
 
 @Language.factory("epee_supplement_status", default_config={**COMMON, "match_rules": True, "spans_key": None,
-                                                            "span_labels": [SUPPLEMENT_LABEL]})
+                                                            "span_labels": [SUPPLEMENT_LABEL]},
+                  assigns=SPAN_ASSIGNS)
 def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], match_rules: bool,
-                           spans_key: Optional[str], span_labels: Optional[List[str]],
-                           policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str],
-                           min_confidence: Optional[float], none_label: str) -> SpanClassifier:
+                           spans_key: Optional[str], span_labels: Optional[List[str]], entropy: Optional[float],
+                           patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]],
+                           batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
+                           none_label: str) -> SpanClassifier:
     """Supplement use status (Continuing / Discontinued / Started / Uncertain) of SUPPLEMENT mentions.
 
     With ``match_rules`` the component first finds the 25 supplements itself (``supplement_rules``).
     In a medSpaCy pipeline add it before "medspacy_context" so ConText sees the new mentions.
     """
-    return SpanClassifier(nlp, name, checkpoint, spans_key=spans_key, span_labels=span_labels,
-                          rules=supplement_rules() if match_rules else None, policy=policy, batch_size=batch_size,
-                          device=device, autocast=autocast, min_confidence=min_confidence, none_label=none_label,
-                          expected_labels=SUPPLEMENT_STATUS_LABELS)
+    return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels,
+                          rules=supplement_rules() if match_rules else None,
+                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                                      min_confidence, none_label, expected_labels=SUPPLEMENT_STATUS_LABELS))
 
 
 @Language.factory("epee_ddi", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
-                                              "span_labels": None, "lexicon": None})
+                                              "span_labels": None, "lexicon": None},
+                  assigns=PAIR_ASSIGNS)
 def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int, spans_key: Optional[str],
-             span_labels: Optional[List[str]], lexicon: Optional[str], policy: Optional[Dict[str, Any]],
-             batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
+             span_labels: Optional[List[str]], lexicon: Optional[str], entropy: Optional[float],
+             patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+             device: str, autocast: Optional[str], min_confidence: Optional[float],
              none_label: str) -> RelationClassifier:
     """Drug-drug interaction type (none / mechanism / effect / advise / int) of drug mention pairs.
 
     Drug mentions come from doc.ents (all labels, or ``span_labels``) and, with ``lexicon`` (a
     rules JSON, e.g. written by ``write_rules(build_drug_lexicon(...), path)``), from a matcher.
     """
-    return RelationClassifier(nlp, name, checkpoint, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
-                              span_labels=span_labels, rules=lexicon, policy=policy,
-                              batch_size=batch_size, device=device, autocast=autocast, min_confidence=min_confidence,
-                              none_label=none_label, expected_labels=DDI_LABELS)
+    return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
+                              span_labels=span_labels, rules=lexicon,
+                              **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                                          min_confidence, none_label, expected_labels=DDI_LABELS))
 
 
-@Language.factory("epee_pv_event", default_config={**COMMON, "scope": "sents"})
-def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: str, policy: Optional[Dict[str, Any]],
-                  batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
+@Language.factory("epee_pv_event", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
+def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
+                  patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+                  device: str, autocast: Optional[str], min_confidence: Optional[float],
                   none_label: str) -> TextClassifier:
     """Pharmacovigilance event type per sentence (PHEE): Adverse_event / Potential_therapeutic_event.
 
     PHEE sentences all carry an event, so the model always picks one of the two; set
     ``min_confidence`` to call low-confidence sentences ``none_label`` instead.
     """
-    return TextClassifier(nlp, name, checkpoint, scope=scope, policy=policy, batch_size=batch_size, device=device,
-                          autocast=autocast, min_confidence=min_confidence, none_label=none_label,
-                          expected_labels=PV_EVENT_LABELS)
+    return TextClassifier(nlp, name, scope=scope,
+                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                                      min_confidence, none_label, expected_labels=PV_EVENT_LABELS))

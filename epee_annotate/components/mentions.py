@@ -105,6 +105,11 @@ class MentionSource:
         self._matcher: RuleMatcher | None = None
 
     @property
+    def has_rules(self) -> bool:
+        """Whether this source adds mentions by rule matching."""
+        return bool(self._rules)
+
+    @property
     def matcher(self) -> RuleMatcher | None:
         if self._matcher is None and self._rules:
             rules = read_rules(self._rules) if isinstance(self._rules, (str, Path)) else self._rules

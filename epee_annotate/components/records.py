@@ -78,12 +78,13 @@ def doc_annotations(doc: Doc, include_text: bool = False) -> list[dict[str, Any]
     if not Doc.has_extension("epee_annotations"):
         return []
     rows = []
+    text = doc.text if include_text else ""  # rebuilt from the tokens on every access: once per doc
     for record in doc._.epee_annotations or []:
         row = {key: record.get(key) for key in RECORD_KEYS}
         row["probs"] = list(record.get("probs") or [])
         row["truncated"] = bool(record.get("truncated"))
         row["context"] = _context_flags(doc, row["start"], row["end"]) if row["kind"] == "mention" else None
         if include_text:
-            row["text"] = doc.text[row["start"] : row["end"]]
+            row["text"] = text[row["start"] : row["end"]]
         rows.append(row)
     return rows

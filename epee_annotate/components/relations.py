@@ -19,7 +19,6 @@ from spacy.tokens import Doc, Span
 
 from .base import EpeeComponent, Item, sentences
 from .mentions import MentionSource
-from .windows import CHARS_PER_TOKEN, clip_context
 
 logger = logging.getLogger(__name__)
 
@@ -55,30 +54,27 @@ class RelationClassifier(EpeeComponent):
         self.mentions = MentionSource(nlp, name, spans_key, span_labels, rules)
 
     def collect(self, doc: Doc) -> list[Item]:
-        max_chars = self.model.encoder.max_length * CHARS_PER_TOKEN
+        text = doc.text  # rebuilt from the tokens on every access: once per doc
         items: list[Item] = []
         for base, end, group in sentence_groups(doc, self.mentions(doc)):
-            text = doc.text[base:end]
             for i, head in enumerate(group):
                 for tail in group[i + 1 :]:
                     if head.end > tail.start:  # overlapping mentions (span groups) cannot be marked
                         continue
-                    if head.text.lower() == tail.text.lower():  # a drug named twice does not interact with itself
+                    if text[head.start_char:head.end_char].lower() == text[tail.start_char:tail.end_char].lower():  # a drug named twice does not interact with itself
                         continue
                     if len(items) == self.max_pairs_per_doc:
                         doc._.epee_truncated_pairs = True
                         logger.warning("component %r: a doc has more than %d mention pairs; the rest are skipped",
                                        self.name, self.max_pairs_per_doc)
                         return items
-                    items.append(self._item(text, base, head, tail, max_chars))
+                    items.append(self._item(text, base, end, head, tail))
         return items
 
-    @staticmethod
-    def _item(text: str, base: int, head: Span, tail: Span, max_chars: int) -> Item:
-        spans = [(head.start_char - base, head.end_char - base), (tail.start_char - base, tail.end_char - base)]
-        clipped_text, (h, t), clipped = clip_context(text, spans, max_chars)
-        return Item({"text": clipped_text, "head": h, "tail": t}, "pair", head.start_char, tail.end_char,
-                    head=(head.start_char, head.end_char), tail=(tail.start_char, tail.end_char), clipped=clipped)
+    def _item(self, text: str, base: int, end: int, head: Span, tail: Span) -> Item:
+        head_chars, tail_chars = (head.start_char, head.end_char), (tail.start_char, tail.end_char)
+        pair, clipped = self.model.encoder.relation_input(text, head_chars, tail_chars, base, end)
+        return Item(pair, "pair", head.start_char, tail.end_char, head=head_chars, tail=tail_chars, clipped=clipped)
 
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:
         super().to_disk(path, exclude=exclude)

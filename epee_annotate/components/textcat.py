@@ -8,7 +8,6 @@ from spacy.language import Language
 from spacy.tokens import Doc
 
 from .base import EpeeComponent, Item, has_content, sentences
-from .windows import CHARS_PER_TOKEN
 
 SCOPES = ("doc", "sents")
 
@@ -29,15 +28,16 @@ class TextClassifier(EpeeComponent):
 
     def collect(self, doc: Doc) -> list[Item]:
         # Cutting very long text here keeps tokenisation cheap; the core keeps the first tokens anyway.
-        max_chars = self.model.encoder.max_length * CHARS_PER_TOKEN
+        text, encoder = doc.text, self.model.encoder
         if self.scope == "doc":
-            return [self._item(doc.text, "doc", 0, len(doc.text), None, max_chars)] if has_content(doc.text) else []
-        return [
-            self._item(sent.text, "sentence", sent.start_char, sent.end_char, sent, max_chars)
-            for sent in sentences(doc)
-            if has_content(sent.text)
-        ]
-
-    @staticmethod
-    def _item(text: str, kind: str, start: int, end: int, span, max_chars: int) -> Item:
-        return Item(text[:max_chars], kind, start, end, span=span, clipped=len(text) > max_chars)
+            if not has_content(text):
+                return []
+            clipped, cut = encoder.text_input(text)
+            return [Item(clipped, "doc", 0, len(text), clipped=cut)]
+        items = []
+        for sent in sentences(doc):
+            if not has_content(sent.text):
+                continue
+            clipped, cut = encoder.text_input(text, sent.start_char, sent.end_char)
+            items.append(Item(clipped, "sentence", sent.start_char, sent.end_char, span=sent, clipped=cut))
+        return items

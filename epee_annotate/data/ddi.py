@@ -24,12 +24,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from ..vocab import DDI_LABELS, DDI_NEGATIVE
 from .examples import Example, SkipCounter, require_examples
 
 logger = logging.getLogger(__name__)
 
-NEGATIVE = "none"
-DDI_LABELS = [NEGATIVE, "mechanism", "effect", "advise", "int"]
+NEGATIVE = DDI_NEGATIVE
 ENTITY_TYPE_ORDER = ("drug", "brand", "group", "drug_n")  # tie-break for the lexicon
 
 Span = tuple[int, int]

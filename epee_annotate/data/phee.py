@@ -28,13 +28,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..vocab import PV_EVENT_LABELS
 from .examples import Example, SkipCounter, require_examples
 
 logger = logging.getLogger(__name__)
 
-ADVERSE = "Adverse_event"
-THERAPEUTIC = "Potential_therapeutic_event"
-PHEE_LABELS = [ADVERSE, THERAPEUTIC]
+PHEE_LABELS = list(PV_EVENT_LABELS)
+ADVERSE, THERAPEUTIC = PHEE_LABELS
 NO_EVENT = "none"
 
 

@@ -48,12 +48,13 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+from ..vocab import DICOM_COLUMNS, FRAME_MODES
+
 __all__ = ["DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
 
 Source = str | os.PathLike | bytes
 
-FRAME_MODES = ("middle", "all", "mip")
-METADATA_KEYWORDS = ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "BodyPartExamined")
+METADATA_KEYWORDS = tuple(DICOM_COLUMNS)
 CODECS_HINT = 'install the codecs extra: pip install "epee-annotate[dicom-codecs]"'
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 # pydicom's decoders return these as RGB when raw=False.

@@ -15,15 +15,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..policies import ExitPolicy, make_policy
+from ..policies import ExitPolicy
+from ..policy_settings import resolve_policy
 from .notes import CrashSwitch
-from .schema import DICOM_COLUMNS, STATUS_ERROR, STATUS_OK, safe_rows_to_table
+from ..vocab import DICOM_COLUMNS
+from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table
 
 
 def job_policy(knobs: dict[str, Any] | None, default: ExitPolicy) -> ExitPolicy:
-    """``--entropy/--patience/--budget`` as a policy (``make_policy`` rules), else ``default``."""
-    knobs = {k: v for k, v in (knobs or {}).items() if v is not None}
-    return make_policy(knobs.get("entropy"), knobs.get("patience"), knobs.get("budget")) if knobs else default
+    """``--entropy/--patience/--budget`` as a policy (``policy_settings.resolve_policy``), else ``default``."""
+    policy = resolve_policy(knobs, prefix="--")
+    return default if policy is None else policy
 
 
 def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None = None):

@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .. import __version__
+from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from ..policy_settings import given_settings, policy_overrides, resolve_policy
 from .notes import CrashSwitch, NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .output import check_output, staged_output
 from .runtime import ActorSettings, configure_progress, ray_session
@@ -23,8 +25,6 @@ from .schema import output_schema, rows_to_table, with_job_metadata
 from .summary import format_summary, summarize, write_summary
 
 logger = logging.getLogger(__name__)
-AUTOCAST = (None, "bf16", "fp16")
-FRAMES = ("middle", "all", "mip")
 
 
 @dataclass
@@ -50,14 +50,14 @@ class JobOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
             raise ValueError("--batch-size and --model-batch-size must be >= 1")
-        if self.autocast not in AUTOCAST:
+        if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
             raise ValueError(f"--autocast must be one of bf16, fp16; got {self.autocast!r}")
+        resolve_policy(self.policy_knobs, prefix="--")  # conflicting policy flags: one clear error, both jobs
 
     @property
     def policy_knobs(self) -> dict[str, Any] | None:
-        knobs = {k: v for k, v in (("entropy", self.entropy), ("patience", self.patience),
-                                     ("budget", self.budget)) if v is not None}
-        return knobs or None
+        """The policy settings given (None: each checkpoint's default)."""
+        return given_settings(asdict(self)) or None
 
     def parameters(self) -> dict[str, Any]:
         """Job parameters for the output metadata."""
@@ -90,8 +90,8 @@ class ImagesJob:
     def __post_init__(self) -> None:
         if bool(self.inputs) == bool(self.npz):
             raise ValueError("give image files/directories or --npz FILE, not both (and not neither)")
-        if self.frames not in FRAMES:
-            raise ValueError(f"--frames must be one of {FRAMES}, got {self.frames!r}")
+        if self.frames not in FRAME_MODES:
+            raise ValueError(f"--frames must be one of {FRAME_MODES}, got {self.frames!r}")
         if self.options.include_text:
             raise ValueError("--include-text applies to the notes job only")
 
@@ -135,7 +135,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     fmt, files = resolve_note_inputs(job.inputs, job.fmt)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
-    settings = {"policy": options.policy_knobs, "batch_size": options.model_batch_size,
+    settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "device": options.actors.device, "autocast": options.autocast}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from ..policy_settings import setting_keys
 from .schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, safe_rows_to_table
 from .sources import LINE_NO, RAW_LINE, SOURCE_FILE, parse_json_line
 
@@ -93,7 +94,10 @@ class PipelineSource:
 
         from .. import components  # noqa: F401  (registers the epee_* factories)
 
-        settings = {k: v for k, v in settings.items() if v is not None}
+        # None means "keep the pipeline's value", except for policy keys: a job's policy replaces the whole
+        # saved one (policy_settings.policy_overrides), so its unset keys must reach the config as null.
+        policy_keys = {"policy", *setting_keys()}
+        settings = {k: v for k, v in settings.items() if v is not None or k in policy_keys}
         if self.checkpoint:
             nlp = spacy.blank("en")
             nlp.add_pipe("sentencizer")

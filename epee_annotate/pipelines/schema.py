@@ -58,14 +58,6 @@ IMAGE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("body_part_examined", pa.string()),
     pa.field("path", pa.string()),
 )
-# DICOM keyword (imaging.read_image metadata) -> output column.
-DICOM_COLUMNS = {
-    "SOPInstanceUID": "sop_instance_uid",
-    "StudyInstanceUID": "study_instance_uid",
-    "SeriesInstanceUID": "series_instance_uid",
-    "Modality": "modality",
-    "BodyPartExamined": "body_part_examined",
-}
 RESERVED = {f.name for f in (*CORE_FIELDS, TEXT_FIELD, *IMAGE_FIELDS)}
 
 
