@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .common import add_policy_arguments
@@ -29,6 +30,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                      help="show Ray Data progress bars")
     run.add_argument("--worker-logs", action="store_true", help="forward worker logs to this terminal")
+    run.add_argument("-v", "--verbose", action="store_true",
+                     help="Ray start-up messages, per-operator progress and job logs (default: one progress "
+                          "bar and the summary)")
     add_policy_arguments(parser, "exit policy (default: each checkpoint's calibrated policy)")
 
 
@@ -43,7 +47,7 @@ def _options(args: argparse.Namespace):
         model_batch_size=args.model_batch_size, address=args.address, entropy=args.entropy,
         patience=args.patience, budget=args.budget, autocast=args.autocast,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
-        progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file,
+        progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
     )
 
 
@@ -51,7 +55,14 @@ def _split_columns(value: str | None) -> list[str]:
     return [c.strip() for c in (value or "").split(",") if c.strip()]
 
 
+def _log_level(args: argparse.Namespace) -> None:
+    """Job logs (INFO) only with --verbose; warnings always."""
+    if not args.verbose:
+        logging.getLogger("epee_annotate").setLevel(logging.WARNING)
+
+
 def run_notes(args: argparse.Namespace) -> int:
+    _log_level(args)
     from ..pipelines.jobs import NotesJob, run_notes_job
     from ..pipelines.notes import PipelineSource, parse_overrides
 
@@ -64,6 +75,7 @@ def run_notes(args: argparse.Namespace) -> int:
 
 
 def run_images(args: argparse.Namespace) -> int:
+    _log_level(args)
     from ..pipelines.jobs import ImagesJob, run_images_job
 
     job = ImagesJob(checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz,

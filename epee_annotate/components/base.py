@@ -94,6 +94,7 @@ class EpeeComponent:
     """Base class: subclasses set ``task`` and implement ``collect``."""
 
     task: str = "text"  # the checkpoint task the component needs
+    reports_context = False  # its records carry medSpaCy ConText flags (mentions)
 
     def __init__(
         self,
@@ -219,7 +220,7 @@ class EpeeComponent:
     def _check_order(self) -> None:
         """Warn once when this component adds mentions after medSpaCy's ConText ran (their flags stay False)."""
         self._order_checked = True
-        if not self.adds_mentions or self.name not in self.nlp.pipe_names:
+        if not (self.reports_context and self.adds_mentions) or self.name not in self.nlp.pipe_names:
             return
         names = self.nlp.pipe_names
         for earlier in names[: names.index(self.name)]:

@@ -21,6 +21,7 @@ class SpanClassifier(EpeeComponent):
     """Labels mentions; results on ``span._.epee_*`` and in ``doc._.epee_annotations`` (kind "mention")."""
 
     task = "text"
+    reports_context = True
 
     def __init__(self, nlp: Language, name: str, checkpoint: str | None, spans_key: str | None = None,
                  span_labels: Sequence[str] | None = None, rules: Sequence[Any] | str | None = None, **settings: Any):

@@ -45,6 +45,7 @@ class JobOptions:
     include_text: bool = False
     progress: bool = True
     worker_logs: bool = False
+    verbose: bool = False  # Ray's start-up and per-operator logs (quiet by default)
     rows_per_file: int | None = 100_000
 
     def __post_init__(self) -> None:
@@ -147,10 +148,10 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                    "keep_columns": list(job.keep_columns)},
         "parameters": options.parameters(),
     })
-    with ray_session(options.address, options.actors, options.worker_logs) as mode:
+    with ray_session(options.address, options.actors, options.worker_logs, options.verbose) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
-        configure_progress(options.progress)
+        configure_progress(options.progress, options.verbose)
         ds = options.actors.map_batches(
             read_notes(fmt, files, columns.read_columns),
             NoteAnnotator,
@@ -182,9 +183,9 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     else:
         files = resolve_image_inputs(job.inputs)
         inputs_meta = {"files": len(files), "frames": job.frames}
-    with ray_session(options.address, options.actors, options.worker_logs) as mode:
+    with ray_session(options.address, options.actors, options.worker_logs, options.verbose) as mode:
         ray_start_s = time.perf_counter() - started
-        configure_progress(options.progress)
+        configure_progress(options.progress, options.verbose)
         if job.npz:
             ds, label_field = read_npz(job.npz, job.split)
             passthrough = [label_field]

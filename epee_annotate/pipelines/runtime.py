@@ -1,7 +1,13 @@
-"""Ray session and actor-pool settings shared by the batch jobs."""
+"""Ray session and actor-pool settings shared by the batch jobs.
+
+Quiet by default: a job shows one progress bar (or, when stdout is not a terminal, one progress
+line every ``QUIET_LOG_INTERVAL_S`` seconds) and its summary. Ray's own start-up messages, the
+core worker's notices, per-operator progress and execution plans appear with ``verbose``.
+"""
 
 from __future__ import annotations
 
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -65,34 +71,95 @@ def local_cpus(settings: ActorSettings) -> int:
     return max(os.cpu_count() or 1, needed)
 
 
+QUIET_LOG_INTERVAL_S = 30
+PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"  # Ray Data's non-terminal progress lines
+
+
+class _TotalProgressOnly(logging.Filter):
+    """Keep only the "Total Progress: n/N" line of Ray Data's logged progress block."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage().startswith("Total Progress")
+
+
+def quiet_ray(verbose: bool) -> None:
+    """Set Ray's driver-side logging for a job: everything with ``verbose``, else warnings-free and one progress line."""
+    progress_logger = logging.getLogger(PROGRESS_LOGGER)
+    for old in [f for f in progress_logger.filters if isinstance(f, _TotalProgressOnly)]:
+        progress_logger.removeFilter(old)
+    if verbose:
+        for name in ("ray", "ray.data"):
+            logging.getLogger(name).setLevel(logging.NOTSET if name == "ray.data" else logging.INFO)
+        return
+    # The core worker's C++ notices (e.g. about actor constructor arguments and restarts) go to
+    # stderr at error level although nothing is wrong; real failures still raise in the driver.
+    # (Ray reads this when the driver's core worker starts, in ray.init.)
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    logging.getLogger("ray").setLevel(logging.ERROR)  # token-auth notice, "Started a local Ray instance"
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans, sink notices, bar notices
+    progress_logger.setLevel(logging.INFO)
+    progress_logger.addFilter(_TotalProgressOnly())
+    try:
+        from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+    except ImportError:  # another Ray layout: its default interval stays
+        return
+    LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(
+        LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC, QUIET_LOG_INTERVAL_S)
+
+
 @contextmanager
-def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False) -> Iterator[str]:
+def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
+    """Point file descriptor 2 at /dev/null (C++ start-up notices); Python errors still raise afterwards."""
+    if not enabled:
+        yield
+        return
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+@contextmanager
+def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False,
+                verbose: bool = False) -> Iterator[str]:
     """Use the running Ray, join ``address``/RAY_ADDRESS, or start an embedded local Ray; yield which."""
     import ray
 
+    quiet_ray(verbose)
     if ray.is_initialized():
         yield "existing"
         return
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if address:
-        ray.init(address=address, log_to_driver=worker_logs)
-        mode = f"cluster {address}"
-    else:
-        # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
-        ray.init(num_cpus=local_cpus(settings), include_dashboard=False, log_to_driver=worker_logs)
-        mode = "local"
+    level = logging.INFO if verbose else logging.ERROR
+    # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
+    with _native_stderr_silenced(not verbose):
+        if address:
+            ray.init(address=address, log_to_driver=worker_logs, logging_level=level)
+            mode = f"cluster {address}"
+        else:
+            # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
+            ray.init(num_cpus=local_cpus(settings), include_dashboard=False, log_to_driver=worker_logs,
+                     logging_level=level)
+            mode = "local"
     try:
         yield mode
     finally:
         ray.shutdown()
 
 
-def configure_progress(enabled: bool) -> None:
-    """Turn Ray Data's progress bars on or off for this driver."""
+def configure_progress(enabled: bool, verbose: bool = False) -> None:
+    """Ray Data progress for this driver: one overall bar (per-operator bars too with ``verbose``), or none."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = enabled
-    ctx.enable_operator_progress_bars = enabled
-    # Only the progress bars: per-operator logs would be noise in a job's output.
-    ctx.print_on_execution_start = enabled
+    ctx.enable_operator_progress_bars = enabled and verbose
+    ctx.print_on_execution_start = verbose
