@@ -74,6 +74,11 @@ def gather_positions(hidden: torch.Tensor, positions: torch.Tensor) -> torch.Ten
     return hidden.gather(1, index)
 
 
+# How exit heads pool: "cls" (first token of a text encoder), "mean" (mean over real tokens),
+# "positions" (the task's positions: entity markers, a decoder's last token, ViT's CLS).
+POOLINGS = ("cls", "mean", "positions")
+
+
 class Backbone(nn.Module):
     """A pretrained transformer driven layer by layer. Subclasses name the modules."""
 
@@ -81,10 +86,17 @@ class Backbone(nn.Module):
     is_causal = False
     modality = "text"
 
-    def __init__(self, model: PreTrainedModel):
+    def __init__(self, model: PreTrainedModel, pooling: str = "positions"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.model = model
-        self.mean_pooling = False  # set for text encoders whose pretraining pooled by mean (e.g. MiniLM)
+        self.pooling = pooling
+
+    @property
+    def mean_pooling(self) -> bool:
+        """Mean over real tokens (text encoders pretrained that way, e.g. MiniLM) instead of pooled positions."""
+        return self.pooling == "mean"
 
     @property
     def config(self) -> PretrainedConfig:
@@ -258,7 +270,7 @@ def backbone_class(model_type: str) -> type[Backbone]:
 _IGNORABLE_MISSING = ("pooler.",)
 
 
-def load_backbone(name_or_path: str, **hub_kwargs) -> Backbone:
+def load_backbone(name_or_path: str, pooling: str = "positions", **hub_kwargs) -> Backbone:
     """Load a pretrained backbone and fail loudly if its weights do not fit the architecture."""
     config = AutoConfig.from_pretrained(name_or_path, **hub_kwargs)
     cls = backbone_class(config.model_type)
@@ -280,13 +292,13 @@ def load_backbone(name_or_path: str, **hub_kwargs) -> Backbone:
             + "; ".join(parts)
             + ". Refusing to train a randomly initialised backbone."
         )
-    return cls(model)
+    return cls(model, pooling)
 
 
-def backbone_from_config(config: PretrainedConfig) -> Backbone:
+def backbone_from_config(config: PretrainedConfig, pooling: str = "positions") -> Backbone:
     """An uninitialised backbone of the given config (weights come from a checkpoint)."""
     cls = backbone_class(config.model_type)
-    return cls(AutoModel.from_config(config, **_no_pooler(config)))
+    return cls(AutoModel.from_config(config, **_no_pooler(config)), pooling)
 
 
 def _no_pooler(config: PretrainedConfig) -> dict[str, bool]:

@@ -43,7 +43,7 @@ class MultiExitConfig:
     head_hidden_size: int = 0
     dropout: float = 0.1
     pool_width: int = 1
-    pooling: str = "positions"  # "positions" (CLS / last token / entity markers) or "mean" (text encoders)
+    pooling: str = "positions"  # backbones.POOLINGS: "cls" / "mean" (text encoders) or "positions" (task positions)
     default_policy: dict[str, Any] | None = None
     calibration: dict[str, Any] | None = None
     training: dict[str, Any] = field(default_factory=dict)

@@ -34,7 +34,6 @@ class MultiExitModel(nn.Module):
             config.num_layers, config.pool_width * backbone.hidden_size, config.head_hidden_size,
             config.num_labels, config.dropout,
         )
-        backbone.mean_pooling = config.pooling == "mean"
         self.preprocessor = preprocessor  # tokenizer or image processor
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
@@ -66,7 +65,9 @@ class MultiExitModel(nn.Module):
             raise ValueError(f"need at least two distinct labels, got {labels}")
         hub_kwargs.pop("trust_remote_code", None)  # never executed: only built-in architectures are supported
         name = str(name_or_path)
-        backbone = load_backbone(name, **hub_kwargs)
+        cls_of_base = backbone_class(AutoConfig.from_pretrained(name, **hub_kwargs).model_type)
+        chosen_pooling = _choose_pooling(pooling, name, task, cls_of_base)
+        backbone = load_backbone(name, pooling=chosen_pooling, **hub_kwargs)
         if (backbone.modality == "image") != (task == "image"):
             raise ValueError(f"a {backbone.config.model_type} backbone cannot do the {task!r} task")
         preprocessor = _load_preprocessor(name, backbone, task, image_size, hub_kwargs)
@@ -83,7 +84,7 @@ class MultiExitModel(nn.Module):
             head_hidden_size=head_hidden_size or backbone.hidden_size,
             dropout=dropout,
             pool_width=pooling_width(task, backbone.is_causal),
-            pooling=_choose_pooling(pooling, name, task, backbone),
+            pooling=chosen_pooling,
         )
         return cls(backbone, config, preprocessor)
 
@@ -93,7 +94,7 @@ class MultiExitModel(nn.Module):
         path = Path(directory)
         config = read_config(path)
         backbone_class(config.model_type)  # clear error for unknown architectures
-        backbone = backbone_from_config(AutoConfig.from_pretrained(path))
+        backbone = backbone_from_config(AutoConfig.from_pretrained(path), config.pooling)
         if config.task == "image":
             with quiet_transformers():
                 preprocessor = AutoImageProcessor.from_pretrained(path)
@@ -238,19 +239,20 @@ class MultiExitModel(nn.Module):
         return out
 
 
-def _choose_pooling(pooling: str, name: str, task: str, backbone: Backbone) -> str:
+def _choose_pooling(pooling: str, name: str, task: str, backbone: type[Backbone]) -> str:
+    """The stored pooling (``backbones.POOLINGS``) for a ``from_base`` request: "auto", "cls" or "mean"."""
     if pooling not in ("auto", "cls", "mean"):
         raise ValueError(f"pooling must be 'auto', 'cls' or 'mean', got {pooling!r}")
     if task != "text" or backbone.is_causal or backbone.modality != "text":
-        if pooling == "mean":
-            raise ValueError("mean pooling is for the text task on encoder backbones")
+        if pooling != "auto":
+            raise ValueError(f"{pooling} pooling is for the text task on encoder backbones")
         return "positions"
     if pooling == "auto":
         # Sentence-transformers checkpoints say how they were trained to pool; their CLS state is weak early on.
         settings = Path(name) / "1_Pooling" / "config.json"
         mean = settings.is_file() and json.loads(settings.read_text()).get("pooling_mode_mean_tokens", False)
-        return "mean" if mean else "positions"
-    return "mean" if pooling == "mean" else "positions"
+        return "mean" if mean else "cls"
+    return pooling
 
 
 def _make_encoder(config: MultiExitConfig, backbone: Backbone, preprocessor: Any):

@@ -71,6 +71,8 @@ def resolve_policy(settings: Mapping[str, Any] | None = None, policy: Mapping[st
         flat = given_settings(policy)
     if not flat:
         return None
+    # Config round trips (thinc) turn 0.3 into 0.30000000000000004: thresholds are not that fine.
+    flat = {k: round(v, 12) if isinstance(v, float) else v for k, v in flat.items()}
     chosen = [family for family in FAMILIES if any(k in flat for k in family.keys)]
     if len(chosen) > 1:
         parts = [f"{', '.join(prefix + k for k in family.keys if k in flat)} ({family.name})" for family in chosen]

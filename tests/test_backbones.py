@@ -102,7 +102,7 @@ def test_mean_pooling_is_auto_detected_and_ignores_padding(tmp_path):
     (base / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
     model = MultiExitModel.from_base(base, task="text", labels=["a", "b"])
     assert model.config.pooling == "mean"
-    assert MultiExitModel.from_base(base, task="text", labels=["a", "b"], pooling="cls").config.pooling == "positions"
+    assert MultiExitModel.from_base(base, task="text", labels=["a", "b"], pooling="cls").config.pooling == "cls"
     texts = ["rash", "aspirin increases the anticoagulant effect of warfarin daily"]
     rows = [model.encoder.encode(t) for t in texts]
     with torch.no_grad():
@@ -115,3 +115,19 @@ def test_mean_pooling_is_auto_detected_and_ignores_padding(tmp_path):
     assert MultiExitModel.from_pretrained(tmp_path / "ckpt").backbone.mean_pooling
     with pytest.raises(ValueError, match="mean pooling"):
         MultiExitModel.from_base(base, task="relation", labels=["a", "b"], pooling="mean")
+
+
+def test_pooling_is_fixed_at_construction_and_cls_is_stored_as_cls(tmp_path):
+    from epee_annotate.backbones import POOLINGS, backbone_from_config
+
+    base = tiny_backbone_dir("bert", tmp_path / "bert")
+    model = MultiExitModel.from_base(base, task="text", labels=["a", "b"], pooling="cls")
+    assert model.config.pooling == "cls" and model.backbone.pooling == "cls" and not model.backbone.mean_pooling
+    model.save_pretrained(tmp_path / "ckpt")
+    assert MultiExitModel.from_pretrained(tmp_path / "ckpt").backbone.pooling == "cls"
+    assert MultiExitModel.from_base(base, task="relation", labels=["a", "b"]).backbone.pooling == "positions"
+    with pytest.raises(AttributeError):  # a read-only view of the construction setting, not a switch
+        model.backbone.mean_pooling = True
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        backbone_from_config(model.backbone.config, "max")
+    assert set(POOLINGS) == {"cls", "mean", "positions"}

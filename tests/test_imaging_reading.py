@@ -487,5 +487,15 @@ def test_load_npz_split_bad_inputs(tmp_path):
 
 
 def test_decoded_image_is_public_dataclass():
-    img = DecodedImage(np.zeros((2, 2), np.float32), None, {})
-    assert img.frame is None and img.metadata == {}
+    import dataclasses
+
+    import epee_annotate.imaging as imaging
+    from epee_annotate.vocab import DICOM_COLUMNS
+
+    assert "DecodedImage" in imaging.__all__ and imaging.DecodedImage is DecodedImage
+    assert [f.name for f in dataclasses.fields(DecodedImage)] == ["pixels", "frame", "metadata"]
+    # What read_image returns is that dataclass, with float pixels in [0, 1] and only the known DICOM keywords.
+    [decoded] = read_image(get_testdata_file("CT_small.dcm"))
+    assert isinstance(decoded, DecodedImage) and decoded.pixels.dtype == np.float32
+    assert 0.0 <= decoded.pixels.min() and decoded.pixels.max() <= 1.0
+    assert decoded.metadata and set(decoded.metadata) <= set(DICOM_COLUMNS)

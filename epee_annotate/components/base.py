@@ -65,14 +65,14 @@ def sentences(doc: Doc) -> list[Span]:
     return list(doc.sents)
 
 
-def sentence_bounds(doc: Doc, mentions: Sequence[Span]) -> list[tuple[int, int]]:
+def sentence_bounds(doc: Doc, mentions: Sequence[Span], text_length: int) -> list[tuple[int, int]]:
     """Character range of the sentence holding each mention (sorted by start), in one pass over the doc.
 
-    The whole doc without sentence boundaries; a range stretches to cover a mention running past it.
+    The whole doc (``text_length`` = ``len(doc.text)``, which callers have already built) without
+    sentence boundaries; a range stretches to cover a mention running past it.
     """
     if not doc.has_annotation("SENT_START"):
-        whole = (0, len(doc.text)) if mentions else (0, 0)
-        return [whole] * len(mentions)
+        return [(0, text_length)] * len(mentions)
     bounds, sents = [], iter(doc.sents)
     sent = next(sents, None)
     for mention in mentions:

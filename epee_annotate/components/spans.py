@@ -34,7 +34,7 @@ class SpanClassifier(EpeeComponent):
         encoder = self.model.encoder
         mentions = self.mentions(doc)
         items = []
-        for span, (lo, hi) in zip(mentions, sentence_bounds(doc, mentions)):
+        for span, (lo, hi) in zip(mentions, sentence_bounds(doc, mentions, len(text))):
             marked, cut = encoder.mention_input(text, span.start_char, span.end_char, lo, hi)
             items.append(Item(marked, "mention", span.start_char, span.end_char, span=span, clipped=cut))
         return items

@@ -1,0 +1,229 @@
+"""spaCy fit of the EPEE components: flat policy settings, one policy resolver everywhere, score/evaluate,
+assigns, to_bytes, ConText ordering, multiprocessing, and linear per-note work."""
+
+import subprocess
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+
+import pytest
+import spacy
+from spacy.tokens import Doc, Span
+from spacy.training import Example
+
+from epee_annotate.components import SUPPLEMENT_STATUS_LABELS, doc_annotations
+from epee_annotate.policies import EPEE, BudgetedExit, PatienceExit
+from epee_annotate.policy_settings import (
+    FAMILIES, PolicyFamily, policy_overrides, register_family, resolve_policy, setting_keys,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ----- one policy-settings resolver ------------------------------------------------------------------
+def test_resolver_builds_each_family_and_rejects_mixtures():
+    assert resolve_policy({}) is None and resolve_policy({"entropy": None, "budget": None}) is None
+    assert resolve_policy({"entropy": 0.3, "patience": 2}) == EPEE(entropy=0.3, patience=2)
+    assert resolve_policy({"budget": 2}) == BudgetedExit(2)
+    assert resolve_policy(policy={"name": "patience", "patience": 3}) == PatienceExit(3)
+    assert resolve_policy(policy={"budget": 1}) == BudgetedExit(1)  # older configs: flat keys in "policy"
+    with pytest.raises(ValueError, match=r"conflicting exit-policy settings: --budget .* and --entropy"):
+        resolve_policy({"budget": 2, "entropy": 0.3}, prefix="--")
+    with pytest.raises(ValueError, match="set to null"):
+        resolve_policy({"budget": 2, "patience": 1})
+    with pytest.raises(ValueError, match="either policy or entropy"):
+        resolve_policy({"entropy": 0.3}, policy={"name": "budgeted", "layer": 1})
+    with pytest.raises(ValueError, match="unknown policy settings"):
+        resolve_policy(policy={"tau": 0.3})
+    # A job's policy replaces the whole saved one: every key is assigned.
+    assert policy_overrides({"entropy": 0.3}) == {"policy": None, "entropy": 0.3, "patience": None, "budget": None}
+    assert policy_overrides({}) == {}
+
+
+def test_a_new_policy_family_slots_in(monkeypatch):
+    monkeypatch.setattr("epee_annotate.policy_settings.FAMILIES", list(FAMILIES))
+    register_family(PolicyFamily("test family", ("test_layer",), lambda s: BudgetedExit(s["test_layer"])))
+    assert "test_layer" in setting_keys()
+    assert resolve_policy({"test_layer": 3}) == BudgetedExit(3)
+    with pytest.raises(ValueError, match="conflicting"):
+        resolve_policy({"test_layer": 3, "entropy": 0.2})
+    with pytest.raises(ValueError, match="already taken"):
+        register_family(PolicyFamily("again", ("budget",), lambda s: BudgetedExit(0)))
+
+
+@pytest.mark.parametrize("command", [
+    ["classify-images", "CKPT", "x.png"],
+    ["annotate-images", "x.png", "--checkpoint", "CKPT", "--out", "OUT"],
+    ["annotate-notes", "notes.jsonl", "--checkpoint", "CKPT", "--out", "OUT"],
+])
+def test_every_command_refuses_conflicting_policy_flags(command, tmp_path, capsys, model_factory):
+    from epee_annotate.cli import main
+
+    checkpoint = tmp_path / "ckpt"
+    model_factory("bert").save_pretrained(checkpoint)
+    (tmp_path / "x.png").write_bytes(b"")
+    (tmp_path / "notes.jsonl").write_text('{"id": 1, "text": "rash"}\n')
+    args = [str(checkpoint) if a == "CKPT" else str(tmp_path / "out") if a == "OUT" else
+            str(tmp_path / a) if "." in a else a for a in command]
+    assert main(args + ["--budget", "2", "--entropy", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "conflicting exit-policy settings: --budget" in err and "--entropy" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_component_config_conflict_is_an_error(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    with pytest.raises(ValueError, match="conflicting exit-policy settings: budget"):
+        nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"], "budget": 2, "entropy": 0.3})
+
+
+def test_flat_settings_override_at_spacy_load(clinical_checkpoints, tmp_path):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"], "patience": 2})
+    assert nlp.get_pipe("epee_pv_event").policy == PatienceExit(2)
+    nlp.to_disk(tmp_path / "pipe")
+    loaded = spacy.load(tmp_path / "pipe", config={"components": {"epee_pv_event": {"entropy": 0.3}}})
+    assert loaded.get_pipe("epee_pv_event").policy == EPEE(entropy=0.3, patience=2)
+    budget = spacy.load(tmp_path / "pipe", config={"components": {"epee_pv_event": {"patience": None, "budget": 1}}})
+    assert budget.get_pipe("epee_pv_event").policy == BudgetedExit(1)
+    assert doc_annotations(budget("rash after the first dose."))[0]["exit_layer"] == 1
+
+
+@pytest.mark.parametrize("name", ["pv_event", "ddi", "supplement_status"])
+def test_shipped_configs_have_flat_policy_settings(name):
+    config = spacy.util.load_config(REPO / "configs" / f"{name}.cfg")
+    section = config["components"][f"epee_{name}"]
+    assert {k: section[k] for k in (*setting_keys(), "policy")} == dict.fromkeys((*setting_keys(), "policy"))
+
+
+# ----- spaCy integration ------------------------------------------------------------------------------
+def test_every_factory_declares_what_it_assigns():
+    nlp = spacy.blank("en")
+    for factory in ("epee_textcat", "epee_span_classifier", "epee_relation_classifier", "epee_supplement_status",
+                    "epee_ddi", "epee_pv_event"):
+        meta = nlp.get_factory_meta(factory)
+        assert "doc._.epee_annotations" in meta.assigns, factory
+    assert "doc.cats" in nlp.get_factory_meta("epee_textcat").assigns
+    assert nlp.get_factory_meta("epee_span_classifier").requires == ["doc.ents"]
+    assert "doc._.epee_relations" in nlp.get_factory_meta("epee_ddi").assigns
+
+
+def test_to_bytes_refuses_clearly(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"]})
+    with pytest.raises(NotImplementedError, match="cannot be serialised to bytes.*nlp.to_disk"):
+        nlp.to_bytes()
+    assert nlp.to_bytes(exclude=["epee_pv_event"])  # the rest of the pipeline still serialises
+
+
+def test_evaluate_scores_doc_cats(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_textcat", config={"checkpoint": clinical_checkpoints["pv"], "scope": "doc"})
+    texts = ["rash after the first dose", "the drug cleared the infection", "nausea and vomiting"]
+    predicted = [max(doc.cats, key=doc.cats.get) for doc in nlp.pipe(texts)]
+    labels = nlp.get_pipe("epee_textcat").labels
+
+    def examples(gold_labels):
+        out = []
+        for text, gold in zip(texts, gold_labels):
+            reference = nlp.make_doc(text)
+            reference.cats = {label: float(label == gold) for label in labels}
+            out.append(Example(nlp.make_doc(text), reference))
+        return out
+
+    right = nlp.evaluate(examples(predicted))
+    assert right["cats_micro_f"] == 1.0 and "cats_score" in right
+    assert right["epee_textcat_acc"] is None  # doc gold lives in cats, not in gold spans or records
+    flipped = [labels[1 - labels.index(p)] for p in predicted]
+    assert nlp.evaluate(examples(flipped))["cats_micro_f"] == 0.0
+
+
+def test_evaluate_scores_mention_labels_from_gold_spans(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    nlp.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]})
+    text = "she stopped fish oil. melatonin was started."
+    doc = nlp(text)
+    predicted = {(e.start_char, e.end_char): e._.epee_label for e in doc.ents}
+    assert len(predicted) == 2
+
+    def example(labels):
+        reference = nlp.make_doc(text)
+        reference.spans["epee_supplement_status"] = [
+            reference.char_span(s, e, label=label) for (s, e), label in labels.items()]
+        return Example(nlp.make_doc(text), reference)
+
+    scores = nlp.evaluate([example(predicted)])
+    assert scores["epee_supplement_status_acc"] == 1.0 and scores["epee_supplement_status_f"] == 1.0
+    first = next(iter(predicted))
+    wrong = {**predicted, first: next(l for l in SUPPLEMENT_STATUS_LABELS if l != predicted[first])}
+    scores = nlp.evaluate([example(wrong)])
+    assert scores["epee_supplement_status_acc"] == 0.5 and scores["epee_supplement_status_f"] == 0.5
+
+
+def test_warns_when_a_span_component_runs_after_context(clinical_checkpoints):
+    import medspacy
+
+    for before_context, expect_warning in ((True, False), (False, True)):
+        nlp = medspacy.load()
+        where = {"before": "medspacy_context"} if before_context else {}
+        nlp.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]}, **where)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            nlp("Patient denies taking fish oil.")
+            nlp("Continues CoQ10.")
+        messages = [str(w.message) for w in caught if "ConText" in str(w.message)]
+        assert len(messages) == int(expect_warning), messages  # once, not per doc
+        if expect_warning:
+            assert "flags are all False" in messages[0] and "before='medspacy_context'" in messages[0]
+
+
+# ----- multiprocessing --------------------------------------------------------------------------------
+def test_pipe_with_two_processes_after_use_in_the_parent_does_not_hang(clinical_checkpoints):
+    # Before the fix, the forked workers hung in torch's OpenMP pool once the parent had used it.
+    script = textwrap.dedent(f"""
+        import spacy, torch
+        torch.set_num_threads(2)
+        nlp = spacy.blank("en")
+        nlp.add_pipe("sentencizer")
+        nlp.add_pipe("epee_pv_event", config={{"checkpoint": {clinical_checkpoints["pv"]!r}}})
+        first = nlp("rash after the first dose.")  # the parent uses the model (and its threads) first
+        docs = list(nlp.pipe(["rash after the first dose.", "nausea."] * 6, n_process=2, batch_size=2))
+        labels = [d._.epee_annotations[0]["label"] for d in docs]
+        assert labels[0] == first._.epee_annotations[0]["label"] and len(labels) == 12
+        print("ok", len(docs))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "ok 12" in result.stdout
+
+
+# ----- linear work per note ---------------------------------------------------------------------------
+def test_doc_text_is_built_once_per_note_not_per_mention(clinical_checkpoints):
+    """doc.text is rebuilt from the tokens on every access; reading it per mention made notes quadratic."""
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_span_classifier", config={"checkpoint": clinical_checkpoints["sup"]})
+    nlp.add_pipe("epee_relation_classifier", config={"checkpoint": clinical_checkpoints["ddi"],
+                                                     "max_pairs_per_doc": 50})
+    reads = {"n": 0}
+    real_text = Doc.text
+
+    class CountingDoc(Doc):
+        @property
+        def text(self):
+            reads["n"] += 1
+            return real_text.__get__(self)
+
+    words = ("she stopped fish oil and melatonin and ginkgo " * 20).split()
+    doc = CountingDoc(nlp.vocab, words=words)
+    doc.ents = [Span(doc, i, i + 1, label="SUPPLEMENT") for i, w in enumerate(words) if w in ("melatonin", "ginkgo")]
+    for _, proc in nlp.pipeline:
+        doc = proc(doc)
+    rows = doc_annotations(doc, include_text=True)
+    mentions = [r for r in rows if r["kind"] == "mention"]
+    assert len(mentions) == 40 and {r["text"] for r in mentions} == {"melatonin", "ginkgo"}
+    assert len([r for r in rows if r["kind"] == "pair"]) == 50
+    # Once per component and once for the rows with text; the old code read it per mention and per pair.
+    assert reads["n"] == 3, reads
