@@ -84,12 +84,21 @@ class _TotalProgressOnly(logging.Filter):
 
 def quiet_ray(verbose: bool) -> None:
     """Set Ray's driver-side logging for a job: everything with ``verbose``, else warnings-free and one progress line."""
+    import ray.data  # noqa: F401  (importing Ray configures its loggers: set levels after that)
+
+    try:
+        from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
+    except ImportError:  # another Ray layout: its default interval stays
+        LoggingExecutionProgressManager = None
     progress_logger = logging.getLogger(PROGRESS_LOGGER)
     for old in [f for f in progress_logger.filters if isinstance(f, _TotalProgressOnly)]:
         progress_logger.removeFilter(old)
     if verbose:
-        for name in ("ray", "ray.data"):
-            logging.getLogger(name).setLevel(logging.NOTSET if name == "ray.data" else logging.INFO)
+        logging.getLogger("ray").setLevel(logging.INFO)
+        logging.getLogger("ray.data").setLevel(logging.NOTSET)
+        if LoggingExecutionProgressManager is not None:  # Ray's own default interval
+            LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = int(
+                os.environ.get("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", 10))
         return
     # The core worker's C++ notices (e.g. about actor constructor arguments and restarts) go to
     # stderr at error level although nothing is wrong; real failures still raise in the driver.
@@ -99,11 +108,8 @@ def quiet_ray(verbose: bool) -> None:
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans, sink notices, bar notices
     progress_logger.setLevel(logging.INFO)
     progress_logger.addFilter(_TotalProgressOnly())
-    try:
-        from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
-    except ImportError:  # another Ray layout: its default interval stays
-        return
-    LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(
+    if LoggingExecutionProgressManager is not None:
+        LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(
         LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC, QUIET_LOG_INTERVAL_S)
 
 
