@@ -227,3 +227,14 @@ def test_doc_text_is_built_once_per_note_not_per_mention(clinical_checkpoints):
     assert len([r for r in rows if r["kind"] == "pair"]) == 50
     # Once per component and once for the rows with text; the old code read it per mention and per pair.
     assert reads["n"] == 3, reads
+
+
+def test_pickled_component_leaves_the_weights_behind(clinical_checkpoints):
+    import pickle
+
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"]})
+    expected = doc_annotations(nlp("rash after the first dose."))
+    copy = pickle.loads(pickle.dumps(component))  # what a spawned process receives
+    assert copy._model is None  # loaded again from the checkpoint on first use
+    assert doc_annotations(copy(nlp.make_doc("rash after the first dose."))) == expected

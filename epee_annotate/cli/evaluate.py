@@ -198,8 +198,8 @@ def run_evaluate(args) -> int:
     """The ``evaluate`` subcommand."""
     from ..calibration import check_split
     from ..evaluation import evaluate_model
-    from ..policies import make_policy
     from ..reports import write_report
+    from .common import policy_from_args
 
     if args.time_all and not args.grid:
         raise ValueError("--time-all needs --grid")
@@ -210,8 +210,9 @@ def run_evaluate(args) -> int:
     if same:
         warnings.insert(0, same)
         print(same, file=sys.stderr)
-    if args.entropy is not None or args.patience is not None:
-        policy, source = make_policy(args.entropy, args.patience), "command line"
+    given = policy_from_args(args)
+    if given is not None:
+        policy, source = given, "command line"
     elif model.config.default_policy is not None:
         policy = model.default_policy
         goal = (model.config.calibration or {}).get("goal")
