@@ -35,12 +35,13 @@ def run(args: argparse.Namespace) -> int:
     from ..imaging.classify import classify_images, find_image_files
     from ..model import MultiExitModel
 
+    policy = policy_from_args(args)  # conflicting flags fail before the model loads
     model = MultiExitModel.from_pretrained(args.checkpoint, device=args.device)
     files = find_image_files(args.paths)
     if not files:
         raise ValueError("no files found under the given paths")
     extra = [t for t in args.extra_tags.split(",") if t]
-    results = classify_images(model, files, policy_from_args(args), args.batch_size, args.frames, extra,
+    results = classify_images(model, files, policy, args.batch_size, args.frames, extra,
                               progress=sys.stderr.isatty())
     rows = [r.to_dict() for r in results]
     if args.output and args.output.suffix == ".jsonl":
