@@ -238,3 +238,24 @@ def test_pickled_component_leaves_the_weights_behind(clinical_checkpoints):
     copy = pickle.loads(pickle.dumps(component))  # what a spawned process receives
     assert copy._model is None  # loaded again from the checkpoint on first use
     assert doc_annotations(copy(nlp.make_doc("rash after the first dose."))) == expected
+
+
+def test_evaluate_scores_pairs_from_gold_records(clinical_checkpoints, tmp_path):
+    from epee_annotate.components import build_drug_lexicon, write_rules
+
+    write_rules(build_drug_lexicon(["aspirin", "warfarin", "heparin"]), tmp_path / "drugs.json")
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"], "lexicon": str(tmp_path / "drugs.json")})
+    text = "aspirin with warfarin and heparin"
+    pairs = [r for r in nlp(text)._.epee_annotations if r["kind"] == "pair"]
+    assert len(pairs) == 3
+    labels = nlp.get_pipe("epee_ddi").labels
+
+    def example(records):
+        reference = nlp.make_doc(text)
+        reference._.epee_annotations = records
+        return Example(nlp.make_doc(text), reference)
+
+    assert nlp.evaluate([example(pairs)])["epee_ddi_acc"] == 1.0
+    wrong = [{**pairs[0], "label": next(l for l in labels if l != pairs[0]["label"])}, *pairs[1:]]
+    assert nlp.evaluate([example(wrong)])["epee_ddi_acc"] == pytest.approx(2 / 3)
