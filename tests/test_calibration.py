@@ -51,22 +51,27 @@ def test_clopper_pearson_known_values():
     assert bonferroni_level(0.95, 10) == pytest.approx(0.995)
 
 
+def in_sample(kind: str, value: float, **options) -> CalibrationGoal:
+    """The in-sample choice without the guard: the selection rule itself on a hand-checked table."""
+    return CalibrationGoal(kind, value, in_sample=True, guard_drop=1.0, **options)
+
+
 def test_max_drop(table):
-    strict = calibrate(table, CalibrationGoal("max_drop", 0.0), **GRID)
+    strict = calibrate(table, in_sample("max_drop", 0.0), **GRID)
     assert strict.policy == EPEE(0.5, 3) and strict.metrics["speedup"] == pytest.approx(4 / 3)
     assert strict.metrics["accuracy"] == 1.0 and strict.reference["accuracy"] == 1.0
     assert strict.grid_size == 6 and strict.feasible == 2 and strict.n == 4
-    loose = calibrate(table, CalibrationGoal("max_drop", 0.25), **GRID)
+    loose = calibrate(table, in_sample("max_drop", 0.25), **GRID)
     assert loose.policy.patience == 1 and loose.metrics["speedup"] == 3.0
     assert loose.goal.metric == "accuracy"  # auto without a negative label
 
 
 def test_min_speedup(table):
-    result = calibrate(table, CalibrationGoal("min_speedup", 1.2), **GRID)
+    result = calibrate(table, in_sample("min_speedup", 1.2), **GRID)
     assert result.policy == EPEE(0.5, 3) and result.metrics["accuracy"] == 1.0
-    assert calibrate(table, CalibrationGoal("min_speedup", 1.4), **GRID).metrics["speedup"] == 3.0
+    assert calibrate(table, in_sample("min_speedup", 1.4), **GRID).metrics["speedup"] == 3.0
     with pytest.raises(ValueError, match="reaches 3.000"):
-        calibrate(table, CalibrationGoal("min_speedup", 3.5), **GRID)
+        calibrate(table, in_sample("min_speedup", 3.5), **GRID)
 
 
 def two_exit_table(n: int, disagreements: int) -> ExitTable:
@@ -81,21 +86,21 @@ def test_max_disagreement_bound_is_bonferroni_corrected():
     table = two_exit_table(300, 3)
     level = 1 - 0.05 / 4
     expected = beta.ppf(level, 3 + 1, 300 - 3)
-    passing = calibrate(table, CalibrationGoal("max_disagreement", expected + 1e-4, confidence=0.95), **grid)
+    passing = calibrate(table, CalibrationGoal("max_disagreement", expected + 1e-4, confidence=0.95, guard_drop=1.0), **grid)
     assert passing.metrics["speedup"] == 2.0 and not passing.fallback
     assert passing.bound == pytest.approx(expected)
     assert passing.bound_uncorrected == pytest.approx(beta.ppf(0.95, 4, 297))
     assert passing.bound_uncorrected < passing.bound
     assert passing.metrics["disagreement"] == pytest.approx(0.01)
     # Just below the corrected bound: only the grid's full-depth point (tau 0, P = M) passes; it cannot disagree.
-    failing = calibrate(table, CalibrationGoal("max_disagreement", expected - 1e-4), **grid)
+    failing = calibrate(table, CalibrationGoal("max_disagreement", expected - 1e-4, guard_drop=1.0), **grid)
     assert failing.policy == EPEE(0.0, 2) and failing.bound == 0.0 and failing.metrics["speedup"] == 1.0
     assert failing.feasible == 1 and not failing.fallback
     # A grid without a full-depth point falls back to full depth itself.
-    fallback = calibrate(table, CalibrationGoal("max_disagreement", 0.001), taus=[0.0, 0.5], patiences=[1])
+    fallback = calibrate(table, CalibrationGoal("max_disagreement", 0.001, guard_drop=1.0), taus=[0.0, 0.5], patiences=[1])
     assert fallback.fallback and fallback.policy == full_depth() and fallback.bound == 0.0
     # k = 0: the corrected bound is 1 - (alpha / G)^(1/n).
-    zero = calibrate(two_exit_table(300, 0), CalibrationGoal("max_disagreement", 0.02), **grid)
+    zero = calibrate(two_exit_table(300, 0), CalibrationGoal("max_disagreement", 0.02, guard_drop=1.0), **grid)
     assert zero.bound == pytest.approx(1 - (0.05 / 4) ** (1 / 300)) and zero.metrics["speedup"] == 2.0
 
 
