@@ -264,13 +264,20 @@ class _PairedBootstrap:
     """Paired Poisson-bootstrap standard errors of metric drops (same resamples for every policy)."""
 
     def __init__(self, table: ExitTable, resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0):
-        self.table, self.k = table, len(table.labels)
-        rng = np.random.default_rng(seed)
-        self.weights = rng.poisson(1.0, size=(resamples, table.num_rows)).astype(np.float32)
+        self.table, self.k, self.resamples, self.seed = table, len(table.labels), resamples, seed
+        self._weights: np.ndarray | None = None
         self.gold = table.gold.numpy()
         self.negative = table.labels.index(table.negative_label) if table.negative_label is not None else None
         self._reference: dict[str, np.ndarray] = {}
         self.reference_pred = table.predictions(torch.full((table.num_rows,), table.num_layers)).numpy()
+
+    @property
+    def weights(self) -> np.ndarray:
+        """(resamples, n) Poisson(1) weights, drawn once on first use (accuracy needs none)."""
+        if self._weights is None:
+            rng = np.random.default_rng(self.seed)
+            self._weights = rng.poisson(1.0, size=(self.resamples, self.table.num_rows)).astype(np.float32)
+        return self._weights
 
     def _scores(self, predicted: np.ndarray, metric: str) -> np.ndarray:
         k = self.k
@@ -408,18 +415,20 @@ def calibrate(
     fallback = not guarded
     if fallback:  # max_drop / max_disagreement: full depth meets them trivially
         policy, chosen = full_depth(), reference
-        chosen_bounds = point_bounds(table, policy, chosen, reference, level, names, bootstrap)
-        if goal.kind == "max_drop" and not goal.in_sample:
-            tightest = min((b["drop_upper"][metric] for p, b in zip(policies, bounds)
-                            if not _is_full_depth(p, table.num_layers)), default=float("nan"))
-            notes.append(f"no faster setting can be shown to keep the {metric} drop within {goal.value:g} on new "
-                         f"data from {n} calibration examples (the tightest upper bound on the grid is "
-                         f"{tightest:.4f}); full depth was kept. Calibrate on more data, accept a larger drop, "
-                         "or choose in-sample with --in-sample")
     else:
         index = max(guarded, key=key)
         policy, chosen = policies[index], rows[index]
-        chosen_bounds = point_bounds(table, policy, chosen, reference, level, names, bootstrap)
+    chosen_bounds = point_bounds(table, policy, chosen, reference, level, names, bootstrap)
+    if _is_full_depth(policy, table.num_layers) and goal.kind != "min_speedup" and not goal.in_sample:
+        faster = [b for p, b in zip(policies, bounds) if not _is_full_depth(p, table.num_layers)]
+        if goal.kind == "max_drop":
+            tightest, what = min((b["drop_upper"][metric] for b in faster), default=float("nan")), f"{metric} drop"
+        else:
+            tightest, what = min((b["disagreement_upper"] for b in faster), default=float("nan")), "disagreement"
+        notes.append(f"no faster setting can be shown to keep the {what} within {goal.value:g} on new data from "
+                     f"{n} calibration examples (the tightest upper bound on the grid is {tightest:.4f}); full "
+                     "depth was kept. Calibrate on more data, accept a larger value, or choose in-sample with "
+                     "--in-sample")
     notes += _degenerate_notes(goal, chosen, reference, len(guarded), size, table.num_layers, fallback)
     uncorrected = 0.0 if _is_full_depth(policy, table.num_layers) else clopper_pearson_upper(
         chosen["disagreement_count"], n, goal.confidence)
