@@ -32,11 +32,18 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
                              "may use)")
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def free_cores() -> int:
     """Cores this process may use (affinity) that the 1-minute load average leaves free, at least 1."""
     import os
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    usable = usable_cores()
     try:
         busy = os.getloadavg()[0]
     except OSError:  # not available on this platform
@@ -46,12 +53,9 @@ def free_cores() -> int:
 
 def apply_threads(requested: int | None) -> int:
     """Set torch's thread pools before any model work (the inter-op pool can only be set once, first)."""
-    import os
-
     if requested is not None and requested < 1:
         raise ValueError(f"--threads must be >= 1, got {requested}")
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = free_cores() if requested is None else min(requested, usable)
+    threads = free_cores() if requested is None else min(requested, usable_cores())
     import torch
 
     torch.set_num_threads(threads)
