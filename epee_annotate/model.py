@@ -224,7 +224,12 @@ class MultiExitModel(nn.Module):
         return results  # type: ignore[return-value]
 
     def exit_probs(self, inputs: Sequence[Any], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
-        """Probabilities of every exit for every input, (N, M, K); raises on the first bad input."""
+        """Probabilities of every exit for every input, (N, M, K); raises on the first bad input.
+
+        ``progress``: a bar; otherwise a log line every ~30 s on long runs.
+        """
+        from .progress import progress as progress_iter
+
         rows = self.encode(inputs)
         for index, row in enumerate(rows):
             if isinstance(row, InputError):
@@ -233,7 +238,7 @@ class MultiExitModel(nn.Module):
             self.eval()
         out = torch.empty(len(rows), self.num_layers, self.config.num_labels)
         groups = self.batches(rows, batch_size)
-        for group in tqdm(groups, desc="all exits", unit="batch", disable=not progress):
+        for group in progress_iter(groups, "all exits", "batch", bar=progress):
             batch = self.collate([rows[i] for i in group])
             out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
         return out

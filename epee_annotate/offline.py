@@ -63,3 +63,31 @@ def scratch_vit(
         size = {"height": image_size, "width": image_size}
         ViTImageProcessor(size=size, image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
     return path
+
+
+SCRATCH_VIT = "scratch-vit"
+
+
+def parse_scratch_vit(spec: str) -> dict[str, int] | None:
+    """``scratch-vit:SIZE[:LAYERS[:HIDDEN]]`` -> ``scratch_vit`` arguments; None for any other base name.
+
+    ``scratch-vit:28`` is the README's PneumoniaMNIST model: 28x28 images, patches of 4, 6 layers,
+    hidden size 128 (4 heads).
+    """
+    if spec != SCRATCH_VIT and not spec.startswith(SCRATCH_VIT + ":"):
+        return None
+    parts = spec.split(":")[1:]
+    try:
+        numbers = [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--base {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with integers, "
+                         "e.g. scratch-vit:28 or scratch-vit:28:6:128") from None
+    if len(numbers) > 3 or any(n < 1 for n in numbers):
+        raise ValueError(f"--base {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with positive integers")
+    options = dict(zip(("image_size", "num_layers", "hidden_size"), numbers))
+    size, hidden = options.get("image_size", 28), options.get("hidden_size", 128)
+    if size % 4:
+        raise ValueError(f"--base {spec!r}: the image size must be a multiple of the patch size 4")
+    if hidden % 4:
+        raise ValueError(f"--base {spec!r}: the hidden size must be a multiple of the 4 attention heads")
+    return options

@@ -125,6 +125,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"- calibration n = {calibration.get('n')}, grid of {calibration.get('grid_size')}; "
                    f"disagreement upper bound {_num(calibration.get('disagreement_bound'))} "
                    f"({calibration.get('correction')}, confidence {calibration.get('confidence')})")
+        if calibration.get("guarantee"):
+            out.append(f"- guarantee: {calibration['guarantee']}")
+        out += [f"- note: {note}" for note in calibration.get("notes") or []]
         out.append("")
     plots = report.get("plots") or []
     if plots:

@@ -8,9 +8,11 @@ every earlier exit also learns from the last exit's softened output:
 
 Each epoch ends with an evaluation of every exit on the dev set. The best epoch by the dev
 metric of the LAST exit is saved as a checkpoint in ``out_dir`` (``save_pretrained``, with
-the run recorded in ``config.training``); the last epoch's weights, optimizer and scheduler
-are kept in ``out_dir/training_state/`` (safetensors for tensors, JSON for the rest; never
-pickle) so ``train(..., resume=True)`` continues after the last finished epoch. Every epoch
+the run recorded in ``config.training``); while the run goes on, the last epoch's weights,
+optimizer and scheduler are kept in ``out_dir/training_state/`` (safetensors for tensors, JSON
+for the rest; never pickle) so ``train(..., resume=True)`` continues an interrupted run after
+its last finished epoch. A finished run deletes that state (it is ~3x the weights) unless
+``keep_state=True``, which lets a later ``resume`` extend it to more epochs. Every epoch
 re-seeds torch, numpy and random with ``seed + epoch``, so an interrupted and resumed run
 sees the same batches and dropout as an uninterrupted one.
 """
@@ -21,6 +23,8 @@ import json
 import logging
 import math
 import random
+import shutil
+import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +34,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file, save_model
-from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
 from .checkpoint import CONFIG_NAME, read_config, read_weights, write_config
@@ -38,6 +41,7 @@ from .data.examples import Example
 from .inputs import EncodedRow, InputError
 from .metrics import classification_metrics
 from .model import MultiExitModel
+from .progress import progress
 from .vocab import METRICS
 
 logger = logging.getLogger(__name__)
@@ -68,7 +72,7 @@ class TrainConfig:
     negative_label: str = "none"  # the negative class for micro_f1_positive (DDI)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     eval_batch_size: int = 64
-    progress: bool = True
+    progress: bool = True  # tqdm bars; False: a log line per epoch and every ~30 s inside one
 
     def check(self) -> None:
         """Clear errors for out-of-range settings."""
@@ -260,7 +264,8 @@ def load_state(directory: Path, model: MultiExitModel, optimizer, scheduler) -> 
     """Restore what ``save_state`` wrote; returns the run info."""
     info_file = directory / "state.json"
     if not info_file.is_file():
-        raise ValueError(f"nothing to resume: {str(directory)!r} holds no complete training state")
+        raise ValueError(f"nothing to resume: {str(directory)!r} holds no complete training state (a finished "
+                         "run keeps it only when trained with keep_state / --keep-state)")
     read_weights(model, directory)
     tensors = load_file(str(directory / "optimizer.safetensors"))
     rest = {k: _from_json(v, tensors) for k, v in json.loads((directory / "optimizer.json").read_text()).items()}
@@ -298,10 +303,12 @@ def train(
     config: TrainConfig | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    keep_state: bool = False,
 ) -> TrainResult:
     """Train all exits jointly; keep the best epoch (dev metric of the last exit) in ``out_dir``.
 
-    On return ``model`` holds the best epoch's weights.
+    On return ``model`` holds the best epoch's weights. ``keep_state`` keeps ``training_state/``
+    (optimizer state for a later ``resume``) after the run; by default it is deleted.
     """
     config = config or TrainConfig()
     config.check()
@@ -350,13 +357,14 @@ def train(
         "exit_weights": exit_weights.tolist(),
     }
 
+    run_start = time.monotonic()
     for epoch in range(start, config.epochs + 1):
+        epoch_start = time.monotonic()
         seed_everything(config.seed + epoch)
         model.train()
         batches = epoch_batches(model, rows, config.batch_size, random.Random(config.seed + epoch))
         total_loss, correct, seen = 0.0, 0, 0
-        bar = tqdm(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not config.progress)
-        for group in bar:
+        for group in progress(batches, f"epoch {epoch}/{config.epochs}", "batch", config.progress, logger=logger):
             batch_rows = encode_examples(model, [train_examples[i] for i in group], "training") if lazy_images else [
                 rows[i] for i in group
             ]
@@ -372,13 +380,13 @@ def train(
             total_loss += float(loss.detach()) * len(group)
             correct += int((logits[-1].argmax(-1) == targets).sum())
             seen += len(group)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
         dev = evaluate_exits(model, dev_examples, config.eval_batch_size, config.negative_label, config.progress)
         score = dev[-1][config.metric]
         history.append({"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
                         "lr": scheduler.get_last_lr()[0], "dev": dev})
-        logger.info("epoch %d: train loss %.4f, dev %s of the last exit %.4f", epoch, total_loss / seen,
-                    config.metric, score)
+        now = time.monotonic()
+        logger.info("epoch %d/%d: train loss %.4f, dev %s of the last exit %.4f (%.0f s; %.0f s in all)", epoch,
+                    config.epochs, total_loss / seen, config.metric, score, now - epoch_start, now - run_start)
         if score > best_score:
             best_epoch, best_score = epoch, score
             model.config.training = {**base_training, "epochs": epoch, "best_epoch": epoch, "metric": config.metric,
@@ -397,5 +405,7 @@ def train(
     write_config(saved, out)
     read_weights(model, out)
     model.config.training, model.config.weights_sha256 = saved.training, saved.weights_sha256
+    if not keep_state:  # optimizer state is ~2x the weights; only a later --resume needs it
+        shutil.rmtree(state_dir, ignore_errors=True)
     model.eval()
     return TrainResult(out, config.metric, best_epoch, best_score, config.epochs, dev_best, history)

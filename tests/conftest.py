@@ -53,3 +53,10 @@ def clinical_checkpoints(tmp_path_factory) -> dict[str, str]:
         tiny_model("bert", root / key, task=task, labels=labels).save_pretrained(root / key)
         out[key] = str(root / key)
     return out
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """CLI commands set torch's threads (--threads, default: the free cores); tests keep using one."""
+    yield
+    torch.set_num_threads(1)

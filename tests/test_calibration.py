@@ -11,7 +11,9 @@ from conftest import make_texts
 from epee_annotate import EPEE, MultiExitModel
 from epee_annotate.calibration import (
     CalibrationGoal,
+    GuardError,
     SameSplitError,
+    accuracy_drop_upper,
     bonferroni_level,
     calibrate,
     calibrate_checkpoint,
@@ -51,22 +53,27 @@ def test_clopper_pearson_known_values():
     assert bonferroni_level(0.95, 10) == pytest.approx(0.995)
 
 
+def in_sample(kind: str, value: float, **options) -> CalibrationGoal:
+    """The in-sample choice without the guard: the selection rule itself on a hand-checked table."""
+    return CalibrationGoal(kind, value, in_sample=True, guard_drop=1.0, **options)
+
+
 def test_max_drop(table):
-    strict = calibrate(table, CalibrationGoal("max_drop", 0.0), **GRID)
+    strict = calibrate(table, in_sample("max_drop", 0.0), **GRID)
     assert strict.policy == EPEE(0.5, 3) and strict.metrics["speedup"] == pytest.approx(4 / 3)
     assert strict.metrics["accuracy"] == 1.0 and strict.reference["accuracy"] == 1.0
     assert strict.grid_size == 6 and strict.feasible == 2 and strict.n == 4
-    loose = calibrate(table, CalibrationGoal("max_drop", 0.25), **GRID)
+    loose = calibrate(table, in_sample("max_drop", 0.25), **GRID)
     assert loose.policy.patience == 1 and loose.metrics["speedup"] == 3.0
     assert loose.goal.metric == "accuracy"  # auto without a negative label
 
 
 def test_min_speedup(table):
-    result = calibrate(table, CalibrationGoal("min_speedup", 1.2), **GRID)
+    result = calibrate(table, in_sample("min_speedup", 1.2), **GRID)
     assert result.policy == EPEE(0.5, 3) and result.metrics["accuracy"] == 1.0
-    assert calibrate(table, CalibrationGoal("min_speedup", 1.4), **GRID).metrics["speedup"] == 3.0
+    assert calibrate(table, in_sample("min_speedup", 1.4), **GRID).metrics["speedup"] == 3.0
     with pytest.raises(ValueError, match="reaches 3.000"):
-        calibrate(table, CalibrationGoal("min_speedup", 3.5), **GRID)
+        calibrate(table, in_sample("min_speedup", 3.5), **GRID)
 
 
 def two_exit_table(n: int, disagreements: int) -> ExitTable:
@@ -81,21 +88,21 @@ def test_max_disagreement_bound_is_bonferroni_corrected():
     table = two_exit_table(300, 3)
     level = 1 - 0.05 / 4
     expected = beta.ppf(level, 3 + 1, 300 - 3)
-    passing = calibrate(table, CalibrationGoal("max_disagreement", expected + 1e-4, confidence=0.95), **grid)
+    passing = calibrate(table, CalibrationGoal("max_disagreement", expected + 1e-4, confidence=0.95, guard_drop=1.0), **grid)
     assert passing.metrics["speedup"] == 2.0 and not passing.fallback
     assert passing.bound == pytest.approx(expected)
     assert passing.bound_uncorrected == pytest.approx(beta.ppf(0.95, 4, 297))
     assert passing.bound_uncorrected < passing.bound
     assert passing.metrics["disagreement"] == pytest.approx(0.01)
     # Just below the corrected bound: only the grid's full-depth point (tau 0, P = M) passes; it cannot disagree.
-    failing = calibrate(table, CalibrationGoal("max_disagreement", expected - 1e-4), **grid)
+    failing = calibrate(table, CalibrationGoal("max_disagreement", expected - 1e-4, guard_drop=1.0), **grid)
     assert failing.policy == EPEE(0.0, 2) and failing.bound == 0.0 and failing.metrics["speedup"] == 1.0
     assert failing.feasible == 1 and not failing.fallback
     # A grid without a full-depth point falls back to full depth itself.
-    fallback = calibrate(table, CalibrationGoal("max_disagreement", 0.001), taus=[0.0, 0.5], patiences=[1])
+    fallback = calibrate(table, CalibrationGoal("max_disagreement", 0.001, guard_drop=1.0), taus=[0.0, 0.5], patiences=[1])
     assert fallback.fallback and fallback.policy == full_depth() and fallback.bound == 0.0
     # k = 0: the corrected bound is 1 - (alpha / G)^(1/n).
-    zero = calibrate(two_exit_table(300, 0), CalibrationGoal("max_disagreement", 0.02), **grid)
+    zero = calibrate(two_exit_table(300, 0), CalibrationGoal("max_disagreement", 0.02, guard_drop=1.0), **grid)
     assert zero.bound == pytest.approx(1 - (0.05 / 4) ** (1 / 300)) and zero.metrics["speedup"] == 2.0
 
 
@@ -219,3 +226,142 @@ def test_cli_calibrate_errors(tmp_path, model_factory, capsys):
     assert "needs a negative label" in capsys.readouterr().err
     assert main(["calibrate", str(directory), "--data", str(data), "--max-drop", "0.01", "--dry-run"]) == 0
     assert MultiExitModel.from_pretrained(directory).config.calibration is None  # dry run wrote nothing
+
+
+# ----- guarantees on new data (issue 13.1) and the guard (issue 10.5) ------------------------------
+R, W = [0.01, 0.99], [0.99, 0.01]  # confident "pos" / confident "neg"
+
+
+def paired_table(counts: dict[tuple[bool, bool], int]) -> ExitTable:
+    """Two exits, gold "pos"; ``counts[(exit 1 right, last exit right)]`` rows of each kind; exit 1 always confident."""
+    rows = []
+    for (first, last), count in counts.items():
+        rows += [[R if first else W, R if last else W]] * count
+    probs = torch.tensor(rows)
+    return ExitTable(probs, torch.ones(len(rows), dtype=torch.long), ["neg", "pos"])
+
+
+def population_sample(n: int, p_hurt: float, p_helped: float, p_both_wrong: float, seed: int) -> ExitTable:
+    """n rows drawn from a population where exit 1 loses p_hurt - p_helped accuracy against the last exit."""
+    rng = np.random.default_rng(seed)
+    kinds = rng.choice(4, size=n, p=[p_hurt, p_helped, p_both_wrong, 1 - p_hurt - p_helped - p_both_wrong])
+    keys = [(False, True), (True, False), (False, False), (True, True)]
+    return paired_table({keys[k]: int((kinds == k).sum()) for k in range(4)})
+
+
+ACC = dict(metric="accuracy", guard_drop=1.0)
+EXIT_ONE_GRID = dict(taus=[0.0, 0.5], patiences=[1, 2])  # every point but (0, 2) answers at exit 1
+
+
+def test_in_sample_choice_misses_out_of_sample_the_bound_does_not():
+    # Population: exit 1 is 2 points worse (hurts 3%, helps 1%). This calibration split happens to show
+    # no difference at all (2 hurt, 2 helped of 200), the PneumoniaMNIST pattern on a small split.
+    calibration = paired_table({(False, True): 2, (True, False): 2, (False, False): 10, (True, True): 186})
+    test = population_sample(20_000, 0.03, 0.01, 0.05, seed=1)
+    goal = 0.01
+    naive = calibrate(calibration, CalibrationGoal("max_drop", goal, in_sample=True, **ACC), **EXIT_ONE_GRID)
+    assert naive.metrics["speedup"] == 2.0  # in-sample: exit 1 "meets" the 1-point goal
+    naive_drop = test.evaluate(full_depth())["accuracy"] - test.evaluate(naive.policy)["accuracy"]
+    assert naive_drop > goal  # ... and misses it on new data from the same distribution
+    assert any("in-sample choice" in note for note in naive.notes)
+    assert any("every calibration input exits at layer 1" in note for note in naive.notes)
+    assert "none on new data" in naive.guarantee()
+
+    bounded = calibrate(calibration, CalibrationGoal("max_drop", goal, **ACC), **EXIT_ONE_GRID)
+    assert bounded.metrics["speedup"] == 1.0  # cannot be certified from 200 examples
+    assert test.evaluate(full_depth())["accuracy"] - test.evaluate(bounded.policy)["accuracy"] <= goal
+    assert any("no faster setting can be shown" in note for note in bounded.notes)
+    assert "on new data from the same distribution" in bounded.guarantee()
+
+    # With enough calibration data a real 0-point difference is certified and exit 1 is chosen.
+    big = paired_table({(False, True): 20, (True, False): 20, (False, False): 100, (True, True): 9860})
+    assert calibrate(big, CalibrationGoal("max_drop", goal, **ACC), **EXIT_ONE_GRID).metrics["speedup"] == 2.0
+
+
+def test_accuracy_drop_bound_is_exact_and_covers():
+    assert accuracy_drop_upper(0, 0, 100, 0.95) == pytest.approx(1 - 0.025 ** (1 / 100))
+    assert accuracy_drop_upper(5, 5, 100, 0.9) > 0 > accuracy_drop_upper(0, 20, 100, 0.9)
+    # Coverage on repeated samples from one population: the 90% bound holds >= 90% of the time.
+    rng = np.random.default_rng(0)
+    p_hurt, p_helped, n = 0.04, 0.015, 150
+    counts = rng.multinomial(n, [p_hurt, p_helped, 1 - p_hurt - p_helped], size=400)
+    held = np.mean([accuracy_drop_upper(int(h), int(g), n, 0.9) >= p_hurt - p_helped for h, g, _ in counts])
+    assert held >= 0.9
+
+
+def speed_table(exit_layers: list[int], depth: int = 4) -> ExitTable:
+    """Rows that become confident (and stay so) at the given layers; every answer is right."""
+    rows = [[R if m >= layer else [0.45, 0.55] for m in range(1, depth + 1)] for layer in exit_layers]
+    return ExitTable(torch.tensor(rows), torch.ones(len(rows), dtype=torch.long), ["neg", "pos"])
+
+
+def test_min_speedup_needs_the_lower_bound_not_the_sample_value():
+    table = speed_table([1, 3] * 50)  # mean exit layer 2.0 of 4: exactly 2.0x on the calibration split
+    grid = dict(taus=[0.3], patiences=[4])  # entropy only
+    assert calibrate(table, CalibrationGoal("min_speedup", 2.0, in_sample=True), **grid).metrics["speedup"] == 2.0
+    with pytest.raises(ValueError, match="lower confidence bound on new data of 1.8"):
+        calibrate(table, CalibrationGoal("min_speedup", 2.0), **grid)
+    faster = calibrate(speed_table([1] * 70 + [3] * 30), CalibrationGoal("min_speedup", 2.0), **grid)
+    assert faster.bounds["speedup_lower"] >= 2.0 and faster.metrics["speedup"] > 2.2
+
+
+def imbalanced_table() -> ExitTable:
+    """90 'neg' + 10 'pos'; exit 1 says 'neg' for everything: accuracy -0.10, macro-F1 1.0 -> 0.47."""
+    rows = [[W, W]] * 90 + [[W, R]] * 10
+    gold = torch.tensor([0] * 90 + [1] * 10)
+    return ExitTable(torch.tensor(rows), gold, ["neg", "pos"])
+
+
+def test_guard_refuses_a_setting_that_wrecks_another_metric():
+    table = imbalanced_table()
+    goal = CalibrationGoal("min_speedup", 2.0, metric="accuracy", in_sample=True, guard_drop=0.15)
+    with pytest.raises(GuardError, match=r"loses 0\.5263 macro_f1.*Nothing was stored"):
+        calibrate(table, goal, **EXIT_ONE_GRID)
+    forced = calibrate(table, CalibrationGoal("min_speedup", 2.0, metric="accuracy", in_sample=True,
+                                              guard_drop=0.15, force=True), **EXIT_ONE_GRID)
+    assert forced.forced and forced.metrics["speedup"] == 2.0 and "force" in forced.notes[0]
+    assert forced.drops["macro_f1"] == pytest.approx(1 - 0.9474 / 2, abs=1e-3)
+    assert "FORCED" in forced.summary() and "macro_f1" in forced.summary()
+    # The checkpoint's training metric is the default metric.
+    auto = calibrate(table, CalibrationGoal("max_drop", 0.01, in_sample=True), **EXIT_ONE_GRID,
+                     training_metric="macro_f1")
+    assert auto.goal.metric == "macro_f1" and auto.metrics["speedup"] == 1.0
+
+
+def test_note_when_every_setting_meets_the_goal():
+    table = speed_table([1] * 300)
+    result = calibrate(table, CalibrationGoal("max_drop", 0.05), taus=[0.3, 0.5], patiences=[1, 4])
+    assert any("every one of the 4 grid settings met the goal" in note for note in result.notes)
+    assert any("exits at layer 1 of 4" in note for note in result.notes)
+    assert "note: every one" in result.summary()
+
+
+def test_cli_calibrate_out_copy_and_guard_refusal(tmp_path, model_factory, capsys):
+    model = model_factory("bert")
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    (directory / "training_state").mkdir()  # optimizer state of a kept run: never copied
+    texts = make_texts(40, seed=5)
+    labels = [p.label for p in model.predict(texts, policy=full_depth())]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    copy = tmp_path / "calibrated"
+    args = ["calibrate", str(directory), "--data", str(data), "--max-drop", "0.05"]
+    assert main(args + ["--out", str(copy)]) == 0
+    assert "stored epee" in capsys.readouterr().out
+    assert MultiExitModel.from_pretrained(directory).config.calibration is None  # the source is unchanged
+    record = MultiExitModel.from_pretrained(copy).config.calibration
+    assert record["goal"]["kind"] == "max_drop" and "guarantee" in record and "drops" in record
+    assert not (copy / "training_state").exists()
+    assert main(args + ["--out", str(copy)]) == 2  # an existing copy is not silently replaced
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(args + ["--out", str(copy), "--overwrite"]) == 0
+    capsys.readouterr()
+    # A goal only a layer-1 setting meets; exit 1 of the random model disagrees with the last exit.
+    refused = ["calibrate", str(directory), "--data", str(data), "--min-speedup", "3.9", "--in-sample"]
+    assert main(refused) == 3
+    err = capsys.readouterr().err
+    assert "refused" in err and "Nothing was stored" in err and "--force" in err
+    assert MultiExitModel.from_pretrained(directory).config.calibration is None
+    assert main(refused + ["--force", "--dry-run"]) == 0
+    assert "FORCED" in capsys.readouterr().out

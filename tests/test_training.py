@@ -111,9 +111,7 @@ def test_training_learns_and_keeps_best_checkpoint(word_bert, tmp_path):
     reloaded = MultiExitModel.from_pretrained(tmp_path / "run")
     inputs = [e.input for e in dev_set]
     assert torch.allclose(reloaded.exit_probs(inputs), model.exit_probs(inputs), atol=1e-6)
-    state = tmp_path / "run" / "training_state"
-    assert sorted(p.name for p in state.iterdir()) == [
-        "model.safetensors", "optimizer.json", "optimizer.safetensors", "state.json"]
+    assert not (tmp_path / "run" / "training_state").exists()  # a finished run keeps only the checkpoint
     with pytest.raises(ValueError, match="already holds a training run"):
         train(fresh_model(word_bert), train_set, dev_set, tmp_path / "run", TrainConfig(epochs=1, **FAST))
 
@@ -154,8 +152,12 @@ def test_resume_continues_and_matches_an_uninterrupted_run(word_bert, tmp_path, 
 def test_resume_to_more_epochs_and_resume_errors(word_bert, tmp_path):
     train_set, dev_set = toy_examples(16, 4), toy_examples(8, 5)
     out = tmp_path / "run"
-    first = train(fresh_model(word_bert), train_set, dev_set, out, TrainConfig(epochs=1, **FAST))
-    more = train(fresh_model(word_bert), train_set, dev_set, out, TrainConfig(epochs=2, **FAST), resume=True)
+    first = train(fresh_model(word_bert), train_set, dev_set, out, TrainConfig(epochs=1, **FAST), keep_state=True)
+    state = out / "training_state"
+    assert sorted(p.name for p in state.iterdir()) == [
+        "model.safetensors", "optimizer.json", "optimizer.safetensors", "state.json"]
+    more = train(fresh_model(word_bert), train_set, dev_set, out, TrainConfig(epochs=2, **FAST), resume=True,
+                 keep_state=True)
     assert more.epochs == 2 and len(more.history) == 2 and more.history[0] == first.history[0]
     assert json.loads((out / "epee_config.json").read_text())["training"]["epochs"] == 2
     with pytest.raises(ValueError, match=r"different settings: \['lr'\]"):
@@ -192,7 +194,7 @@ def test_cli_train_text_end_to_end(tiny_bert_dir, tmp_path, capsys):
     out = tmp_path / "model"
     args = ["train", "--task", "text", "--base", str(tiny_bert_dir), "--format", "jsonl", "--train", str(train_file),
             "--dev", str(dev_file), "--out", str(out), "--epochs", "1", "--batch-size", "4", "--lr", "1e-3",
-            "--exit-weights", "1,3", "--class-weights", "balanced", "--no-progress"]
+            "--exit-weights", "1,3", "--class-weights", "balanced", "--keep-state", "--no-progress"]
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "best epoch 1 of 1" in printed and "macro_f1" in printed

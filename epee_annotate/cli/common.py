@@ -18,3 +18,64 @@ def policy_from_args(args: argparse.Namespace):
     from ..policy_settings import resolve_policy
 
     return resolve_policy(vars(args), prefix="--")
+
+
+# ----- threads -------------------------------------------------------------------------------------
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """--threads N: torch's intra- and inter-op threads for this command."""
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads (default: the cores that are free now, never more than this process "
+                             "may use)")
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def free_cores() -> int:
+    """Cores this process may use (affinity) that the 1-minute load average leaves free, at least 1."""
+    import os
+
+    usable = usable_cores()
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        busy = 0.0
+    return max(1, min(usable, round((os.cpu_count() or usable) - busy)))
+
+
+def apply_threads(requested: int | None) -> int:
+    """Set torch's thread pools before any model work (the inter-op pool can only be set once, first)."""
+    if requested is not None and requested < 1:
+        raise ValueError(f"--threads must be >= 1, got {requested}")
+    threads = free_cores() if requested is None else min(requested, usable_cores())
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:  # the pool already started (e.g. a second command in one process): keep it
+        pass
+    return threads
+
+
+# ----- data columns ------------------------------------------------------------------------------
+COLUMN_OPTIONS = ("text", "label", "group", "id", "head_start", "head_end", "tail_start", "tail_end")
+
+
+def add_column_arguments(parser: argparse.ArgumentParser) -> None:
+    """--text-column, --label-column, ... for csv/jsonl data whose columns have other names."""
+    group = parser.add_argument_group("columns (csv/jsonl; defaults are the names in docs/training.md)")
+    for name in COLUMN_OPTIONS:
+        flag = name.replace("_", "-")
+        group.add_argument(f"--{flag}-column", dest=f"{name}_column", metavar="NAME",
+                           help=f"column holding the {name.replace('_', ' ')} (default {name})")
+
+
+def columns_from_args(args: argparse.Namespace) -> dict[str, str]:
+    """The renamed columns as {standard name: column in the file}."""
+    return {name: getattr(args, f"{name}_column") for name in COLUMN_OPTIONS
+            if getattr(args, f"{name}_column", None)}

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..vocab import METRICS
+from .common import add_column_arguments, add_threads_argument, apply_threads, columns_from_args
 
 log = logging.getLogger("epee_annotate.evaluate")
 
@@ -61,7 +62,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                       help="fastest setting whose disagreement with full depth is <= E with confidence C "
                            "(Clopper-Pearson, Bonferroni over the grid)")
     calibrate.add_argument("--confidence", type=float, default=0.95, metavar="C",
-                           help="confidence of the disagreement bound (default 0.95)")
+                           help="confidence of the bounds on new data (default 0.95; Bonferroni over the grid)")
+    calibrate.add_argument("--in-sample", action="store_true",
+                           help="choose on the calibration split's own values (no statement about new data; "
+                                "the old behaviour)")
+    calibrate.add_argument("--guard-drop", type=float, metavar="G",
+                           help="refuse a setting whose in-sample drop on ANY reported metric exceeds G "
+                                "(default 0.02, two points; a larger --max-drop widens it)")
+    calibrate.add_argument("--force", action="store_true", help="store the choice even when the guard refuses it")
+    calibrate.add_argument("--out", metavar="DIR2",
+                           help="write a calibrated copy of the checkpoint to DIR2 and leave DIR unchanged")
+    calibrate.add_argument("--overwrite", action="store_true", help="with --out: replace an existing DIR2")
     calibrate.add_argument("--dry-run", action="store_true", help="print the choice without changing the checkpoint")
     calibrate.add_argument("--json", metavar="FILE", help="also write the calibration record to FILE")
     calibrate.set_defaults(func=run_calibrate)
@@ -75,7 +86,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--data", required=True, metavar="PATH", help="labelled data file (or DDI XML folder)")
     data.add_argument("--format", choices=FORMATS,
                       help="data format (default: from the extension for .jsonl, .csv, .npz)")
-    data.add_argument("--split", help="which arrays of an npz file (e.g. val; default train)")
+    data.add_argument("--split", help="which arrays of an npz file (e.g. val); required when it holds several")
     data.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad records: stop or skip them")
     data.add_argument("--dev-fraction", type=float, metavar="F",
                       help="first keep only the dev part that `train --dev-fraction F --seed S` held out "
@@ -87,7 +98,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--seed", type=int, default=0, help="seed of the calibration/report split (default 0)")
     grid = parser.add_argument_group("grid and metric")
     grid.add_argument("--metric", default="auto", choices=("auto", *METRICS),
-                      help="main metric (auto: micro_f1_positive when there is a negative label, else accuracy)")
+                      help="main metric (auto: the metric training selected the checkpoint on; without a "
+                           "training record micro_f1_positive when there is a negative label, else accuracy)")
     grid.add_argument("--negative-label", metavar="LABEL",
                       help="the no-relation label for micro_f1_positive (default: 'none' etc. for relation tasks)")
     grid.add_argument("--taus", type=_floats, metavar="T1,T2,...", help="entropy thresholds of the grid")
@@ -97,6 +109,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
+    add_threads_argument(run)
+    add_column_arguments(parser)
 
 
 def _floats(text: str) -> list[float]:
@@ -142,9 +156,14 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     fmt = args.format or GUESS_FORMAT.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"cannot tell the format of {args.data!r} from its name: pass --format")
-    split = args.split or ("train" if fmt == "npz" else None)
+    split = _npz_split(path, args.split) if fmt == "npz" else args.split
     # npz labels are class ids: name them with the checkpoint's labels, in order.
-    options = {"label_names": model.labels} if fmt == "npz" else {}
+    options: dict[str, Any] = {"label_names": model.labels} if fmt == "npz" else {}
+    columns = columns_from_args(args)
+    if columns:
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"--*-column options apply to csv/jsonl data, not {fmt}")
+        options["columns"] = columns
     examples = load_examples(path, fmt, model.task, split=split, on_error=args.on_error, **options)
     if not examples:
         raise ValueError(f"{args.data!r} holds no examples")
@@ -171,6 +190,19 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     fingerprint = data_fingerprint(inputs, path=path, format=fmt, split=split, fraction=fraction, seed=args.seed,
                                    part=part, holdout=holdout)
     return inputs, gold, fingerprint, warnings
+
+
+def _npz_split(path: Path, split: str | None) -> str:
+    """The npz split to read: --split, or the only one there is (never a silent default)."""
+    from ..data.medmnist import npz_splits
+
+    if split is not None:
+        return split
+    splits = npz_splits(path)
+    if len(splits) != 1:
+        raise ValueError(f"{str(path)!r} holds the splits {splits}: pass --split (e.g. --split val) to say "
+                         "which one to use")
+    return splits[0]
 
 
 def _check_labels(gold: list[str], labels: list[str]) -> None:
@@ -201,6 +233,7 @@ def run_evaluate(args) -> int:
     from ..reports import write_report
     from .common import policy_from_args
 
+    apply_threads(args.threads)
     if args.time_all and not args.grid:
         raise ValueError("--time-all needs --grid")
     model = _load_model(args)
@@ -260,7 +293,7 @@ def _print_summary(report: dict[str, Any]) -> None:
 # ----- calibrate ----------------------------------------------------------------------------------------
 def run_calibrate(args) -> int:
     """The ``calibrate`` subcommand."""
-    from ..calibration import CalibrationGoal, calibrate_checkpoint
+    from ..calibration import DEFAULT_GUARD_DROP, CalibrationGoal, GuardError, calibrate_checkpoint
 
     if args.max_drop is not None:
         kind, value = "max_drop", args.max_drop
@@ -268,19 +301,30 @@ def run_calibrate(args) -> int:
         kind, value = "min_speedup", args.min_speedup
     else:
         kind, value = "max_disagreement", args.max_disagreement
-    goal = CalibrationGoal(kind, value, metric=args.metric, confidence=args.confidence)
+    apply_threads(args.threads)
+    goal = CalibrationGoal(kind, value, metric=args.metric, confidence=args.confidence, in_sample=args.in_sample,
+                           guard_drop=DEFAULT_GUARD_DROP if args.guard_drop is None else args.guard_drop,
+                           force=args.force)
+    if args.out and Path(args.out).exists() and any(Path(args.out).iterdir()) and not args.overwrite \
+            and not args.dry_run:
+        raise ValueError(f"--out {args.out!r} already exists and is not empty; pass --overwrite or another folder")
     model = _load_model(args)
     negative = _negative_label(args, model)
     inputs, gold, fingerprint, warnings = _load_data(args, model, part="calibration")
     for warning in warnings:
         print(f"note: {warning}", file=sys.stderr)
-    if model.config.calibration and not args.dry_run:
+    target = args.out or args.checkpoint
+    if model.config.calibration and not args.dry_run and not args.out:
         log.info("replacing the checkpoint's previous calibration (%s)", model.config.calibration.get("policy_name"))
-    result = calibrate_checkpoint(
-        args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
-        negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
-        save=not args.dry_run,
-    )
+    try:
+        result = calibrate_checkpoint(
+            args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
+            negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
+            save=not args.dry_run, out=args.out, overwrite=args.overwrite,
+        )
+    except GuardError as error:
+        print(f"epee-annotate calibrate: {error}", file=sys.stderr)
+        return 3
     print(result.summary())
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -288,5 +332,5 @@ def run_calibrate(args) -> int:
     if args.dry_run:
         print("dry run: the checkpoint was not changed")
     else:
-        print(f"stored {result.policy.describe()} as the default policy of {args.checkpoint}")
+        print(f"stored {result.policy.describe()} as the default policy of {target}")
     return 0

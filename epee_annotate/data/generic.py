@@ -7,7 +7,8 @@ Columns (CSV header or JSONL keys):
   (character offsets, end exclusive); JSONL may give ``head`` and ``tail`` as ``[start, end]``;
 - image list: ``path`` (relative to the list file's folder, or absolute), ``label``.
 
-Optional ``id`` and ``group`` (document) columns are kept on the examples. Labels are read as
+Optional ``id`` and ``group`` (document) columns are kept on the examples. ``columns`` maps
+these standard names to the file's own column names (``{"text": "note_text"}``). Labels are read as
 strings. A bad record stops loading with an error naming the file and line, unless
 ``on_error="skip"``, which skips it and logs a count with line numbers (never the text).
 """
@@ -32,9 +33,11 @@ class RecordError(ValueError):
     """One record does not fit the expected columns."""
 
 
-def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop") -> list[Example]:
+def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop",
+                 columns: dict[str, str] | None = None) -> list[Example]:
     """Examples of ``task`` from a JSONL or CSV file (``fmt`` = "jsonl" or "csv")."""
     source = Path(path)
+    columns = dict(columns or {})
     if task not in REQUIRED:
         raise ValueError(f"task must be one of {sorted(REQUIRED)}, got {task!r}")
     if not source.is_file():
@@ -44,9 +47,9 @@ def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop") 
     if reader is None:
         raise ValueError(f"generic format must be 'jsonl' or 'csv', got {fmt!r}")
     examples = []
-    for line, row in reader(source, task, counter):
+    for line, row in reader(source, task, counter, columns):
         try:
-            examples.append(_example(row, task, source.parent))
+            examples.append(_example(_rename(row, columns), task, source.parent))
         except RecordError as error:
             counter.bad(f"line {line}", str(error))
     counter.finish()
@@ -54,7 +57,16 @@ def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop") 
     return examples
 
 
-def _jsonl_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple[int, dict[str, Any]]]:
+def _rename(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
+    """The row under the standard names (``columns``: standard name -> the file's column)."""
+    if not columns:
+        return row
+    renamed = {k: v for k, v in row.items() if k not in columns}
+    renamed.update({standard: row[own] for standard, own in columns.items() if own in row})
+    return renamed
+
+
+def _jsonl_rows(source: Path, task: str, counter: SkipCounter, columns: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(source, encoding="utf-8") as handle:
         for number, raw in enumerate(handle, start=1):
             if not raw.strip():
@@ -70,7 +82,7 @@ def _jsonl_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple
             yield number, row
 
 
-def _csv_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple[int, dict[str, Any]]]:
+def _csv_rows(source: Path, task: str, counter: SkipCounter, columns: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
     with open(source, encoding="utf-8", newline="") as handle:
         reader = csv.DictReader(handle, strict=True)
         try:
@@ -78,7 +90,7 @@ def _csv_rows(source: Path, task: str, counter: SkipCounter) -> Iterator[tuple[i
         except csv.Error as error:
             raise DataError(f"{source}, line 1: cannot read the CSV header ({error})") from None
         # A missing column is a file-level problem: no row could be read, so always stop.
-        missing = [c for c in REQUIRED[task] if c not in header]
+        missing = [columns.get(c, c) for c in REQUIRED[task] if columns.get(c, c) not in header]
         if missing:
             raise DataError(f"{source}: missing column(s) {missing}; found {header}")
         while True:

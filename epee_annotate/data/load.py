@@ -42,18 +42,19 @@ def load_examples(
 
     ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
     ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
-    ``label_names`` (npz). For "images", ``path`` is a CSV or JSONL list (by extension).
+    ``label_names`` (npz), ``columns`` (jsonl, csv, images: standard name -> the file's column).
+    For "images", ``path`` is a CSV or JSONL list (by extension).
     """
     check_format(format, task)
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
     if format in ("jsonl", "csv"):
-        _no_options(format, options)
-        return load_records(path, format, task, on_error)
+        _no_options(format, options, ("columns",))
+        return load_records(path, format, task, on_error, options.get("columns"))
     if format == "images":
-        _no_options(format, options)
+        _no_options(format, options, ("columns",))
         fmt = "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
-        return load_records(path, fmt, "image", on_error)
+        return load_records(path, fmt, "image", on_error, options.get("columns"))
     if format == "phee":
         _no_options(format, options, ("both", "no_event"))
         return load_phee(path, on_error=on_error, **options)

@@ -67,3 +67,9 @@ def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[
     examples = [Example(images[i], names[int(labels[i])], f"{split}_{i}") for i in range(len(labels))]
     require_examples(examples, f"{source} split {split!r}")
     return examples
+
+
+def npz_splits(path: str | Path) -> list[str]:
+    """The splits (``<split>_images`` arrays) a MedMNIST-style archive holds."""
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+        return sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
