@@ -16,9 +16,11 @@ def unreadable_reason(path: str | os.PathLike) -> str | None:
             return "symbolic link loop"
         if os.path.islink(path):
             return "dangling symbolic link (its target does not exist)"
+        if error.errno == errno.ENOENT:
+            return "file not found"
         return f"cannot be read ({error.strerror or type(error).__name__})"
     if not stat.S_ISREG(info.st_mode):
-        return "not a regular file"
+        return "not a regular file (a directory or device)"
     if not os.access(path, os.R_OK):
         return "cannot be read (permission denied)"
     return None

@@ -6,9 +6,10 @@ for colour.
 
 Memory bound (see docs/batch_jobs.md):
 
-* ``max_pixels`` (default ``MAX_PIXELS`` = 178,956,970, Pillow's own decompression-bomb limit):
-  an image (all decoded frames of a DICOM together) with more pixels than this is an
-  ImageReadError, found from the header before any pixel is decoded.
+* ``max_pixels`` (default ``MAX_PIXELS`` = 178,956,970, Pillow's own decompression-bomb limit,
+  which also applies to rasters when ``max_pixels`` is larger): an image (all decoded frames of
+  a DICOM together) with more pixels than this is an ImageReadError, found from the header
+  before any pixel is decoded.
 * ``reduce_to=S``: images whose shorter side is at least 2*S are box-averaged by the largest
   integer factor that keeps the shorter side >= S, at decode time (JPEG decodes at the reduced
   scale through Pillow's draft mode). Callers that feed a model pass its input side, so a batch
@@ -35,7 +36,7 @@ Documented choices:
   on white, as most viewers show it. "1" -> L, P/CMYK/other colour modes -> RGB.
   EXIF orientation is applied. Only the first frame of multi-page rasters is read.
 * DICOM is recognised only by the "DICM" marker at byte 128; preamble-less files are rejected.
-* DICOM objects that are not images to classify (segmentations, RT structure sets/plans/doses,
+* DICOM objects that are not images to classify (segmentations, RT structure sets/plans/records,
   structured reports, presentation states, encapsulated documents, waveforms: ``NON_IMAGE_SOP_CLASSES``)
   raise ImageReadError naming the SOP class, even when they carry pixel data.
 * A compressed transfer syntax with no installed decoder raises ImageReadError naming the
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 import zipfile
 import zlib
@@ -81,14 +83,17 @@ _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow raises DecompressionBombError above this
 # SOP Class UID prefixes of DICOM objects that are not images to classify (PS3.4 Annex B).
 NON_IMAGE_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.66.": "raw data, registration, fiducials or segmentation",
-    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",  # RT Image (.481.1) is excepted below
+    "1.2.840.10008.5.1.4.1.1.66.4": "segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.5": "surface segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.": "raw data, registration or fiducials object",
+    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",  # but RT Image and RT Dose: RT_IMAGE_CLASSES
     "1.2.840.10008.5.1.4.1.1.88.": "structured report",
     "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
     "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
     "1.2.840.10008.5.1.4.1.1.9.": "waveform",
 }
-RT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.1"
+# RT Image (portal images) and RT Dose (dose grids, multi-frame) carry an image pixel module.
+RT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.481.1", "1.2.840.10008.5.1.4.1.1.481.2")
 
 
 class ImageReadError(ValueError):
@@ -260,10 +265,10 @@ def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
 def _check_is_image(ds: pydicom.Dataset) -> None:
     """Reject DICOM objects that are not images to classify (``NON_IMAGE_SOP_CLASSES``)."""
     sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class == RT_IMAGE_STORAGE:
+    if sop_class in RT_IMAGE_CLASSES:
         return
-    for prefix, kind in NON_IMAGE_SOP_CLASSES.items():
-        if sop_class.startswith(prefix):
+    for prefix, kind in sorted(NON_IMAGE_SOP_CLASSES.items(), key=lambda item: -len(item[0])):  # longest first
+        if sop_class == prefix or (prefix.endswith(".") and sop_class.startswith(prefix)):
             name = getattr(ds.SOPClassUID, "name", sop_class)
             raise ImageReadError(f"DICOM object is a {kind} ({name}), not an image to classify")
 
@@ -386,9 +391,14 @@ def _read_raster(stream: Path | io.BytesIO, limits: _Limits) -> np.ndarray:
                 img.load()
     except ImageReadError:
         raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked in Image.open
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        if claimed:
+            _Limits(None, min(limits.max_pixels or MAX_PIXELS, MAX_PIXELS)).check(int(claimed.group(1)), "raster image")
+        raise ImageReadError("raster image is above Pillow's decompression-bomb pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError("unrecognised image format (not DICOM with a DICM marker, not PNG/JPEG/TIFF/BMP)") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"corrupt or truncated raster image ({type(exc).__name__})") from exc
     if img.width == 0 or img.height == 0:
         raise ImageReadError("zero-size raster image")
