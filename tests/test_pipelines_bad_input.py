@@ -63,7 +63,8 @@ def test_a_non_csv_file_is_one_error_row_and_the_header_check_quotes_nothing(tmp
     binary = open(get_testdata_file("CT_small.dcm"), "rb").read()
     block = _csv_rows(b"id,text\n1,ok\n" + binary + CANARY.encode())
     messages = [m for m in block.column(READ_ERROR).to_pylist() if m]
-    assert len(messages) == 1 and messages[0].startswith("export.csv: CSV parse error")
+    assert len(messages) == 1 and messages[0].startswith("export.csv: CSV parse error (")
+    assert messages[0].endswith("data rows 1 onward were not read")
     assert CANARY not in messages[0] and "ISO_IR" not in messages[0]
     (tmp_path / "scan.csv").write_bytes(binary)
     (tmp_path / "noheader.csv").write_text(f"1,{CANARY} has a rash\n")

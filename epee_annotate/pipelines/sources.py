@@ -5,8 +5,9 @@ Text formats are read so that one bad record never fails a whole block:
 * CSV: ``CsvNotesDatasource`` streams each file through pyarrow's CSV reader; the id, text and
   pass-through columns are read as raw bytes (quoted fields may span lines) and decoded per
   document, so invalid UTF-8 becomes that document's error row. A row with the wrong number of
-  fields is one error row naming its data-row number; a file pyarrow cannot parse further gives
-  one error row naming the file and the row where parsing stopped. pyarrow's own messages quote
+  fields is one error row naming its data-row number; a file pyarrow cannot parse further (binary
+  content, a bad row that is not UTF-8) gives one error row naming the file, the fault and the
+  first data row not read (rows of the failing 4 MiB block are lost with it). pyarrow's own messages quote
   the row, so they are never passed on.
 * JSONL/NDJSON: read line by line (``JsonLinesDatasource``); each line is parsed per document,
   so a malformed line (too deeply nested, too large, invalid UTF-8), a non-string text or a
@@ -126,18 +127,19 @@ def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
 
 # ----- notes ---------------------------------------------------------------------------
 def csv_header(path: str, delimiter: str) -> list[str]:
-    """Column names of a CSV file (first block only); ValueError without file content when unreadable."""
-    from pyarrow import csv
+    """Column names of a CSV file (its first record only); ValueError without file content when unreadable.
+
+    Only the header is read: a bad row further down is that row's error, not the job's.
+    """
+    import csv
+    import io
 
     try:
-        reader = csv.open_csv(
-            path, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 20),
-            parse_options=csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-            convert_options=csv.ConvertOptions(column_types={}, strings_can_be_null=False),
-        )
-    except (pa.ArrowException, UnicodeDecodeError) as error:  # pyarrow's message quotes the row
-        raise ValueError(f"{path}: not a readable CSV file ({_csv_fault(error)})") from None
-    return list(reader.schema.names)
+        # errors="replace": the reader decodes ahead, and invalid UTF-8 below the header is a row's error.
+        with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
+            return next(csv.reader(text, delimiter=delimiter), [])
+    except csv.Error:  # its message may quote the row
+        raise ValueError(f"{path}: not a readable CSV file (malformed header row)") from None
 
 
 def _csv_fault(error: BaseException) -> str:
@@ -313,8 +315,9 @@ class CsvNotesDatasource(_file_based_datasource()):
                 bad_rows = []
         except (pa.ArrowException, UnicodeDecodeError) as error:
             fault = _csv_fault(error)
-            yield self._errors([f"{os.path.basename(path)}: CSV parse error, {fault}; the rest of the file "
-                                "was not read"], path)
+            # pyarrow parses a block (4 MiB) at a time: the rows of the failing block are lost too.
+            yield self._errors([f"{os.path.basename(path)}: CSV parse error ({fault}); data rows {next_row} "
+                                "onward were not read"], path)
 
     def _block(self, table: pa.Table, first_row: int, bad_rows: list[int | None], path: str) -> pa.Table:
         """The good rows numbered around the skipped bad ones, then one error row per bad row."""
