@@ -8,8 +8,10 @@ then in a fresh process per mode decodes them and runs one batched ``predict`` w
 * ``bounded``: ``imaging.classify.classify_images`` (box-reduced at decode time towards the
   model's input side, pixel cap on).
 
-``ru_maxrss`` of each process is its peak; the ratio full/bounded is the figure to quote (the
-machine is shared, absolute MB are noisy). Not a test: it writes ~1 GB of temporary PNGs for
+Each process's peak resident memory (Linux ``VmHWM``, reset at its start through
+``/proc/self/clear_refs``: a forked child would otherwise inherit its parent's high-water mark)
+is reported; the ratio full/bounded is the figure to quote (the machine is shared, absolute MB
+are noisy). Not a test: it writes ~1 GB of temporary PNGs for
 the defaults and the full mode needs several GB of memory.
 
     python -m benchmarks.image_memory [--images 6] [--megapixels 144]
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -42,14 +43,23 @@ def write_images(directory: Path, count: int, megapixels: float) -> list[str]:
     return paths
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size (VmHWM) in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status (Linux only)")
+
+
 def run_mode(mode: str, checkpoint: str, paths: list[str]) -> dict:
     """Decode + one batched predict in this process; its peak RSS in MB."""
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM: drop the high-water mark inherited at fork
     from epee_annotate import MultiExitModel
     from epee_annotate.imaging import read_image
     from epee_annotate.imaging.classify import classify_images
 
     model = MultiExitModel.from_pretrained(checkpoint)
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    baseline = peak_rss_mb()
     if mode == "full":
         pixels = [read_image(p, reduce_to=None, max_pixels=None)[0].pixels for p in paths]
         shapes = [list(p.shape) for p in pixels]
@@ -57,7 +67,7 @@ def run_mode(mode: str, checkpoint: str, paths: list[str]) -> dict:
     else:
         results = classify_images(model, paths, batch_size=len(paths))
         shapes, labels = [], [r.prediction.label for r in results]
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mb()
     return {"mode": mode, "peak_mb": round(peak), "after_model_load_mb": round(baseline), "labels": labels,
             "decoded_shapes": shapes[:1]}
 
@@ -85,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
                                    str(root / "ckpt"), str(listing)], capture_output=True, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
     bounded, full = rows
-    print(f"{args.images} PNGs x {args.megapixels:g} MP, one batch, tiny ViT (input {32}x{32}):")
+    print(f"{args.images} PNGs x {args.megapixels:g} MP, one batch, tiny ViT (32x32 input):")
     for row in rows:
         print(f"  {row['mode']:8s} peak RSS {row['peak_mb']:6d} MB (after model load {row['after_model_load_mb']} MB)")
     print(f"  full / bounded peak: x{full['peak_mb'] / bounded['peak_mb']:.1f}; "
