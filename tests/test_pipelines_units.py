@@ -253,3 +253,13 @@ def test_summary_counts_and_speedup(tmp_path):
     assert summary["tasks"]["t"]["layer_speedup"] == pytest.approx(4 / 3, abs=1e-3)
     assert summary["throughput"]["docs_per_s"] == 2.0
     json.dumps(summary)
+
+
+def test_output_parent_directories_are_created_but_not_through_a_file(tmp_path):
+    out = tmp_path / "runs" / "2024" / "out"
+    with staged_output(check_output(out, overwrite=False), overwrite=False) as staging:
+        (staging / "part.parquet").write_text("v1")
+    assert (out / "part.parquet").read_text() == "v1"
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        check_output(tmp_path / "afile" / "out", overwrite=False)
