@@ -118,3 +118,17 @@ def test_the_models_error_reaches_the_error_column():
     doc._.epee_annotations = [make_record("cls", "doc", 0, 6, Prediction.failed("input is empty after encoding", 4))]
     (row,) = annotator._rows({"doc_id": "n1"}, doc)
     assert row["status"] == "error" and row["error"] == "input is empty after encoding"
+
+
+def test_the_wait_for_the_actor_pool_is_bounded(monkeypatch):
+    from ray.data import DataContext
+
+    from epee_annotate.pipelines.jobs import JobOptions
+    from epee_annotate.pipelines.runtime import bound_actor_start
+
+    context = DataContext.get_current()
+    monkeypatch.setattr(context, "wait_for_min_actors_s", -1)  # Ray Data's default: wait forever
+    bound_actor_start(JobOptions(out="x").actor_start_timeout_s)
+    assert context.wait_for_min_actors_s == 600
+    with pytest.raises(ValueError, match="must be > 0"):
+        JobOptions(out="x", actor_start_timeout_s=0)
