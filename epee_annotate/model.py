@@ -37,6 +37,7 @@ class MultiExitModel(nn.Module):
         self.preprocessor = preprocessor  # tokenizer or image processor
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
+        self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -103,6 +104,7 @@ class MultiExitModel(nn.Module):
             _ensure_pad_token(preprocessor)
         model = cls(backbone, config, preprocessor)
         read_weights(model, path)
+        model.checkpoint_dir = path.resolve()
         return model.eval().to(device)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -112,6 +114,7 @@ class MultiExitModel(nn.Module):
         self.backbone.config.save_pretrained(path)
         self.preprocessor.save_pretrained(path)
         write_weights(self, self.config, path)
+        self.checkpoint_dir = path.resolve()
 
     def save_config(self, directory: str | Path) -> None:
         """Rewrite only ``epee_config.json`` (e.g. after calibration), keeping the weights."""
@@ -140,9 +143,10 @@ class MultiExitModel(nn.Module):
 
     @property
     def checkpoint_id(self) -> str:
-        """Name + weights hash, for provenance."""
+        """This fine-tuned checkpoint: its directory name + its own weights hash ("<base>@unsaved" before saving)."""
         digest = self.config.weights_sha256[:12] or "unsaved"
-        return f"{self.config.base_model}@{digest}"
+        name = self.checkpoint_dir.name if self.checkpoint_dir is not None else self.config.base_model
+        return f"{name}@{digest}"
 
     def set_default_policy(self, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> None:
         self.config.default_policy = policy.to_dict()

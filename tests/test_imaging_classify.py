@@ -68,7 +68,7 @@ def test_all_frames_give_one_row_per_frame(vit_checkpoint, archive):
 
 
 def test_cli_classify_images(vit_checkpoint, archive, tmp_path, capsys):
-    out = tmp_path / "out.jsonl"
+    out = tmp_path / "new" / "out.jsonl"  # a missing parent directory is created
     code = main(["classify-images", str(vit_checkpoint), str(archive), "--budget", "2", "--output", str(out)])
     assert code == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]

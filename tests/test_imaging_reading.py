@@ -441,7 +441,7 @@ def test_truncated_png(tmp_path):
 
 def test_missing_file(tmp_path):
     _raises(str(tmp_path / "absent.dcm"), "file not found")
-    _raises(tmp_path, "file not found")  # a directory is not an image file
+    _raises(tmp_path, "not a regular file")  # a directory is not an image file
 
 
 # --- is_dicom and npz ------------------------------------------------------------------------

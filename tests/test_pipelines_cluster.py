@@ -20,6 +20,7 @@ import pytest
 from epee_annotate.testing import tiny_model
 
 pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")

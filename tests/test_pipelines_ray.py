@@ -20,6 +20,7 @@ from epee_annotate.pipelines.schema import read_job_metadata
 from epee_annotate.testing import tiny_model
 
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.ray
 
 SECRET = "zebrafishword"  # a distinctive word that must never reach the output unless asked for
 COMMON = ["--no-progress", "--num-actors", "1", "--batch-size", "4"]
@@ -60,6 +61,24 @@ def rows_by_id(table: pa.Table) -> dict:
 
 def parquet_bytes(out: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file())
+
+
+def read_with_every_reader(out: Path, partitioned: bool) -> "pd.DataFrame":  # noqa: F821
+    """Plain pandas, pyarrow.dataset and DuckDB must all open the output and see the same rows."""
+    import duckdb
+    import pandas as pd
+
+    frame = pd.read_parquet(out)  # no options: what a user types first
+    dataset = pads.dataset(str(out), format="parquet", partitioning="hive" if partitioned else None).to_table()
+    pattern = str(out / "**" / "*.parquet") if partitioned else str(out / "*.parquet")
+    duck = duckdb.sql(f"SELECT doc_id, task, status, exit_layer FROM read_parquet('{pattern}', "
+                      f"hive_partitioning = {str(partitioned).lower()}) WHERE status = 'ok'").fetchall()
+    assert len(frame) == dataset.num_rows and frame["task"].notna().all()
+    assert len(duck) == int((frame["status"] == "ok").sum()) and all(isinstance(r[3], int) for r in duck if r[3])
+    # Integer columns stay integers with pandas' Arrow dtypes (the documented way to read nullable ints).
+    typed = pd.read_parquet(out, dtype_backend="pyarrow")
+    assert str(typed["exit_layer"].dtype) == "int16[pyarrow]" and str(typed["start"].dtype) == "int32[pyarrow]"
+    return frame
 
 
 NOTES = [
@@ -105,13 +124,16 @@ def test_notes_csv_rows_schema_metadata_and_no_text(local_ray, text_checkpoint, 
     meta = read_job_metadata(out)
     (component,) = meta["components"]
     assert meta["job"] == "notes" and meta["package_version"] and component["labels"] == ["neg", "pos", "other"]
-    assert component["checkpoint_id"].split("@")[1] and component["policy"] == "budgeted(layer=0)"
+    sha = json.loads((text_checkpoint / "epee_config.json").read_text())["weights_sha256"]
+    assert component["checkpoint_id"] == f"{text_checkpoint.name}@{sha[:12]}" and component["policy"] == "budgeted(layer=0)"
     assert meta["parameters"]["include_text"] is False and meta["inputs"]["keep_columns"] == ["pid"]
     summary = json.loads((out / "_summary.json").read_text())
     assert summary["documents"] == 6 and summary["rows_per_status"]["error"] == 2
     assert summary["tasks"]["textcat"]["layer_speedup"] == 1.0 and (out / "_summary.png").stat().st_size > 0
     # PHI: no note text anywhere in the output directory.
     assert SECRET.encode() not in parquet_bytes(out) and b"ginkgo" not in parquet_bytes(out)
+    frame = read_with_every_reader(out, partitioned=False)
+    assert set(frame.loc[frame["status"] != "ok", "task"]) == {"input"} and len(frame) == table.num_rows
 
 
 def test_notes_jsonl_with_config_bad_lines_and_include_text(local_ray, text_checkpoint, tmp_path):
@@ -162,16 +184,19 @@ def test_notes_parquet_pipeline_dir_partitioned_and_typed_passthrough(local_ray,
                  "--id-column", "note_id", "--text-column", "note", "--keep-columns", "visit",
                  "--partition-by-task", *COMMON])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["task=__HIVE_DEFAULT_PARTITION__", "task=textcat"]
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["task=input", "task=textcat"]  # no null partition
+    frame = read_with_every_reader(out, partitioned=True)
+    assert sorted(frame["task"].astype(str).unique()) == ["input", "textcat"]
     result = read(out, partitioned=True)
     assert result.schema.field("visit").type == pa.int32()
     by_id = rows_by_id(result)
     assert len(by_id["11"]) == 2 and all(r["visit"] == 100 and r["task"] == "textcat" for r in by_id["11"])
-    assert by_id["12"][0]["status"] == "empty" and by_id["12"][0]["task"] is None
+    assert by_id["12"][0]["status"] == "empty" and by_id["12"][0]["task"] == "input"
     assert by_id["13"][0]["status"] == "ok" and by_id["13"][0]["visit"] == 300
 
 
 def _write_images(directory: Path) -> None:
+    import pydicom
     from PIL import Image
     from pydicom.data import get_testdata_file
 
@@ -182,6 +207,12 @@ def _write_images(directory: Path) -> None:
     shutil.copy(get_testdata_file("SC_rgb_rle_2frame.dcm"), directory / "IM0002")  # extension-less DICOM
     (directory / "corrupt.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00" * 40)
     (directory / "empty.png").write_bytes(b"")
+    seg = pydicom.dcmread(get_testdata_file("CT_small.dcm"))  # pixel data, but a segmentation: not classified
+    seg.SOPClassUID = seg.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.66.4"
+    seg.save_as(directory / "seg.dcm", enforce_file_format=True)
+    os.symlink(directory / "gone.png", directory / "dangling.png")
+    os.symlink(directory / "loop2.dcm", directory / "loop1.dcm")
+    os.symlink(directory / "loop1.dcm", directory / "loop2.dcm")
 
 
 def test_images_files_dicom_png_corrupt_and_frames(local_ray, image_checkpoint, tmp_path):
@@ -197,7 +228,8 @@ def test_images_files_dicom_png_corrupt_and_frames(local_ray, image_checkpoint, 
     by_name = {}
     for row in table.to_pylist():
         by_name.setdefault(os.path.basename(row["doc_id"]), []).append(row)
-    assert sorted(by_name) == ["IM0002", "corrupt.dcm", "ct.dcm", "empty.png", "xray0.png", "xray1.png"]
+    assert sorted(by_name) == ["IM0002", "corrupt.dcm", "ct.dcm", "dangling.png", "empty.png", "loop1.dcm", "loop2.dcm",
+                               "seg.dcm", "xray0.png", "xray1.png"]
     (ct,) = by_name["ct.dcm"]
     assert ct["status"] == "ok" and ct["modality"] == "CT" and ct["sop_instance_uid"] and ct["frame"] is None
     assert ct["kind"] == "image" and ct["start"] is None and ct["label"] in ("normal", "pneumonia")
@@ -205,14 +237,18 @@ def test_images_files_dicom_png_corrupt_and_frames(local_ray, image_checkpoint, 
     frames = by_name["IM0002"]
     assert [(r["kind"], r["frame"]) for r in frames] == [("frame", 0), ("frame", 1)]
     assert by_name["xray0.png"][0]["modality"] is None and by_name["xray0.png"][0]["status"] == "ok"
-    for name in ("corrupt.dcm", "empty.png"):
+    for name in ("corrupt.dcm", "empty.png", "seg.dcm", "dangling.png", "loop1.dcm"):
         (row,) = by_name[name]
         assert row["status"] == "error" and row["error"].startswith("cannot decode image") and row["label"] is None
-        assert row["path"].endswith(name)
+        assert row["path"].endswith(name) and row["task"] == "image"
+    assert "segmentation" in by_name["seg.dcm"][0]["error"]
+    assert by_name["dangling.png"][0]["error"].endswith("dangling symbolic link (its target does not exist)")
+    assert by_name["loop2.dcm"][0]["error"].endswith("symbolic link loop")
     meta = read_job_metadata(out)
     assert meta["components"][0]["labels"] == ["normal", "pneumonia"] and meta["inputs"]["frames"] == "all"
     summary = json.loads((out / "_summary.json").read_text())
-    assert summary["documents"] == 6 and summary["rows"] == 7 and summary["throughput"]["images_per_s"] > 0
+    assert summary["documents"] == 10 and summary["rows"] == 11 and summary["throughput"]["images_per_s"] > 0
+    read_with_every_reader(out, partitioned=False)
 
 
 def test_images_npz_split_with_reference_labels(local_ray, image_checkpoint, tmp_path):
@@ -238,17 +274,23 @@ def test_images_npz_split_with_reference_labels(local_ray, image_checkpoint, tmp
     assert table.column("label").to_pylist() == expected
 
 
-def test_killed_actor_is_restarted_without_loss_or_duplicates(local_ray, text_checkpoint, tmp_path, monkeypatch):
+def test_killed_actor_is_restarted_without_loss_or_duplicates(local_ray, text_checkpoint, tmp_path):
+    import crash_once  # test-only actor: not in the package, so the workers get it by value
+    from epee_annotate.pipelines.jobs import JobOptions, NotesJob, run_notes_job
+    from epee_annotate.pipelines.notes import PipelineSource
+
+    ray.cloudpickle.register_pickle_by_value(crash_once)
     source = tmp_path / "notes.jsonl"
     ids = [f"d{i:02d}" for i in range(24)]
     source.write_text("".join(json.dumps({"id": i, "text": "aspirin increases the effect of warfarin"}) + "\n"
                               for i in ids))
     marker = tmp_path / "crashed"
-    monkeypatch.setenv("EPEE_TEST_CRASH_ONCE", str(marker))
-    monkeypatch.setenv("EPEE_TEST_CRASH_DOC", "d13")  # in the fourth of six batches
     out = tmp_path / "out"
-    assert main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
-                 *COMMON]) == 0
+    run_notes_job(NotesJob(
+        inputs=[str(source)], source=PipelineSource(checkpoint=str(text_checkpoint)),
+        options=JobOptions(out=str(out), batch_size=4, progress=False),
+        annotator=crash_once.crashing_annotator(str(marker), "d13"),  # in the fourth of six batches
+    ))
     assert marker.exists()  # the worker really died once
     got = read(out).column("doc_id").to_pylist()
     assert sorted(got) == ids  # one sentence each: exactly one row per note, none lost, none twice
@@ -265,3 +307,88 @@ def test_existing_output_is_refused_and_kept(local_ray, text_checkpoint, tmp_pat
     assert (out / "keep.txt").read_text() == "previous results"
     assert main(args + ["--overwrite"]) == 0
     assert not (out / "keep.txt").exists() and read(out).num_rows == 1
+
+
+def test_a_pool_that_takes_every_cpu_is_refused_not_left_hanging(local_ray, text_checkpoint, tmp_path, capsys):
+    (tmp_path / "in.csv").write_text("id,text\n1,rash\n")
+    code = main(["annotate-notes", str(tmp_path / "in.csv"), "--checkpoint", str(text_checkpoint),
+                 "--out", str(tmp_path / "out"), "--no-progress", "--num-actors", "2"])
+    err = capsys.readouterr().err
+    assert code == 2 and "3 CPUs, but the Ray cluster has 2" in err and "--num-actors" in err
+    assert not (tmp_path / "out").exists()
+
+
+CANARY = "canaryphrase-okapi"  # must never appear in any output, log or message below
+
+
+def _ray_log_bytes() -> bytes:
+    """Everything the Ray session logged so far (driver, raylet, workers)."""
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    return b"".join(p.read_bytes() for p in logs.rglob("*") if p.is_file() and p.stat().st_size < 50_000_000)
+
+
+def test_no_note_text_reaches_any_output_or_log_for_any_bad_input(local_ray, text_checkpoint, tmp_path, capfd,
+                                                                    caplog):
+    """Every bad-input kind carries the canary; all captured output must be free of it."""
+    jsonl = tmp_path / "jsonl"
+    jsonl.mkdir()
+    lines = [
+        b'\xef\xbb\xbf{"id": "bom", "text": "first note after a byte order mark"}',  # BOM: must be a good note
+        b'{"id": "deep", "text": "' + CANARY.encode() + b'", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"id": "broken", "text": "' + CANARY.encode() + b' unterminated',
+        b'{"id": "latin1", "text": "' + CANARY.encode() + b' caf\xe9"}',
+        b'{"id": "number", "text": 42, "note": "' + CANARY.encode() + b'"}',
+        b'["' + CANARY.encode() + b'"]',
+        b'{"id": "fine", "text": "rash after the first dose"}',
+    ]
+    (jsonl / "notes.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    os.symlink(jsonl / "missing.jsonl", jsonl / "dangling.jsonl")
+    os.symlink(jsonl / "loop_b.jsonl", jsonl / "loop_a.jsonl")
+    os.symlink(jsonl / "loop_a.jsonl", jsonl / "loop_b.jsonl")
+    csv_dir = tmp_path / "csv"
+    csv_dir.mkdir()
+    (csv_dir / "export.csv").write_bytes(
+        b'id,text\nc1,"fine note"\nc2,' + CANARY.encode() + b' extra,' + CANARY.encode() + b'\n'
+        b'c3,"' + CANARY.encode() + b' \xff bad utf-8"\nc4,after the bad rows\n')
+    (csv_dir / "tail.csv").write_bytes(b"id,text\nt1,ok\n" + open(_ct_path(), "rb").read() + CANARY.encode())
+    headerless = tmp_path / "headerless.csv"
+    headerless.write_text(f"1,{CANARY} has a rash\n")
+
+    common = ["--checkpoint", str(text_checkpoint), "--no-progress", "--batch-size", "4"]
+    assert main(["annotate-notes", str(jsonl), "--out", str(tmp_path / "out_jsonl"), *common]) == 0
+    assert main(["annotate-notes", str(csv_dir), "--out", str(tmp_path / "out_csv"), *common]) == 0
+    assert main(["annotate-notes", str(headerless), "--out", str(tmp_path / "out_bad"), *common]) == 2
+
+    jsonl_rows = {r["doc_id"]: r for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] != "ok"}
+    ok_ids = {r["doc_id"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "ok"}
+    assert ok_ids == {"bom", "fine"}  # the BOM did not spoil the first note
+    errors = [r["error"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "error"]
+    assert "notes.jsonl line 2: line is nested too deeply to parse (RecursionError)" in errors
+    assert "dangling.jsonl: dangling symbolic link (its target does not exist)" in errors
+    assert {"loop_a.jsonl: symbolic link loop", "loop_b.jsonl: symbolic link loop"} <= set(errors)
+    assert len(errors) == 8 and jsonl_rows["number"]["error"] == "notes.jsonl line 5: text must be a string, got int"
+    csv_rows = read(tmp_path / "out_csv").to_pylist()
+    csv_errors = sorted(r["error"] for r in csv_rows if r["status"] == "error")
+    assert "export.csv data row 2: wrong number of fields" in csv_errors
+    assert "export.csv data row 3: text is not valid UTF-8 (byte 19)" in csv_errors
+    assert any(e.startswith("tail.csv: CSV parse error") and e.endswith("data rows 1 onward were not read")
+               for e in csv_errors)
+    assert {r["doc_id"] for r in csv_rows if r["status"] == "ok"} == {"c1", "c4"}
+
+    captured = capfd.readouterr()
+    everything = {
+        "stdout": captured.out.encode(), "stderr": captured.err.encode(),
+        "logging": "\n".join(r.getMessage() for r in caplog.records).encode(),
+        "ray logs": _ray_log_bytes(),
+        "parquet": parquet_bytes(tmp_path / "out_jsonl") + parquet_bytes(tmp_path / "out_csv"),
+        "error column": "\n".join(errors + csv_errors).encode(),
+    }
+    assert "headerless.csv" in captured.err  # the refusal names the file ...
+    for where, data in everything.items():
+        assert CANARY.encode() not in data, f"note text leaked into {where}"  # ... and never the content
+
+
+def _ct_path() -> str:
+    from pydicom.data import get_testdata_file
+
+    return get_testdata_file("CT_small.dcm")

@@ -7,9 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from epee_annotate.pipelines.notes import (
-    CrashSwitch, NoteColumns, PipelineSource, component_info, extract_notes, parse_overrides,
-)
+from epee_annotate.pipelines.notes import NoteColumns, PipelineSource, component_info, extract_notes, parse_overrides
 from epee_annotate.pipelines.output import check_output, staged_output
 from epee_annotate.pipelines.schema import (
     METADATA_KEY, job_metadata, output_schema, read_job_metadata, rows_to_table, safe_rows_to_table,
@@ -152,16 +150,24 @@ def test_extract_notes_csv_bytes_decode_per_document():
     assert notes[2].doc_id == "c" and "not valid UTF-8" in notes[2].error
 
 
-def test_crash_switch_fires_once(tmp_path, monkeypatch):
-    monkeypatch.setenv("EPEE_TEST_CRASH_ONCE", str(tmp_path / "marker"))
-    monkeypatch.setenv("EPEE_TEST_CRASH_DOC", "d3")
-    switch = CrashSwitch.from_env()
-    assert switch == CrashSwitch(str(tmp_path / "marker"), "d3")
-    switch.maybe_crash(["d1", "d2"])  # not the chosen doc: nothing happens
-    (tmp_path / "marker").write_text("")
-    switch.maybe_crash(["d3"])  # marker exists: this is the retry, so it proceeds
-    monkeypatch.delenv("EPEE_TEST_CRASH_ONCE")
-    assert CrashSwitch.from_env() is None
+def test_crash_once_kills_the_process_once(tmp_path):
+    import subprocess
+    import sys
+
+    marker = tmp_path / "marker"
+    script = ("import sys; sys.path.insert(0, sys.argv[1]); from crash_once import crash_once; "
+              "crash_once(sys.argv[2], 'd3', sys.argv[3].split(',')); print('survived')")
+
+    def call(doc_ids: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", script, os.path.dirname(__file__), str(marker), doc_ids],
+                              capture_output=True, text=True, timeout=60)
+
+    first = call("d1,d2")  # not the chosen doc: nothing happens
+    assert first.returncode == 0 and "survived" in first.stdout and not marker.exists()
+    crashed = call("d2,d3")
+    assert crashed.returncode == 1 and "survived" not in crashed.stdout and marker.exists()
+    retry = call("d3")  # marker exists: this is the retry, so it proceeds
+    assert retry.returncode == 0 and "survived" in retry.stdout
 
 
 # ----- output staging --------------------------------------------------------------------
@@ -175,8 +181,9 @@ def test_staged_output_is_all_or_nothing(tmp_path):
     with staged_output(out, overwrite=False) as staging:
         (staging / "part.parquet").write_text("v1")
     assert (out / "part.parquet").read_text() == "v1"
-    with pytest.raises(FileExistsError, match="--overwrite"):
+    with pytest.raises(FileExistsError, match="already exists") as refused:
         check_output(out, overwrite=False)
+    assert refused.value.settings == ("overwrite",) and "--" not in str(refused.value)  # the CLI adds its flag
     with staged_output(out, overwrite=True) as staging:
         (staging / "other.parquet").write_text("v2")
     assert [p.name for p in out.iterdir()] == ["other.parquet"]
@@ -209,7 +216,8 @@ def test_pipeline_sources_apply_settings_and_replace_saved_policy(tmp_path, mode
     nlp = PipelineSource(checkpoint=str(checkpoint), task_name="cls").load({"policy": {"budget": 2}})
     (info,) = component_info(nlp)
     assert info["task"] == "cls" and info["policy"] == "budgeted(layer=2)" and info["labels"] == ["neg", "pos", "other"]
-    assert info["checkpoint_id"].endswith(model_factory("bert").config.weights_sha256[:12] or "")
+    digest = model_factory("bert").config.weights_sha256[:12]
+    assert len(digest) == 12 and info["checkpoint_id"] == f"ckpt@{digest}"  # this checkpoint, not its base
     nlp.to_disk(tmp_path / "pipe")
     nlp.config.to_disk(tmp_path / "pipe.cfg")
     # A saved {"budget": 2} must be replaced, not merged with the new knobs.
@@ -245,3 +253,13 @@ def test_summary_counts_and_speedup(tmp_path):
     assert summary["tasks"]["t"]["layer_speedup"] == pytest.approx(4 / 3, abs=1e-3)
     assert summary["throughput"]["docs_per_s"] == 2.0
     json.dumps(summary)
+
+
+def test_output_parent_directories_are_created_but_not_through_a_file(tmp_path):
+    out = tmp_path / "runs" / "2024" / "out"
+    with staged_output(check_output(out, overwrite=False), overwrite=False) as staging:
+        (staging / "part.parquet").write_text("v1")
+    assert (out / "part.parquet").read_text() == "v1"
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        check_output(tmp_path / "afile" / "out", overwrite=False)

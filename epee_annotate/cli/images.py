@@ -46,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
     results = classify_images(model, files, policy, args.batch_size, args.frames, extra,
                               progress=sys.stderr.isatty())
     rows = [r.to_dict() for r in results]
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
     if args.output and args.output.suffix == ".jsonl":
         args.output.write_text("".join(json.dumps(row) + "\n" for row in rows))
     elif args.output:

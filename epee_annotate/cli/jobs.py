@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .common import add_policy_arguments
+
+# Library setting (SettingError.settings) -> this command line's option.
+FLAGS = {
+    "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
+    "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
+    "autocast": "--autocast", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
+    "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
+    "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
+    "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
+    "include_text": "--include-text",
+}
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +37,8 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
+    run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
+                     help="fail when the actors have not started (model loaded) after S seconds")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started in-process)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -48,7 +62,21 @@ def _options(args: argparse.Namespace):
         patience=args.patience, budget=args.budget, autocast=args.autocast,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
+        actor_start_timeout_s=args.actor_start_timeout,
     )
+
+
+def _with_flags(build: Callable[[], Any]) -> Any:
+    """Run ``build``; a SettingError gets this command line's option names as advice."""
+    from ..pipelines.errors import OutputExistsError, SettingError
+
+    try:
+        return build()
+    except OutputExistsError as error:
+        raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
+    except SettingError as error:
+        flags = ", ".join(FLAGS.get(name, name) for name in error.settings)
+        raise ValueError(f"{error} (see {flags})" if flags else str(error)) from None
 
 
 def _split_columns(value: str | None) -> list[str]:
@@ -66,11 +94,14 @@ def run_notes(args: argparse.Namespace) -> int:
     from ..pipelines.jobs import NotesJob, run_notes_job
     from ..pipelines.notes import PipelineSource, parse_overrides
 
-    source = PipelineSource(pipeline=args.pipeline, config=args.config, checkpoint=args.checkpoint,
-                            overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
-    job = NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
-                   text_column=args.text_column, keep_columns=_split_columns(args.keep_columns), fmt=args.format)
-    run_notes_job(job)  # prints and writes its own summary
+    def run() -> None:
+        source = PipelineSource(pipeline=args.pipeline, config=args.config, checkpoint=args.checkpoint,
+                                overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
+        run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
+                               text_column=args.text_column, keep_columns=_split_columns(args.keep_columns),
+                               fmt=args.format))  # prints and writes its own summary
+
+    _with_flags(run)
     return 0
 
 
@@ -78,9 +109,9 @@ def run_images(args: argparse.Namespace) -> int:
     _log_level(args)
     from ..pipelines.jobs import ImagesJob, run_images_job
 
-    job = ImagesJob(checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz,
-                    split=args.split, frames=args.frames, task_name=args.task_name)
-    run_images_job(job)  # prints and writes its own summary
+    _with_flags(lambda: run_images_job(ImagesJob(
+        checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz, split=args.split,
+        frames=args.frames, task_name=args.task_name)))  # prints and writes its own summary
     return 0
 
 

@@ -7,7 +7,8 @@ Row keys (stable; batch jobs build table schemas from them):
 ``head_start``/``head_end``/``tail_start``/``tail_end`` (None unless ``kind == "pair"``),
 ``label`` (None when the input could not be classified), ``exit_layer``, ``num_layers``,
 ``confidence``, ``entropy``, ``probs`` (list of float, in the checkpoint's label order),
-``truncated`` (the model saw a cut version of the input), ``context`` (mentions: ConText flags
+``truncated`` (the model saw a cut version of the input), ``error`` (why the input could not be
+classified, from ``Prediction.error``; None when it was), ``context`` (mentions: ConText flags
 ``negated``/``historical``/``hypothetical``/``family`` as booleans; None otherwise), and
 ``text`` only when ``include_text=True`` (clinical text is PHI).
 """
@@ -23,7 +24,7 @@ from ..prediction import Prediction
 KINDS = ("mention", "pair", "sentence", "doc")
 RECORD_KEYS = (
     "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "label", "exit_layer",
-    "num_layers", "confidence", "entropy", "probs", "truncated",
+    "num_layers", "confidence", "entropy", "probs", "truncated", "error",
 )
 ANNOTATION_KEYS = RECORD_KEYS + ("context",)
 CONTEXT_FLAGS = {"negated": "is_negated", "historical": "is_historical", "hypothetical": "is_hypothetical",
@@ -60,6 +61,7 @@ def make_record(
         "entropy": prediction.entropy,
         "probs": [float(p) for p in prediction.probs],
         "truncated": bool(truncated or prediction.truncated),
+        "error": prediction.error,
     }
 
 

@@ -1,7 +1,19 @@
 """Decode DICOM, raster (PNG/JPEG/TIFF/BMP) and MedMNIST .npz files into float arrays.
 
-Decoding only: resizing and model normalisation happen downstream. Every image comes back
-as float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3) for colour.
+Decoding, plus an optional early downscale: the final resize and model normalisation happen
+downstream. Every image comes back as float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3)
+for colour.
+
+Memory bound (see docs/batch_jobs.md):
+
+* ``max_pixels`` (default ``MAX_PIXELS`` = 178,956,970, Pillow's own decompression-bomb limit,
+  which also applies to rasters when ``max_pixels`` is larger): an image (all decoded frames of
+  a DICOM together) with more pixels than this is an ImageReadError, found from the header
+  before any pixel is decoded.
+* ``reduce_to=S``: images whose shorter side is at least 2*S are box-averaged by the largest
+  integer factor that keeps the shorter side >= S, at decode time (JPEG decodes at the reduced
+  scale through Pillow's draft mode). Callers that feed a model pass its input side, so a batch
+  holds small images, not full-resolution ones; only one full-size image is held at a time.
 
 Documented choices:
 
@@ -24,9 +36,14 @@ Documented choices:
   on white, as most viewers show it. "1" -> L, P/CMYK/other colour modes -> RGB.
   EXIF orientation is applied. Only the first frame of multi-page rasters is read.
 * DICOM is recognised only by the "DICM" marker at byte 128; preamble-less files are rejected.
+* DICOM objects that are not images to classify (segmentations, RT structure sets/plans/records,
+  structured reports, presentation states, encapsulated documents, waveforms: ``NON_IMAGE_SOP_CLASSES``)
+  raise ImageReadError naming the SOP class, even when they carry pixel data.
 * A compressed transfer syntax with no installed decoder raises ImageReadError naming the
-  syntax and UID, the codecs extra, and pydicom's list of plugins that would decode it.
-  RLE is built in; JPEG baseline/extended and JPEG 2000 decode through Pillow.
+  syntax and UID, the codecs extra, and pydicom's list of plugins that would decode it. When
+  the installed plugins cannot decode this particular file but missing ones could (12-bit JPEG
+  Extended with Pillow only), the error says so and names the missing plugins instead of
+  calling the file corrupt. RLE is built in; 8-bit JPEG and JPEG 2000 decode through Pillow.
 * ImageReadError messages never include file names or patient/study tag values (PHI risk);
   callers add their own context. The underlying exception is chained for debugging.
 """
@@ -35,6 +52,8 @@ from __future__ import annotations
 
 import io
 import os
+import re
+import warnings
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -48,9 +67,10 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+from ..file_checks import unreadable_reason
 from ..vocab import DICOM_COLUMNS, FRAME_MODES
 
-__all__ = ["DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
+__all__ = ["MAX_PIXELS", "DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
 
 Source = str | os.PathLike | bytes
 
@@ -60,6 +80,20 @@ _MONO = ("MONOCHROME1", "MONOCHROME2")
 # pydicom's decoders return these as RGB when raw=False.
 _RGB_LIKE = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+MAX_PIXELS = 2 * Image.MAX_IMAGE_PIXELS  # Pillow raises DecompressionBombError above this
+# SOP Class UID prefixes of DICOM objects that are not images to classify (PS3.4 Annex B).
+NON_IMAGE_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.5": "surface segmentation",
+    "1.2.840.10008.5.1.4.1.1.66.": "raw data, registration or fiducials object",
+    "1.2.840.10008.5.1.4.1.1.481.": "radiotherapy object",  # but RT Image and RT Dose: RT_IMAGE_CLASSES
+    "1.2.840.10008.5.1.4.1.1.88.": "structured report",
+    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.104.": "encapsulated document",
+    "1.2.840.10008.5.1.4.1.1.9.": "waveform",
+}
+# RT Image (portal images) and RT Dose (dose grids, multi-frame) carry an image pixel module.
+RT_IMAGE_CLASSES = ("1.2.840.10008.5.1.4.1.1.481.1", "1.2.840.10008.5.1.4.1.1.481.2")
 
 
 class ImageReadError(ValueError):
@@ -86,8 +120,14 @@ def is_dicom(data_or_path: Source) -> bool:
         return False
 
 
-def read_image(source: Source, *, frames: str = "middle", extra_tags: Sequence[str] = ()) -> list[DecodedImage]:
-    """Decode one file (path or bytes) into one or more images (several only for frames='all')."""
+def read_image(
+    source: Source, *, frames: str = "middle", extra_tags: Sequence[str] = (), reduce_to: int | None = None,
+    max_pixels: int | None = MAX_PIXELS,
+) -> list[DecodedImage]:
+    """Decode one file (path or bytes) into one or more images (several only for frames='all').
+
+    ``reduce_to`` and ``max_pixels`` bound memory (module docstring); None turns either off.
+    """
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
     for keyword in extra_tags:
@@ -99,13 +139,34 @@ def read_image(source: Source, *, frames: str = "middle", extra_tags: Sequence[s
         stream: Path | io.BytesIO = io.BytesIO(source)
     else:
         stream = Path(source)
-        if not stream.is_file():
-            raise ImageReadError("file not found or not a regular file")
+        problem = unreadable_reason(stream)
+        if problem is not None:
+            raise ImageReadError(problem)
         if stream.stat().st_size == 0:
             raise ImageReadError("empty file: no bytes to decode")
+    limits = _Limits(reduce_to, max_pixels)
     if is_dicom(source):
-        return _read_dicom(stream, frames, extra_tags)
-    return [DecodedImage(_read_raster(stream), None, {})]
+        return _read_dicom(stream, frames, extra_tags, limits)
+    return [DecodedImage(_read_raster(stream, limits), None, {})]
+
+
+@dataclass(frozen=True)
+class _Limits:
+    """The memory bound of one decode: early box reduction and the pixel cap."""
+
+    reduce_to: int | None
+    max_pixels: int | None
+
+    def check(self, pixels: int, what: str) -> None:
+        if self.max_pixels is not None and pixels > self.max_pixels:
+            raise ImageReadError(f"{what} has {pixels / 1e6:.1f} megapixels, above the limit of "
+                                 f"{self.max_pixels / 1e6:.1f} megapixels (max_pixels)")
+
+    def factor(self, height: int, width: int) -> int:
+        """Integer box-reduction factor keeping the shorter side >= reduce_to (1 = keep)."""
+        if not self.reduce_to:
+            return 1
+        return max(1, min(height, width) // int(self.reduce_to))
 
 
 def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +195,7 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
     return images, labels.astype(np.int64)
 
 
-def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str]) -> list[DecodedImage]:
+def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str], limits: _Limits) -> list[DecodedImage]:
     """Decode a DICOM Part 10 file following the module's documented rules."""
     try:
         ds = pydicom.dcmread(stream)
@@ -143,6 +204,7 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
     # pydicom stops quietly at damage or EOF, so check for UIDs every valid Part 10 file has.
     if ds.file_meta.get("TransferSyntaxUID") is None or "SOPClassUID" not in ds:
         raise ImageReadError("corrupt or truncated DICOM header (no Transfer Syntax or SOP Class UID)")
+    _check_is_image(ds)
     if not any(k in ds for k in _PIXEL_KEYWORDS):
         raise ImageReadError("DICOM has no pixel data (a non-image object such as a structured report, or truncated)")
     if not int(ds.get("Rows") or 0) or not int(ds.get("Columns") or 0):
@@ -153,6 +215,9 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
     _check_decoder(ds)
 
     n_frames = int(ds.get("NumberOfFrames") or 1)
+    decoded_frames = 1 if frames == "middle" else n_frames
+    limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
+                 else f"DICOM image ({decoded_frames} frames)")
     try:
         if frames == "middle" and n_frames > 1:
             stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
@@ -161,7 +226,7 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
             if n_frames == 1:
                 stack = stack[None]
     except Exception as exc:  # decoder/plugin errors vary by codec
-        raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})") from exc
+        raise _pixel_data_error(ds, exc) from exc
     if stack.size == 0:
         raise ImageReadError("zero-size DICOM image (no pixels decoded)")
 
@@ -179,12 +244,52 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         _check_not_constant(img)
 
     metadata = _metadata(ds, extra_tags)
+    factor = limits.factor(int(ds.Rows), int(ds.Columns))
     if frames == "mip":
-        return [DecodedImage(shown.max(axis=0).astype(np.float32), None, metadata)]
+        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
     return [
-        DecodedImage(img.astype(np.float32), i if n_frames > 1 else None, dict(metadata))
+        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
         for i, img in zip(indices, shown)
     ]
+
+
+def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor blocks ((H, W) or (H, W, C)), as float32; edge rows/columns that do not fill a block are dropped."""
+    if factor <= 1:
+        return image.astype(np.float32)
+    height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
+    blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, *image.shape[2:])
+    return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
+
+
+def _check_is_image(ds: pydicom.Dataset) -> None:
+    """Reject DICOM objects that are not images to classify (``NON_IMAGE_SOP_CLASSES``)."""
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class in RT_IMAGE_CLASSES:
+        return
+    for prefix, kind in sorted(NON_IMAGE_SOP_CLASSES.items(), key=lambda item: -len(item[0])):  # longest first
+        if sop_class == prefix or (prefix.endswith(".") and sop_class.startswith(prefix)):
+            name = getattr(ds.SOPClassUID, "name", sop_class)
+            raise ImageReadError(f"DICOM object is a {kind} ({name}), not an image to classify")
+
+
+def _pixel_data_error(ds: pydicom.Dataset, exc: Exception) -> ImageReadError:
+    """What to say when decoding the pixel data failed: a missing codec, else damage."""
+    tsyntax = ds.file_meta.TransferSyntaxUID
+    if tsyntax.is_compressed:
+        try:
+            decoder = get_decoder(tsyntax)
+        except NotImplementedError:
+            decoder = None
+        if decoder is not None and decoder.missing_dependencies:
+            installed = ", ".join(decoder.available_plugins) or "none"
+            missing = "; ".join(decoder.missing_dependencies)
+            return ImageReadError(
+                f"the installed DICOM plugins ({installed}) cannot decode this {tsyntax.name} pixel data "
+                f"({int(ds.get('BitsStored') or 0)}-bit, {type(exc).__name__}); plugins that may: {missing}; "
+                f"{CODECS_HINT}"
+            )
+    return ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})")
 
 
 def _check_decoder(ds: pydicom.Dataset) -> None:
@@ -269,22 +374,50 @@ def _metadata(ds: pydicom.Dataset, extra_tags: Sequence[str]) -> dict[str, str]:
     return out
 
 
-def _read_raster(stream: Path | io.BytesIO) -> np.ndarray:
+def _read_raster(stream: Path | io.BytesIO, limits: _Limits) -> np.ndarray:
     """Decode a Pillow-readable raster into float32 [0, 1], (H, W) or (H, W, 3)."""
     try:
-        with Image.open(stream) as opened:
-            opened.load()
-            img = ImageOps.exif_transpose(opened)
-            img.load()
+        with warnings.catch_warnings():
+            # Our own cap (checked from the header, before decoding) replaces Pillow's warning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(stream) as opened:
+                limits.check(opened.width * opened.height, "raster image")
+                factor = limits.factor(opened.height, opened.width)
+                if factor > 1 and opened.format == "JPEG":
+                    opened.draft(opened.mode, (opened.width // factor, opened.height // factor))
+                opened.load()
+                img = _reduce(opened, limits.factor(opened.height, opened.width))
+                img = ImageOps.exif_transpose(img)
+                img.load()
+    except ImageReadError:
+        raise
+    except Image.DecompressionBombError as exc:  # Pillow's own limit, checked in Image.open
+        claimed = re.search(r"\((\d+) pixels\)", str(exc))
+        if claimed:
+            _Limits(None, min(limits.max_pixels or MAX_PIXELS, MAX_PIXELS)).check(int(claimed.group(1)), "raster image")
+        raise ImageReadError("raster image is above Pillow's decompression-bomb pixel limit") from exc
     except UnidentifiedImageError as exc:
         raise ImageReadError("unrecognised image format (not DICOM with a DICM marker, not PNG/JPEG/TIFF/BMP)") from exc
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError) as exc:
         raise ImageReadError(f"corrupt or truncated raster image ({type(exc).__name__})") from exc
     if img.width == 0 or img.height == 0:
         raise ImageReadError("zero-size raster image")
     out = pil_to_unit_array(img)
     _check_not_constant(out)
     return out.astype(np.float32)
+
+
+def _reduce(img: Image.Image, factor: int) -> Image.Image:
+    """Box-average by ``factor`` in Pillow (palette and 1-bit images first become RGB(A)/L, 16-bit I)."""
+    if factor <= 1:
+        return img
+    if img.mode in ("P", "PA"):
+        img = img.convert("RGBA" if img.mode == "PA" or "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
+    elif img.mode.startswith("I;16"):
+        img = img.convert("I")  # same values; pil_to_unit_array scales "I" by 65535 when they fit
+    return img.reduce(factor)
 
 
 def pil_to_unit_array(img: Image.Image) -> np.ndarray:

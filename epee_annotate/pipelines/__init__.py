@@ -3,7 +3,8 @@
 Modules: ``jobs`` (``run_notes_job``, ``run_images_job`` and their option dataclasses),
 ``notes`` / ``images`` (the per-actor annotators), ``sources`` (readers), ``schema`` (the
 explicit output schema and its metadata), ``output`` (all-or-nothing output directories),
-``summary`` (run summary), ``runtime`` (Ray session and actor pool settings).
+``summary`` (run summary), ``runtime`` (Ray session, actor pool settings, resource checks),
+``errors`` (setting errors the command line maps to its flags).
 Importing this package is cheap: Ray is imported only when a job runs.
 """
 

@@ -1,8 +1,9 @@
 """The images job's worker: decode DICOM/raster bytes or npz rows, run the multi-exit ViT, one row per image.
 
-Each file is decoded on its own (``imaging.read_image`` on the bytes), so a corrupt or
-unsupported file becomes one ``status="error"`` row naming the reason (never patient tags);
-the decoded images of a batch then go through one ``MultiExitModel.predict`` call.
+Each file is decoded on its own (``imaging.classify``, on the bytes), so a corrupt, unsupported,
+too large or non-image (SEG/RT/SR) file becomes one ``status="error"`` row naming the reason
+(never patient tags); the decoded images of a batch, downscaled at decode time towards the
+model's input side, then go through one batched early-exit run.
 ``frames="all"`` gives one row per frame (``kind="frame"``, ``frame`` set); single-frame files,
 ``"middle"`` and ``"mip"`` give ``kind="image"`` with ``frame`` set only when a multi-frame file
 was reduced to its middle frame.
@@ -15,9 +16,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from ..imaging.classify import ImagePrediction, classify_decoded, classify_images
+from ..imaging.reading import MAX_PIXELS, DecodedImage
 from ..policies import ExitPolicy
 from ..policy_settings import resolve_policy
-from .notes import CrashSwitch
 from ..vocab import DICOM_COLUMNS
 from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table
 
@@ -40,7 +42,11 @@ def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None 
 
 
 class ImageAnnotator:
-    """Callable class for ``map_batches``: loads the model once per actor, annotates pyarrow batches."""
+    """Callable class for ``map_batches``: loads the model once per actor, annotates pyarrow batches.
+
+    Decoding, prediction and the join are ``imaging.classify``'s; this class only maps its
+    ``ImagePrediction``s to output rows.
+    """
 
     def __init__(
         self,
@@ -53,7 +59,7 @@ class ImageAnnotator:
         frames: str = "middle",
         model_batch_size: int = 32,
         threads: int | None = None,
-        crash: CrashSwitch | None = None,
+        max_pixels: int | None = MAX_PIXELS,
     ):
         if threads:
             import torch
@@ -66,60 +72,37 @@ class ImageAnnotator:
         self.task_name = task_name
         self.frames = frames
         self.model_batch_size = model_batch_size
-        self.crash = crash
+        self.max_pixels = max_pixels
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "bytes" in batch.column_names:
-            items = self._decode_files(batch)
+            paths = batch.column("path").to_pylist()
+            results = classify_images(self.model, batch.column("bytes").to_pylist(), self.policy,
+                                      self.model_batch_size, self.frames, names=paths, max_pixels=self.max_pixels)
+            rows = [{"doc_id": r.source, "path": r.source, **self._row(r)} for r in results]
         else:
-            items = self._decode_npz(batch)
-        if self.crash is not None:
-            self.crash.maybe_crash([row["doc_id"] for row, _ in items])
-        todo = [i for i, (_, pixels) in enumerate(items) if pixels is not None]
-        predictions = self.model.predict([items[i][1] for i in todo], self.policy, batch_size=self.model_batch_size)
-        answers = dict(zip(todo, predictions))
-        rows = []
-        for index, (row, _) in enumerate(items):
-            prediction = answers.get(index)
-            if prediction is not None and prediction.ok:
-                row.update(
-                    task=self.task_name, label=prediction.label, exit_layer=prediction.exit_layer,
-                    num_layers=prediction.num_layers, confidence=prediction.confidence, entropy=prediction.entropy,
-                    probs=prediction.probs, policy=self.policy_text, status=STATUS_OK,
-                )
-            elif prediction is not None:
-                row.update(task=self.task_name, status=STATUS_ERROR, error=prediction.error)
-            rows.append(row)
+            columns = batch.to_pydict()
+            decoded = [(doc_id, DecodedImage(np.frombuffer(pixels, dtype=np.uint8).reshape(shape), None, {}))
+                       for doc_id, pixels, shape in zip(columns["doc_id"], columns["pixels"], columns["shape"])]
+            results = classify_decoded(self.model, decoded, self.policy, self.model_batch_size)
+            rows = [{"doc_id": doc_id, "reference_label": label, "path": source, **self._row(r)}
+                    for r, doc_id, label, source in zip(results, columns["doc_id"], columns["reference_label"],
+                                                        columns["path"])]
         return safe_rows_to_table(rows, self.schema)
 
-    def _decode_files(self, batch: pa.Table) -> list[tuple[dict[str, Any], np.ndarray | None]]:
-        """(row, pixels) per decoded image; undecodable files give (error row, None)."""
-        from ..imaging.classify import decode_sources
-        from ..imaging.reading import ImageReadError
-
-        paths = batch.column("path").to_pylist()
-        items = []
-        for path, image in decode_sources(batch.column("bytes").to_pylist(), self.frames, names=paths):
-            base = {"doc_id": path, "path": path}
-            if isinstance(image, ImageReadError):  # corrupt, truncated, unsupported: this file only
-                items.append(({**base, "task": self.task_name, "kind": "image", "status": STATUS_ERROR,
-                               "error": f"cannot decode image: {image}"}, None))
-                continue
-            row = {**base, "kind": "frame" if self.frames == "all" and image.frame is not None else "image",
-                   "frame": image.frame}
-            for keyword, column in DICOM_COLUMNS.items():
-                row[column] = image.metadata.get(keyword) or None
-            items.append((row, image.pixels))
-        return items
-
-    def _decode_npz(self, batch: pa.Table) -> list[tuple[dict[str, Any], np.ndarray | None]]:
-        """(row, uint8 pixels) per npz row (the archive was validated when it was opened)."""
-        items = []
-        columns = batch.to_pydict()
-        for doc_id, label, pixels, shape, source in zip(
-            columns["doc_id"], columns["reference_label"], columns["pixels"], columns["shape"], columns["path"]
-        ):
-            array = np.frombuffer(pixels, dtype=np.uint8).reshape(shape)
-            items.append(({"doc_id": doc_id, "reference_label": label, "kind": "image", "path": source}, array))
-        return items
-
+    def _row(self, result: ImagePrediction) -> dict[str, Any]:
+        """Output columns of one image or frame (or of a file that could not be decoded)."""
+        prediction = result.prediction
+        row: dict[str, Any] = {
+            "task": self.task_name, "kind": "frame" if self.frames == "all" and result.frame is not None else "image",
+            "frame": result.frame,
+            **{column: result.metadata.get(keyword) or None for keyword, column in DICOM_COLUMNS.items()},
+        }
+        if not prediction.ok:
+            return {**row, "status": STATUS_ERROR, "error": prediction.error}
+        return {
+            **row, "label": prediction.label, "exit_layer": prediction.exit_layer,
+            "num_layers": prediction.num_layers, "confidence": prediction.confidence,
+            "entropy": prediction.entropy, "probs": prediction.probs, "policy": self.policy_text,
+            "status": STATUS_OK,
+        }

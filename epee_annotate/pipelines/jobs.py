@@ -16,12 +16,13 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .. import __version__
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from ..policy_settings import given_settings, policy_overrides, resolve_policy
-from .notes import CrashSwitch, NoteAnnotator, NoteColumns, PipelineSource, component_info
+from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from .errors import SettingError
+from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .output import check_output, staged_output
-from .runtime import ActorSettings, configure_progress, ray_session
-from .schema import output_schema, rows_to_table, with_job_metadata
+from .runtime import ActorSettings, bound_actor_start, check_cluster_fits, configure_progress, ray_session
+from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
 from .summary import format_summary, summarize, write_summary
 
 logger = logging.getLogger(__name__)
@@ -47,12 +48,16 @@ class JobOptions:
     worker_logs: bool = False
     verbose: bool = False  # Ray's start-up and per-operator logs (quiet by default)
     rows_per_file: int | None = 100_000
+    actor_start_timeout_s: float = 600.0  # the longest wait for the actor pool (model loading included)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
-            raise ValueError("--batch-size and --model-batch-size must be >= 1")
+            raise SettingError("batch sizes must be >= 1", "batch_size", "model_batch_size")
         if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
-            raise ValueError(f"--autocast must be one of bf16, fp16; got {self.autocast!r}")
+            raise SettingError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}; got {self.autocast!r}",
+                               "autocast")
+        if self.actor_start_timeout_s <= 0:
+            raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
         resolve_policy(self.policy_knobs, prefix="--")  # conflicting policy flags: one clear error, both jobs
 
     @property
@@ -76,6 +81,7 @@ class NotesJob:
     text_column: str = "text"
     keep_columns: Sequence[str] = ()
     fmt: str | None = None
+    annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
 
 
 @dataclass
@@ -90,11 +96,12 @@ class ImagesJob:
 
     def __post_init__(self) -> None:
         if bool(self.inputs) == bool(self.npz):
-            raise ValueError("give image files/directories or --npz FILE, not both (and not neither)")
+            raise SettingError("give image files/directories or an npz archive, not both (and not neither)",
+                               "inputs", "npz")
         if self.frames not in FRAME_MODES:
-            raise ValueError(f"--frames must be one of {FRAME_MODES}, got {self.frames!r}")
+            raise SettingError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}", "frames")
         if self.options.include_text:
-            raise ValueError("--include-text applies to the notes job only")
+            raise SettingError("include_text applies to the notes job only", "include_text")
 
 
 def _threads(actors: ActorSettings) -> int:
@@ -112,11 +119,40 @@ def _write(ds, staging: Path, schema: pa.Schema, options: JobOptions) -> None:
         pq.write_table(rows_to_table([], schema).replace_schema_metadata(schema.metadata), staging / "empty.parquet")
 
 
+def _start(options: JobOptions) -> None:
+    """Checks and settings once Ray is up: the pool must fit the cluster, its start must be bounded."""
+    import ray
+
+    check_cluster_fits(options.actors, ray.cluster_resources())
+    configure_progress(options.progress, options.verbose)
+    bound_actor_start(options.actor_start_timeout_s)
+
+
+def _with_unreadable(ds, rows: list[dict[str, Any]], schema: pa.Schema):
+    """``ds`` plus one error row per unreadable input file (``ds`` may be None: no readable file)."""
+    if not rows:
+        return ds
+    import ray.data
+
+    errors = ray.data.from_arrow(rows_to_table(rows, schema))
+    return errors if ds is None else ds.union(errors)
+
+
 def _finish(ds, schema: pa.Schema, options: JobOptions, job: str, started: float, ray_start_s: float) -> dict[str, Any]:
+    from ray.exceptions import GetTimeoutError
+
     out = check_output(options.out, options.overwrite)
     pipeline_started = time.perf_counter()
     with staged_output(out, options.overwrite) as staging:
-        _write(ds, staging, schema, options)
+        try:
+            _write(ds, staging, schema, options)
+        except GetTimeoutError as error:
+            raise TimeoutError(
+                f"the {options.actors.num_actors} annotation actor(s) did not start within "
+                f"{options.actor_start_timeout_s:g} s (each needs {options.actors.cpus_per_actor:g} CPU"
+                f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
+                "the cluster may be busy or too small, or loading the model is slow"
+            ) from error
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(staging, options.partition_by_task, timings, job)
@@ -128,12 +164,13 @@ def _finish(ds, schema: pa.Schema, options: JobOptions, job: str, started: float
 
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
-    from .sources import note_passthrough_fields, read_notes, resolve_note_inputs
+    from .sources import note_passthrough_fields, read_notes, resolve_note_inputs, unreadable_inputs
 
     started = time.perf_counter()
     options = job.options
     check_output(options.out, options.overwrite)  # refuse before any slow work
-    fmt, files = resolve_note_inputs(job.inputs, job.fmt)
+    fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
+    files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
@@ -144,32 +181,37 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     schema = with_job_metadata(schema, {
         "package_version": __version__, "job": "notes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "components": components, "pipeline": job.source.describe(),
-        "inputs": {"format": fmt, "num_files": len(files), "files": files[:1000], "id_column": job.id_column, "text_column": job.text_column,
-                   "keep_columns": list(job.keep_columns)},
+        "inputs": {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
+                   "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)},
         "parameters": options.parameters(),
     })
     with ray_session(options.address, options.actors, options.worker_logs, options.verbose) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
-        configure_progress(options.progress, options.verbose)
-        ds = options.actors.map_batches(
-            read_notes(fmt, files, columns.read_columns),
-            NoteAnnotator,
-            fn_constructor_kwargs={
-                "source": job.source, "columns": columns, "settings": settings, "schema": schema.remove_metadata(),
-                "pipe_batch_size": options.batch_size, "include_text": options.include_text,
-                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(),
-            },
-            batch_size=options.batch_size,
-            batch_format="pyarrow",
-        )
-        return _finish(ds, schema, options, "notes", started, ray_start_s)
+        _start(options)
+        ds = None
+        if files:
+            ds = options.actors.map_batches(
+                read_notes(fmt, files, columns.read_columns),
+                job.annotator,
+                fn_constructor_kwargs={
+                    "source": job.source, "columns": columns, "settings": settings,
+                    "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
+                    "include_text": options.include_text, "threads": _threads(options.actors),
+                },
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+            )
+        errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
+                  for path, reason in unreadable.items()]
+        return _finish(_with_unreadable(ds, errors, schema), schema, options, "notes", started, ray_start_s)
 
 
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
     from .images import ImageAnnotator, job_policy, load_image_model
-    from .sources import read_image_files, read_npz, resolve_image_inputs
+    from ..imaging.classify import DECODE_ERROR_PREFIX
+    from .sources import read_image_files, read_npz, resolve_image_inputs, unreadable_inputs
 
     started = time.perf_counter()
     options = job.options
@@ -178,18 +220,21 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     policy = job_policy(options.policy_knobs, model.default_policy)
     passthrough: list[pa.Field] = []
     files: list[str] = []
+    unreadable: dict[str, str] = {}
     if job.npz:
         inputs_meta = {"npz": str(Path(job.npz).resolve()), "split": job.split}
     else:
-        files = resolve_image_inputs(job.inputs)
-        inputs_meta = {"files": len(files), "frames": job.frames}
+        listed = resolve_image_inputs(job.inputs)
+        files, unreadable = unreadable_inputs(listed)
+        inputs_meta = {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
     with ray_session(options.address, options.actors, options.worker_logs, options.verbose) as mode:
         ray_start_s = time.perf_counter() - started
-        configure_progress(options.progress, options.verbose)
+        _start(options)
+        ds = None
         if job.npz:
             ds, label_field = read_npz(job.npz, job.split)
             passthrough = [label_field]
-        else:
+        elif files:
             ds = read_image_files(files)
         logger.info("images job: %s, Ray %s", inputs_meta, mode)
         schema = with_job_metadata(output_schema("images", passthrough), {
@@ -202,16 +247,19 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             "inputs": inputs_meta,
             "parameters": options.parameters(),
         })
-        ds = options.actors.map_batches(
-            ds,
-            ImageAnnotator,
-            fn_constructor_kwargs={
-                "checkpoint": str(Path(job.checkpoint).resolve()), "schema": schema.remove_metadata(),
-                "task_name": job.task_name, "policy_knobs": options.policy_knobs, "device": options.actors.device,
-                "autocast": options.autocast, "frames": job.frames, "model_batch_size": options.model_batch_size,
-                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(),
-            },
-            batch_size=options.batch_size,
-            batch_format="pyarrow",
-        )
-        return _finish(ds, schema, options, "images", started, ray_start_s)
+        if ds is not None:
+            ds = options.actors.map_batches(
+                ds,
+                ImageAnnotator,
+                fn_constructor_kwargs={
+                    "checkpoint": str(Path(job.checkpoint).resolve()), "schema": schema.remove_metadata(),
+                    "task_name": job.task_name, "policy_knobs": options.policy_knobs,
+                    "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
+                    "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+                },
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+            )
+        errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
+                   "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
+        return _finish(_with_unreadable(ds, errors, schema), schema, options, "images", started, ray_start_s)

@@ -5,10 +5,15 @@ Per-document outcomes (documented in docs/batch_jobs.md):
 * annotations found: one row per annotation, ``status="ok"`` (an annotation whose model input
   could not be classified gets ``status="error"``);
 * the pipeline ran and found nothing: one row ``kind="doc"``, ``label`` null, ``status="ok"``;
+* rows about the whole input (this one and the two below) have ``task="input"`` (``INPUT_TASK``),
+  so partitioned outputs have no null partition;
 * the note text is missing, empty or whitespace: one row ``kind="doc"``, ``status="empty"``;
-* anything else (missing id, text not a string, invalid UTF-8, malformed JSON line, the
-  pipeline failing on this note): one row ``status="error"`` with a one-line reason that never
-  quotes the note.
+* anything else (missing id, text not a string, invalid UTF-8, malformed or too deeply nested
+  JSON line, a CSV row with the wrong number of fields, an unreadable file, the pipeline failing
+  on this note): one row ``status="error"`` with a one-line reason naming file and line/row and
+  the kind of fault, never quoting the note;
+* an annotation whose model input could not be classified: ``status="error"`` with the model's
+  reason (``Prediction.error``).
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from ..policy_settings import setting_keys
-from .schema import STATUS_EMPTY, STATUS_ERROR, STATUS_OK, safe_rows_to_table
-from .sources import LINE_NO, RAW_LINE, SOURCE_FILE, parse_json_line
+from .errors import SettingError
+from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
+from .sources import LINE_NO, RAW_LINE, READ_ERROR, SOURCE_FILE, parse_json_line
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +46,7 @@ def parse_overrides(pairs: Sequence[str]) -> dict[str, Any]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"--set expects key=value, got {pair!r}")
+            raise SettingError(f"a config override must be key=value, got {pair!r}", "overrides")
         try:
             out[key.strip()] = json.loads(value)
         except json.JSONDecodeError:
@@ -70,11 +76,13 @@ class PipelineSource:
     def __post_init__(self) -> None:
         given = [x for x in (self.pipeline, self.config, self.checkpoint) if x]
         if len(given) != 1:
-            raise ValueError("give exactly one of --pipeline DIR, --config FILE.cfg or --checkpoint DIR")
+            raise SettingError("give exactly one of a pipeline directory, a config file or a checkpoint",
+                               "pipeline", "config", "checkpoint")
         if self.scope not in SCOPES:
-            raise ValueError(f"--scope must be one of {SCOPES}, got {self.scope!r}")
+            raise SettingError(f"scope must be one of {SCOPES}, got {self.scope!r}", "scope")
         if self.overrides and self.checkpoint:
-            raise ValueError("--set applies to --pipeline/--config; with --checkpoint use the job options")
+            raise SettingError("config overrides apply to a pipeline or config; with a checkpoint use the job "
+                               "options", "overrides")
         for name in ("pipeline", "config", "checkpoint"):
             path = getattr(self, name)
             if path and not Path(path).exists():
@@ -115,7 +123,7 @@ class PipelineSource:
                 target = config
                 for section in sections:
                     if section not in target:
-                        raise ValueError(f"--set {key}: section {section!r} not in the config")
+                        raise SettingError(f"override {key}: section {section!r} not in the config", "overrides")
                     target = target[section]
                 target[leaf] = value
         for component in config.get("components", {}).values():
@@ -147,6 +155,9 @@ def component_info(nlp) -> list[dict[str, Any]]:
         })
     if not info:
         raise ValueError("the pipeline has no EPEE component (factories epee_*); nothing would be annotated")
+    if any(entry["task"] == INPUT_TASK for entry in info):
+        raise ValueError(f"a component is named {INPUT_TASK!r}, the task value of rows about a whole input; "
+                         "rename it")
     return info
 
 
@@ -224,70 +235,50 @@ def _keep_value(value: Any, as_string: bool) -> Any:
 def extract_notes(batch: pa.Table, columns: NoteColumns) -> list[NoteInput]:
     """One NoteInput per input row; problems are recorded in ``error``, never raised."""
     text_formats = columns.fmt in ("csv", "tsv", "jsonl", "json")
+    names = set(batch.column_names)
+    count = batch.num_rows
+    files = batch.column(SOURCE_FILE).to_pylist() if SOURCE_FILE in names else [None] * count
+    lines = batch.column(LINE_NO).to_pylist() if LINE_NO in names else [None] * count
+    read_errors = batch.column(READ_ERROR).to_pylist() if READ_ERROR in names else [None] * count
+    unit = "line" if columns.fmt == "jsonl" else "data row"
     if columns.fmt == "jsonl":
-        raws = batch.column(RAW_LINE).to_pylist()
-        lines = batch.column(LINE_NO).to_pylist()
-        files = batch.column(SOURCE_FILE).to_pylist()
         records = []
-        for raw, line, path in zip(raws, lines, files):
-            where = f"{os.path.basename(path)} line {line}"
+        for raw, line, path in zip(batch.column(RAW_LINE).to_pylist(), lines, files):
             try:
                 records.append((parse_json_line(raw), None))
             except ValueError as error:
-                records.append(({}, f"{where}: {error}"))
+                records.append(({}, f"{os.path.basename(path)} line {line}: {error}"))
     else:
-        records = [(record, None) for record in batch.select(columns.read_columns).to_pylist()]
-        files, lines = [None] * len(records), [None] * len(records)
+        records = list(zip(batch.select(columns.read_columns).to_pylist(), read_errors))
     notes = []
     for (record, error), path, line in zip(records, files, lines):
-        keep = {c: _keep_value(record.get(c), text_formats) for c in columns.keep_columns}
-        where = f"{os.path.basename(path)} line {line}: " if path else ""
-        if error is not None:
-            notes.append(NoteInput(None, None, keep, error))
-            continue
+        where = f"{os.path.basename(path)} {unit} {line}: " if path and line is not None else ""
         try:
-            doc_id = _doc_id(record.get(columns.id_column))
-        except ValueError as problem:
-            notes.append(NoteInput(None, None, keep, f"{where}{problem}"))
-            continue
-        if doc_id is None:
-            notes.append(NoteInput(None, None, keep, f"{where}missing id (column {columns.id_column!r})"))
-            continue
-        if columns.fmt == "jsonl" and columns.text_column not in record:
-            notes.append(NoteInput(doc_id, None, keep, f"no {columns.text_column!r} field"))
-            continue
-        try:
-            text = _note_text(record.get(columns.text_column))
-        except ValueError as problem:
-            notes.append(NoteInput(doc_id, None, keep, str(problem)))
-            continue
-        notes.append(NoteInput(doc_id, text, keep))
+            notes.append(_note_input(record, error, where, columns, text_formats))
+        except Exception as problem:  # noqa: BLE001 - one odd record must not sink the batch
+            notes.append(NoteInput(None, None, {}, f"{where}record could not be read ({type(problem).__name__})"))
     return notes
 
 
-# ----- test-only fault injection ---------------------------------------------------------
-@dataclass
-class CrashSwitch:
-    """Test-only: the first worker to see ``doc_id`` (any doc when None) creates ``marker`` and dies."""
-
-    marker: str
-    doc_id: str | None = None
-
-    @classmethod
-    def from_env(cls) -> "CrashSwitch | None":
-        """EPEE_TEST_CRASH_ONCE=<marker file>[, EPEE_TEST_CRASH_DOC=<doc id>], read by the driver."""
-        marker = os.environ.get("EPEE_TEST_CRASH_ONCE")
-        return cls(marker, os.environ.get("EPEE_TEST_CRASH_DOC") or None) if marker else None
-
-    def maybe_crash(self, doc_ids: Sequence[str | None]) -> None:
-        if self.doc_id is not None and self.doc_id not in doc_ids:
-            return
-        try:
-            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            return  # already crashed once: this is the retry
-        os.close(fd)
-        os._exit(1)  # a hard death, like an OOM kill: no exception, no cleanup
+def _note_input(record: dict[str, Any], error: str | None, where: str, columns: NoteColumns,
+                text_formats: bool) -> NoteInput:
+    """The NoteInput of one parsed record; ``error`` is a read error found earlier."""
+    keep = {c: _keep_value(record.get(c), text_formats) for c in columns.keep_columns}
+    if error is not None:
+        return NoteInput(None, None, keep, error)
+    try:
+        doc_id = _doc_id(record.get(columns.id_column))
+    except ValueError as problem:
+        return NoteInput(None, None, keep, f"{where}{problem}")
+    if doc_id is None:
+        return NoteInput(None, None, keep, f"{where}missing id (column {columns.id_column!r})")
+    if columns.fmt == "jsonl" and columns.text_column not in record:
+        return NoteInput(doc_id, None, keep, f"{where}no {columns.text_column!r} field")
+    try:
+        text = _note_text(record.get(columns.text_column))
+    except ValueError as problem:
+        return NoteInput(doc_id, None, keep, f"{where}{problem}")
+    return NoteInput(doc_id, text, keep)
 
 
 # ----- the Ray actor ---------------------------------------------------------------------
@@ -303,7 +294,6 @@ class NoteAnnotator:
         pipe_batch_size: int = 64,
         include_text: bool = False,
         threads: int | None = None,
-        crash: CrashSwitch | None = None,
     ):
         if threads:
             import torch
@@ -316,13 +306,10 @@ class NoteAnnotator:
         self.schema = schema
         self.pipe_batch_size = pipe_batch_size
         self.include_text = include_text
-        self.crash = crash
         self.names = set(schema.names)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         notes = extract_notes(batch, self.columns)
-        if self.crash is not None:
-            self.crash.maybe_crash([n.doc_id for n in notes])
         todo = [i for i, n in enumerate(notes) if n.error is None and n.text is not None and n.text.strip()]
         docs, failures = self._run([notes[i].text for i in todo])
         outcome: dict[int, Any] = dict(zip(todo, docs))
@@ -331,11 +318,11 @@ class NoteAnnotator:
         for index, note in enumerate(notes):
             base = {"doc_id": note.doc_id, **note.keep}
             if note.error is not None:
-                rows.append({**base, "kind": "doc", "status": STATUS_ERROR, "error": note.error})
+                rows.append(input_row(base, STATUS_ERROR, note.error))
             elif index in failed:
-                rows.append({**base, "kind": "doc", "status": STATUS_ERROR, "error": failed[index]})
+                rows.append(input_row(base, STATUS_ERROR, failed[index]))
             elif index not in outcome:
-                rows.append({**base, "kind": "doc", "start": 0, "end": len(note.text or ""), "status": STATUS_EMPTY})
+                rows.append({**input_row(base, STATUS_EMPTY), "start": 0, "end": len(note.text or "")})
             else:
                 rows += self._rows(base, outcome[index])
         return safe_rows_to_table(rows, self.schema)
@@ -363,7 +350,7 @@ class NoteAnnotator:
 
         annotations = doc_annotations(doc, include_text=self.include_text)
         if not annotations:
-            row = {**base, "kind": "doc", "start": 0, "end": len(doc.text), "status": STATUS_OK}
+            row = {**input_row(base, STATUS_OK), "start": 0, "end": len(doc.text)}
             if self.include_text:
                 row["text"] = doc.text
             return [row]
@@ -374,8 +361,7 @@ class NoteAnnotator:
             row["policy"] = self.policies.get(annotation["task"])
             if annotation.get("context") is not None:
                 row["context"] = list(annotation["context"].items())
-            failed = annotation.get("label") is None and annotation.get("exit_layer") is None
+            failed = annotation.get("error") is not None
             row["status"] = STATUS_ERROR if failed else STATUS_OK
-            row["error"] = annotation.get("error") or ("the model could not classify this input" if failed else None)
             rows.append(row)
         return rows

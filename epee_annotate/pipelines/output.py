@@ -9,19 +9,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import OutputExistsError, SettingError
+
 
 def check_output(out: str | Path, overwrite: bool) -> Path:
     """Resolve ``out``; refuse an existing path unless ``overwrite`` (checked before any work)."""
     text = str(out)
     if "://" in text:
-        raise ValueError(f"output must be a local (or mounted shared) directory, got {text!r}")
+        raise SettingError(f"output must be a local (or mounted shared) directory, got {text!r}", "out")
     path = Path(out).expanduser().resolve()
     if path.exists() and not overwrite:
-        raise FileExistsError(f"output {str(path)!r} already exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"output {str(path)!r} already exists", "overwrite")
     if path.exists() and not path.is_dir():
-        raise ValueError(f"output {str(path)!r} exists and is not a directory")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"parent directory of output {str(path)!r} does not exist")
+        raise SettingError(f"output {str(path)!r} exists and is not a directory", "out")
+    # The parent may be missing (it is created when the job writes); but not a file in the way.
+    blocker = next((p for p in path.parents if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise SettingError(f"output {str(path)!r} cannot be created: {str(blocker)!r} is a file", "out")
     return path
 
 
@@ -34,6 +38,7 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
     """
     out = check_output(out, overwrite)
     tag = uuid.uuid4().hex[:8]
+    out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.parent / f".{out.name}.tmp-{tag}"
     staging.mkdir()
     try:

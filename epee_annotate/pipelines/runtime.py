@@ -8,10 +8,17 @@ core worker's notices, per-operator progress and execution plans appear with ``v
 from __future__ import annotations
 
 import logging
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
+
+from .errors import SettingError
+
+# CPUs kept free for Ray Data's read and write tasks: actors hold theirs for the whole job, so
+# without a free slot the reader never runs and the job waits forever.
+IO_CPUS = 1
 
 
 @dataclass
@@ -26,11 +33,11 @@ class ActorSettings:
 
     def __post_init__(self) -> None:
         if self.num_actors < 1:
-            raise ValueError(f"--num-actors must be >= 1, got {self.num_actors}")
+            raise SettingError(f"the number of actors must be >= 1, got {self.num_actors}", "num_actors")
         if self.cpus_per_actor <= 0:
-            raise ValueError(f"--cpus-per-actor must be > 0, got {self.cpus_per_actor}")
+            raise SettingError(f"CPUs per actor must be > 0, got {self.cpus_per_actor}", "cpus_per_actor")
         if self.gpus_per_actor < 0:
-            raise ValueError(f"--gpus-per-actor must be >= 0, got {self.gpus_per_actor}")
+            raise SettingError(f"GPUs per actor must be >= 0, got {self.gpus_per_actor}", "gpus_per_actor")
 
     @property
     def device(self) -> str:
@@ -61,14 +68,37 @@ class ActorSettings:
             return ds.map_batches(fn, **kwargs, **self.map_batches_args())
 
 
-def local_cpus(settings: ActorSettings) -> int:
-    """Logical CPUs for an embedded Ray: the machine's cores, but always room for readers/writers.
+    @property
+    def cpus_needed(self) -> float:
+        """CPUs the job needs in the cluster: every actor's, plus ``IO_CPUS`` for reading and writing."""
+        return self.num_actors * self.cpus_per_actor + IO_CPUS
 
-    Actors hold their CPUs for the whole job; without a spare slot the read and write tasks
-    would wait forever on a small machine.
+
+def local_cpus(settings: ActorSettings) -> int:
+    """Logical CPUs for an embedded Ray: the machine's cores, but always room for readers/writers."""
+    return max(os.cpu_count() or 1, math.ceil(settings.cpus_needed))
+
+
+def check_cluster_fits(settings: ActorSettings, resources: dict[str, float]) -> None:
+    """Refuse, naming what is needed, a pool that would starve the reader or never start.
+
+    ``resources`` is ``ray.cluster_resources()``: the whole cluster, not what is free now.
     """
-    needed = int(settings.num_actors * settings.cpus_per_actor + 0.999) + 1
-    return max(os.cpu_count() or 1, needed)
+    have_cpus = float(resources.get("CPU", 0.0))
+    if have_cpus + 1e-9 < settings.cpus_needed:
+        raise SettingError(
+            f"the actor pool needs {settings.num_actors} x {settings.cpus_per_actor:g} CPU for the actors "
+            f"plus {IO_CPUS} CPU for reading and writing = {settings.cpus_needed:g} CPUs, but the Ray cluster "
+            f"has {have_cpus:g}; use fewer actors or fewer CPUs per actor, or add nodes",
+            "num_actors", "cpus_per_actor",
+        )
+    gpus = settings.num_actors * settings.gpus_per_actor
+    have_gpus = float(resources.get("GPU", 0.0))
+    if gpus and have_gpus + 1e-9 < gpus:
+        raise SettingError(
+            f"the actor pool needs {settings.num_actors} x {settings.gpus_per_actor:g} GPU = {gpus:g} GPUs, "
+            f"but the Ray cluster has {have_gpus:g}", "num_actors", "gpus_per_actor",
+        )
 
 
 QUIET_LOG_INTERVAL_S = 30
@@ -159,6 +189,17 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
         yield mode
     finally:
         ray.shutdown()
+
+
+def bound_actor_start(timeout_s: float) -> None:
+    """Make Ray Data wait at most ``timeout_s`` for the pool's actors to start (model loading included).
+
+    Without it Ray Data waits forever when the actors cannot be placed; with it the job fails
+    with ``ray.exceptions.GetTimeoutError``, which the jobs turn into a message (``jobs._finish``).
+    """
+    from ray.data import DataContext
+
+    DataContext.get_current().wait_for_min_actors_s = max(1, int(math.ceil(timeout_s)))
 
 
 def configure_progress(enabled: bool, verbose: bool = False) -> None:

@@ -25,6 +25,9 @@ STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
 STATUS_ERROR = "error"
 STATUSES = (STATUS_OK, STATUS_EMPTY, STATUS_ERROR)
+# ``task`` of rows about a whole note or file that no model produced (empty, unreadable, nothing
+# found): never null, so hive partitions and dictionary-encoded readers have no null key.
+INPUT_TASK = "input"
 
 CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("doc_id", pa.string()),
@@ -114,6 +117,11 @@ def rows_to_table(rows: Iterable[Mapping[str, Any]], schema: pa.Schema) -> pa.Ta
     return pa.Table.from_pylist(rows, schema=schema.remove_metadata())
 
 
+def input_row(base: Mapping[str, Any], status: str, error: str | None = None, kind: str = "doc") -> dict[str, Any]:
+    """A row about a whole input (``task=INPUT_TASK``): empty, unreadable, or nothing annotated."""
+    return {**base, "task": INPUT_TASK, "kind": kind, "status": status, "error": error}
+
+
 def safe_rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     """``rows_to_table``, but a row whose values do not fit the schema becomes an error row.
 
@@ -130,8 +138,10 @@ def safe_rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> 
             tables.append(rows_to_table([row], schema))
         except (pa.ArrowException, TypeError, ValueError, OverflowError) as error:
             doc_id = row.get("doc_id")
+            task = row.get("task")
             tables.append(rows_to_table([{
                 "doc_id": doc_id if isinstance(doc_id, str) else None, "kind": row.get("kind"),
+                "task": task if isinstance(task, str) else INPUT_TASK,
                 "status": STATUS_ERROR, "error": f"result could not be stored ({type(error).__name__})",
             }], schema))
     return pa.concat_tables(tables) if tables else rows_to_table([], schema)

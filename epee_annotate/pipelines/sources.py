@@ -2,10 +2,18 @@
 
 Text formats are read so that one bad record never fails a whole block:
 
-* CSV: the id, text and pass-through columns are read as raw bytes (quoted fields may span
-  lines) and decoded per document, so invalid UTF-8 becomes that document's error row.
+* CSV: ``CsvNotesDatasource`` streams each file through pyarrow's CSV reader; the id, text and
+  pass-through columns are read as raw bytes (quoted fields may span lines) and decoded per
+  document, so invalid UTF-8 becomes that document's error row. A row with the wrong number of
+  fields is one error row naming its data-row number; a file pyarrow cannot parse further (binary
+  content, a bad row that is not UTF-8) gives one error row naming the file, the fault and the
+  first data row not read (rows of the failing 4 MiB block are lost with it). pyarrow's own messages quote
+  the row, so they are never passed on.
 * JSONL/NDJSON: read line by line (``JsonLinesDatasource``); each line is parsed per document,
-  so a malformed line, a non-string text or a missing id is one error row. Blank lines are skipped.
+  so a malformed line (too deeply nested, too large, invalid UTF-8), a non-string text or a
+  missing id is one error row. Blank lines are skipped; a UTF-8 byte-order mark is ignored.
+* A listed path that cannot be read as a file (dangling symlink, symlink loop, no permission) is
+  kept in the file list and becomes one error row (``unreadable_inputs``), never a job failure.
 * JSON (``.json`` starting with ``[``: one array per file): ``ray.data.read_json`` (Arrow), which
   needs well-formed files; a ``.json`` file that does not start with ``[`` is read as JSON Lines.
 * Parquet: ``ray.data.read_parquet`` of the needed columns only; pass-through columns keep
@@ -17,9 +25,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
+
+from ..file_checks import unreadable_reason
+from .errors import SettingError
 
 NOTE_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
@@ -27,11 +39,16 @@ NOTE_FORMATS = {
 }
 IMAGE_EXTENSIONS = {".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 # Column names used between the reader and the annotator (never written).
-RAW_LINE, LINE_NO, SOURCE_FILE = "__raw_line", "__line_no", "__source_file"
+RAW_LINE, LINE_NO, SOURCE_FILE, READ_ERROR = "__raw_line", "__line_no", "__source_file", "__read_error"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def expand_paths(specs: Sequence[str], keep) -> list[str]:
-    """Files named by paths, globs or directories (recursively), filtered by ``keep(path)``; sorted."""
+    """Files named by paths, globs or directories (recursively), filtered by ``keep(path)``; sorted.
+
+    Entries of a directory or glob that cannot be read (dangling symlinks, loops) are kept so the
+    job can report them (see ``unreadable_inputs``); ``keep`` must not open them.
+    """
     found: list[str] = []
     for spec in specs:
         spec = os.path.expanduser(str(spec))
@@ -40,7 +57,8 @@ def expand_paths(specs: Sequence[str], keep) -> list[str]:
                 dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
                 found += [os.path.join(root, f) for f in sorted(files) if keep(os.path.join(root, f))]
         elif glob.has_magic(spec):
-            matches = [m for m in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(m) and keep(m)]
+            matches = [m for m in sorted(glob.glob(spec, recursive=True))
+                       if (os.path.isfile(m) or os.path.islink(m)) and keep(m)]
             if not matches:
                 raise FileNotFoundError(f"no input files match {spec!r}")
             found += matches
@@ -58,13 +76,22 @@ def _visible(path: str) -> bool:
     return not os.path.basename(path).startswith((".", "_"))
 
 
+def unreadable_inputs(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(readable files, {unreadable file: reason}); each unreadable one becomes an error row."""
+    problems = {path: reason for path in files if (reason := unreadable_reason(path)) is not None}
+    return [path for path in files if path not in problems], problems
+
+
 def note_format(path: str) -> str | None:
     """Input format from a file name; ``.json`` is JSON Lines unless the file starts with '['."""
     fmt = NOTE_FORMATS.get(os.path.splitext(os.path.basename(path).lower())[1])
     if fmt == "json":
         # Many exports (PHEE included) are JSON Lines named .json.
-        with open(path, "rb") as handle:
-            head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4096).removeprefix(UTF8_BOM).lstrip(b" \t\r\n")
+        except OSError:  # unreadable: reported as an error row, its format does not matter
+            return "jsonl"
         fmt = "json" if head.startswith(b"[") else "jsonl"
     return fmt
 
@@ -72,15 +99,16 @@ def note_format(path: str) -> str | None:
 def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[str, list[str]]:
     """(format, files): one format per job, taken from ``fmt`` or the file names."""
     if fmt is not None and fmt not in set(NOTE_FORMATS.values()):
-        raise ValueError(f"--format must be one of {sorted(set(NOTE_FORMATS.values()))}, got {fmt!r}")
+        raise SettingError(f"the format must be one of {sorted(set(NOTE_FORMATS.values()))}, got {fmt!r}", "fmt")
     files = expand_paths(specs, lambda p: _visible(p) and (fmt is not None or note_format(p) is not None))
     if fmt is None:
-        formats = {note_format(f) for f in files}
+        readable = [f for f in files if unreadable_reason(f) is None] or files
+        formats = {note_format(f) for f in readable}
         if None in formats:
-            unknown = [f for f in files if note_format(f) is None][:3]
-            raise ValueError(f"cannot tell the format of {unknown}; pass --format")
+            unknown = [f for f in readable if note_format(f) is None][:3]
+            raise SettingError(f"cannot tell the format of {unknown} from the file names", "fmt")
         if len(formats) > 1:
-            raise ValueError(f"inputs mix formats {sorted(formats)}; run one job per format or pass --format")
+            raise SettingError(f"inputs mix formats {sorted(formats)}; run one job per format", "fmt")
         fmt = formats.pop()
     return fmt, files
 
@@ -99,15 +127,34 @@ def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
 
 # ----- notes ---------------------------------------------------------------------------
 def csv_header(path: str, delimiter: str) -> list[str]:
-    """Column names of a CSV file (first block only)."""
-    from pyarrow import csv
+    """Column names of a CSV file (its first record only); ValueError without file content when unreadable.
 
-    reader = csv.open_csv(
-        path, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 20),
-        parse_options=csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-        convert_options=csv.ConvertOptions(column_types={}, strings_can_be_null=False),
-    )
-    return list(reader.schema.names)
+    Only the header is read: a bad row further down is that row's error, not the job's.
+    """
+    import csv
+    import io
+
+    try:
+        # errors="replace": the reader decodes ahead, and invalid UTF-8 below the header is a row's error.
+        with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
+            return next(csv.reader(text, delimiter=delimiter), [])
+    except csv.Error:  # its message may quote the row
+        raise ValueError(f"{path}: not a readable CSV file (malformed header row)") from None
+
+
+def _csv_fault(error: BaseException) -> str:
+    """The kind of a pyarrow CSV failure, without the row text pyarrow puts in its message."""
+    message = str(error)
+    row = re.search(r"Row #(\d+)", message)
+    if "Expected" in message and "columns" in message:
+        kind = "wrong number of fields"
+    elif "UTF-8" in message or isinstance(error, UnicodeDecodeError):
+        kind = "not valid UTF-8"
+    elif "Empty CSV" in message:
+        kind = "empty file"
+    else:
+        kind = type(error).__name__
+    return f"{kind} at data row {int(row.group(1)) - 1}" if row else kind
 
 
 def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text_column: str,
@@ -115,7 +162,8 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
     """Output fields of the pass-through columns; checks that the named columns exist where we can."""
     needed = [id_column, text_column, *keep_columns]
     if len(set(needed)) != len(needed):
-        raise ValueError(f"--id-column, --text-column and --keep-columns must all differ: {needed}")
+        raise SettingError(f"the id, text and pass-through columns must all differ: {needed}",
+                           "id_column", "text_column", "keep_columns")
     if fmt == "parquet":
         import pyarrow.parquet as pq
 
@@ -137,7 +185,9 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
             names = csv_header(path, "\t" if fmt == "tsv" else ",")
             missing = [c for c in needed if c not in names]
             if missing:
-                raise ValueError(f"{path}: column(s) {missing} not found; columns are {names}")
+                # The header's names are not listed: in a file without a header they are note text.
+                raise ValueError(f"{path}: column(s) {missing} not found in its header row "
+                                 f"({len(names)} columns; check the id/text column names)")
     # JSON(L) keys are only known per record: a missing id/text is that record's error row.
     return [pa.field(c, pa.string()) for c in keep_columns]
 
@@ -148,17 +198,8 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
 
     columns = list(columns)
     if fmt in ("csv", "tsv"):
-        from pyarrow import csv
-
-        return ray.data.read_csv(
-            list(files),
-            parse_options=csv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",", newlines_in_values=True),
-            convert_options=csv.ConvertOptions(
-                include_columns=columns, column_types={c: pa.binary() for c in columns},
-                strings_can_be_null=False,
-            ),
-            override_num_blocks=num_blocks,
-        )
+        source = CsvNotesDatasource(list(files), columns=columns, delimiter="\t" if fmt == "tsv" else ",")
+        return ray.data.read_datasource(source, override_num_blocks=num_blocks)
     if fmt == "jsonl":
         return ray.data.read_datasource(JsonLinesDatasource(list(files)), override_num_blocks=num_blocks)
     if fmt == "json":
@@ -184,6 +225,8 @@ class JsonLinesDatasource(_file_based_datasource()):
         raws: list[bytes] = []
         numbers: list[int] = []
         for number, line in enumerate(_split_lines(f), start=1):
+            if number == 1:
+                line = line.removeprefix(UTF8_BOM)
             if not line.strip():
                 continue
             raws.append(line)
@@ -227,9 +270,79 @@ def parse_json_line(raw: bytes) -> dict[str, Any]:
         record = json.loads(text)
     except json.JSONDecodeError as error:
         raise ValueError(f"line is not valid JSON ({error.msg} at column {error.colno})") from None
+    except RecursionError:
+        raise ValueError("line is nested too deeply to parse (RecursionError)") from None
+    except MemoryError:
+        raise ValueError(f"line is too large to parse ({len(raw)} bytes, MemoryError)") from None
     if not isinstance(record, dict):
         raise ValueError(f"line is a JSON {type(record).__name__}, not an object")
     return record
+
+
+class CsvNotesDatasource(_file_based_datasource()):
+    """CSV/TSV notes as raw-bytes columns plus data-row number, file and a per-row read error."""
+
+    _FILE_EXTENSIONS = ["csv", "tsv", "txt"]
+
+    def __init__(self, paths: Sequence[str], columns: Sequence[str], delimiter: str = ",", **kwargs: Any):
+        super().__init__(list(paths), **kwargs)
+        self.columns = list(columns)
+        self.delimiter = delimiter
+
+    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
+        from pyarrow import csv
+
+        bad_rows: list[int | None] = []
+
+        def skip_bad_row(row) -> str:  # pyarrow counts the header as row 1
+            bad_rows.append(row.number - 1 if row.number is not None else None)
+            return "skip"
+
+        next_row = 1
+        try:
+            reader = csv.open_csv(
+                f, read_options=csv.ReadOptions(use_threads=False, block_size=4 << 20),
+                parse_options=csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
+                                               invalid_row_handler=skip_bad_row),
+                convert_options=csv.ConvertOptions(include_columns=self.columns,
+                                                   column_types={c: pa.binary() for c in self.columns},
+                                                   strings_can_be_null=False),
+            )
+            for batch in reader:
+                table = pa.Table.from_batches([batch]).select(self.columns)
+                yield self._block(table, next_row, bad_rows, path)
+                next_row += table.num_rows + len(bad_rows)
+                bad_rows = []
+        except (pa.ArrowException, UnicodeDecodeError) as error:
+            fault = _csv_fault(error)
+            # pyarrow parses a block (4 MiB) at a time: the rows of the failing block are lost too.
+            yield self._errors([f"{os.path.basename(path)}: CSV parse error ({fault}); data rows {next_row} "
+                                "onward were not read"], path)
+
+    def _block(self, table: pa.Table, first_row: int, bad_rows: list[int | None], path: str) -> pa.Table:
+        """The good rows numbered around the skipped bad ones, then one error row per bad row."""
+        skipped = {n for n in bad_rows if n is not None}
+        numbers, n = [], first_row
+        while len(numbers) < table.num_rows:
+            if n not in skipped:
+                numbers.append(n)
+            n += 1
+        block = table.append_column(LINE_NO, pa.array(numbers, pa.int64()))
+        block = block.append_column(SOURCE_FILE, pa.array([path] * table.num_rows, pa.string()))
+        block = block.append_column(READ_ERROR, pa.nulls(table.num_rows, pa.string()))
+        if not bad_rows:
+            return block
+        name = os.path.basename(path)
+        messages = [f"{name} data row {n}: wrong number of fields" if n is not None
+                    else f"{name}: a data row has the wrong number of fields" for n in bad_rows]
+        return pa.concat_tables([block, self._errors(messages, path, bad_rows)])
+
+    def _errors(self, messages: list[str], path: str, rows: Sequence[int | None] | None = None) -> pa.Table:
+        count = len(messages)
+        columns = {c: pa.nulls(count, pa.binary()) for c in self.columns}
+        return pa.table({**columns, LINE_NO: pa.array(rows or [None] * count, pa.int64()),
+                         SOURCE_FILE: pa.array([path] * count, pa.string()),
+                         READ_ERROR: pa.array(messages, pa.string())})
 
 
 # ----- images --------------------------------------------------------------------------
