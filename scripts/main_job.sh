@@ -16,9 +16,12 @@ if [ ! -f "$model/epee_config.json" ]; then
     --train examples/data/phee_sample/train.json --dev examples/data/phee_sample/dev.json \
     --out "$model" --epochs 6 --batch-size 16 --max-length 96 --lr 1e-4 --class-weights balanced \
     --metric macro_f1 --no-progress --overwrite
-  echo "== calibrating: largest speed-up within 1 accuracy point of the last exit =="
+  # 150 calibration sentences are too few to certify a 1-point drop on new data (the bounded
+  # default would keep full depth), so the demo takes the in-sample choice; calibrate says so,
+  # and its guard still refuses anything that loses more than 2 points on accuracy or macro-F1.
+  echo "== calibrating: largest speed-up within 1 macro-F1 point of the last exit (in-sample, demo) =="
   $cli calibrate "$model" --data examples/data/phee_sample/dev.json --format phee \
-    --calibration-fraction 0.5 --max-drop 0.01 --metric accuracy --no-progress
+    --calibration-fraction 0.5 --max-drop 0.01 --in-sample --no-progress
 fi
 echo "== annotating examples/data/notes.jsonl on local Ray =="
 $cli annotate-notes examples/data/notes.jsonl --id-column note_id --text-column text \
