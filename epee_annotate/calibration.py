@@ -29,7 +29,7 @@ from typing import Any, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .evaluation import DEFAULT_TAUS, ExitTable, default_patiences, epee_grid, resolve_metric
+from .evaluation import DEFAULT_TAUS, ExitTable, default_patiences, policy_grid, resolve_metric
 from .policies import EPEE, ExitPolicy, full_depth
 
 log = logging.getLogger(__name__)
@@ -155,13 +155,14 @@ def calibrate(
     goal: CalibrationGoal,
     taus: Sequence[float] | None = None,
     patiences: Sequence[int] | None = None,
+    family: str = "epee",
 ) -> CalibrationResult:
-    """Pick the EPEE setting on ``table`` (the calibration split) that meets ``goal``."""
+    """Pick the setting of ``family`` (``evaluation.policy_grid``) on ``table`` (the calibration split) that meets ``goal``."""
     metric = resolve_metric(goal.metric, table)
     goal = CalibrationGoal(goal.kind, goal.value, metric, goal.confidence)
     taus = sorted({float(t) for t in (DEFAULT_TAUS if taus is None else taus)})
     patiences = sorted({int(p) for p in (default_patiences(table.num_layers) if patiences is None else patiences)})
-    policies = epee_grid(taus, patiences)
+    policies = policy_grid(table, family, taus, patiences)
     rows = [table.evaluate(policy) for policy in policies]
     reference = table.evaluate(full_depth())
     n, size = table.num_rows, len(policies)
@@ -197,7 +198,7 @@ def calibrate(
     return CalibrationResult(
         policy=policy, goal=goal, metrics=chosen, reference=reference, n=n, grid_size=size, feasible=len(ok),
         bound=bound, bound_uncorrected=uncorrected, confidence=goal.confidence, fallback=fallback,
-        grid={"taus": taus, "patiences": patiences},
+        grid={"taus": taus, "patiences": patiences, **({"family": family} if family != "epee" else {})},
     )
 
 
@@ -215,6 +216,7 @@ def calibrate_checkpoint(
     progress: bool = False,
     model=None,
     save: bool = True,
+    family: str = "epee",
 ) -> CalibrationResult:
     """Calibrate the checkpoint in ``directory`` and store the policy as its default."""
     from .evaluation import find_negative_label
@@ -226,7 +228,7 @@ def calibrate_checkpoint(
         negative_label = find_negative_label(model.labels)
     table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, batch_size=batch_size,
                                  progress=progress)
-    result = calibrate(table, goal, taus, patiences)
+    result = calibrate(table, goal, taus, patiences, family)
     result.data = dict(data or {})
     result.data.setdefault("inputs_sha256", inputs_sha256(inputs))
     result.data.setdefault("n", len(inputs))

@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="entropy threshold tau in [0, 1] (with --patience: EPEE; alone: entropy only)")
     setting.add_argument("--patience", type=int, metavar="P",
                          help="patience P >= 1 (with --entropy: EPEE; alone: patience only)")
+    setting.add_argument("--beem", type=float, metavar="S",
+                         help="BEEM score threshold (cost weights m/M); not with --entropy/--patience")
     setting.add_argument("--grid", action="store_true",
                          help="sweep the (tau, P) grid and the entropy-only / patience-only baselines")
     evaluate.add_argument("--report", required=True, metavar="OUTDIR", help="folder for report.json, report.md, PNGs")
@@ -60,6 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            "(Clopper-Pearson, Bonferroni over the grid)")
     calibrate.add_argument("--confidence", type=float, default=0.95, metavar="C",
                            help="confidence of the disagreement bound (default 0.95)")
+    calibrate.add_argument("--family", choices=("epee", "beem", "beem-accuracy"), default="epee",
+                           help="policy family searched: EPEE (tau, P), or BEEM thresholds with cost weights m/M "
+                                "or with each exit's accuracy on the calibration split as its weight")
     calibrate.add_argument("--dry-run", action="store_true", help="print the choice without changing the checkpoint")
     calibrate.add_argument("--json", metavar="FILE", help="also write the calibration record to FILE")
     calibrate.set_defaults(func=run_calibrate)
@@ -208,8 +213,8 @@ def run_evaluate(args) -> int:
     if same:
         warnings.insert(0, same)
         print(same, file=sys.stderr)
-    if args.entropy is not None or args.patience is not None:
-        policy, source = make_policy(args.entropy, args.patience), "command line"
+    if args.entropy is not None or args.patience is not None or args.beem is not None:
+        policy, source = make_policy(args.entropy, args.patience, beem=args.beem), "command line"
     elif model.config.default_policy is not None:
         policy = model.default_policy
         goal = (model.config.calibration or {}).get("goal")
@@ -276,7 +281,7 @@ def run_calibrate(args) -> int:
     result = calibrate_checkpoint(
         args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
         negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
-        save=not args.dry_run,
+        save=not args.dry_run, family=args.family,
     )
     print(result.summary())
     if args.json:

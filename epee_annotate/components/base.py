@@ -51,7 +51,7 @@ class Item:
 def resolve_policy(policy: dict[str, Any] | None) -> ExitPolicy | None:
     """Config ``policy`` -> ExitPolicy; None keeps the checkpoint's default.
 
-    Accepts ``{"entropy": .., "patience": .., "budget": ..}`` (``make_policy`` knobs) or a saved
+    Accepts ``{"entropy": .., "patience": .., "budget": .., "beem": ..}`` (``make_policy`` knobs) or a saved
     policy dict with ``"name"`` (``policy_from_dict``).
     """
     if policy is None:
@@ -60,10 +60,10 @@ def resolve_policy(policy: dict[str, Any] | None) -> ExitPolicy | None:
         raise ValueError(f"policy must be null or a mapping, got {type(policy).__name__}")
     if "name" in policy:
         return policy_from_dict(policy)
-    unknown = set(policy) - {"entropy", "patience", "budget"}
+    unknown = set(policy) - {"entropy", "patience", "budget", "beem"}
     if unknown:
-        raise ValueError(f"unknown policy settings {sorted(unknown)}; use entropy, patience, budget or name")
-    return make_policy(policy.get("entropy"), policy.get("patience"), policy.get("budget"))
+        raise ValueError(f"unknown policy settings {sorted(unknown)}; use entropy, patience, budget, beem or name")
+    return make_policy(policy.get("entropy"), policy.get("patience"), policy.get("budget"), policy.get("beem"))
 
 
 def sentences(doc: Doc) -> list[Span]:
