@@ -98,6 +98,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--int8", action="store_true",
+                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
 
@@ -131,7 +133,8 @@ def _load_model(args):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
-    return MultiExitModel.from_pretrained(args.checkpoint, device=device)
+    model = MultiExitModel.from_pretrained(args.checkpoint, device=device)
+    return model.quantize_dynamic() if getattr(args, "int8", False) else model
 
 
 def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:
