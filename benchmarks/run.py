@@ -32,6 +32,7 @@ import json
 import tempfile
 import os
 import platform
+import re
 import statistics
 import sys
 import time
@@ -136,7 +137,8 @@ def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Seq
     """Batch-size-1 latency over ``single`` inputs and batched throughput over all, methods interleaved."""
     for run in runners.values():  # warm-up
         run(inputs[:batch_size], batch_size)
-        run(inputs[:1], 1)
+        if single:
+            run(inputs[:1], 1)
     latency: dict[str, list[float]] = {name: [] for name in runners}
     for item in inputs[:single]:
         for name, run in runners.items():
@@ -149,8 +151,8 @@ def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Seq
     for name in runners:
         seconds = statistics.median(batched[name])
         out[name] = {
-            "bs1_mean_ms": 1e3 * float(np.mean(latency[name])),
-            "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)),
+            "bs1_mean_ms": 1e3 * float(np.mean(latency[name])) if single else None,
+            "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)) if single else None,
             "throughput": len(inputs) / seconds,
             "throughput_min": len(inputs) / max(batched[name]),
             "throughput_max": len(inputs) / min(batched[name]),
@@ -234,7 +236,7 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
     for name, t in timing.items():
         scores = quality.get(name, {})  # the HF pipeline (CLS pooler) has no comparable quality
         layer_speedup = scores.get("speedup", 1.0)
-        wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"]
+        wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"] if t["bs1_mean_ms"] else None
         wall_batched = t["throughput"] / full["throughput"]
         results.append({
             "task": task.name, "method": name, "policy": methods[name].describe() if name in methods else None,
@@ -242,7 +244,7 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
             **({"micro_f1_positive": scores.get("micro_f1_positive")} if negative else {}),
             "metric": metric, "mean_exit_layer": scores.get("mean_exit_layer", float(layers)),
             "layer_speedup": layer_speedup,
-            "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup,
+            "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup if wall_bs1 else None,
             "wall_speedup_batched": wall_batched, "ratio_batched": wall_batched / layer_speedup,
             **t,
         })
@@ -291,10 +293,11 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for r in task["rows"]:
             quality = "n/a | n/a" if r[metric] is None else f"{r[metric]:.4f} | {r['macro_f1']:.4f}"
+            bs1 = "n/a | n/a" if r["bs1_mean_ms"] is None else (
+                f"{r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | {r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f})")
             lines.append(
                 f"| {r['method']} | {quality} | {r['mean_exit_layer']:.2f} | "
-                f"{r['layer_speedup']:.2f} | {r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | "
-                f"{r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f}) | {r['throughput']:.1f} "
+                f"{r['layer_speedup']:.2f} | {bs1} | {r['throughput']:.1f} "
                 f"({r['throughput_min']:.1f}-{r['throughput_max']:.1f}) | "
                 f"{r['wall_speedup_batched']:.2f} ({r['ratio_batched']:.2f}) |"
             )
@@ -325,7 +328,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if r[metric] is None:
                 continue
             ax.scatter(r["throughput"], r[metric], s=40)
-            ax.annotate(r["method"].split(" ")[0], (r["throughput"], r[metric]), fontsize=8,
+            label = re.sub(r"\s*\w+\(.*\)$", "", r["method"])  # drop the policy's settings
+            ax.annotate(label, (r["throughput"], r[metric]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel("batched throughput (inputs/s)")
         ax.set_ylabel(metric)
@@ -358,12 +362,16 @@ def main() -> None:
     parser.add_argument("--ddi-data", type=Path, default=SHARED / "ddi" / "Train")
     parser.add_argument("--npz", type=Path, default=SHARED / "pneumoniamnist" / "pneumoniamnist_train_val.npz")
     parser.add_argument("--docs", type=int, default=400, help="inputs timed per task")
-    parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1")
+    parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1 (0: skip)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and ONNX Runtime threads (0: torch's default); 1 is steadier on a crowded machine")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", default="", help="peak RSS per batch-job actor, measured by benchmarks.batch_jobs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tasks = [
         Task("PHEE (pharmacovigilance event type)", args.phee, args.phee_data, "phee"),

@@ -14,7 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
 from .checkpoint import MultiExitConfig, read_config, read_weights, write_config, write_weights
-from .engine import length_buckets, run_all_exits, run_early_exit
+from .engine import length_buckets, run_all_exits, run_early_exit, run_early_exit_regrouped
 from .heads import make_exit_heads
 from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
 from .policies import ExitPolicy, normalized_entropy, policy_from_dict
@@ -207,10 +207,19 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        window_batches: int = 8,
     ) -> list[Prediction]:
-        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered."""
+        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
+
+        Rows still running after each layer are regrouped into full batches across a window of
+        ``window_batches`` length buckets (``engine.run_early_exit_regrouped``), so a batch never
+        waits for its slowest rows on its own; 1 runs every batch separately. The window holds
+        ``window_batches x batch_size`` rows' hidden states at once.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if window_batches < 1:
+            raise ValueError("window_batches must be >= 1")
         if isinstance(inputs, (str, dict)):
             raise TypeError("predict takes a list of inputs; wrap a single input in a list")
         policy = policy or self.default_policy
@@ -221,10 +230,16 @@ class MultiExitModel(nn.Module):
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
         ]
         groups = self.batches(rows, batch_size)
-        for group in tqdm(groups, desc="predict", unit="batch", disable=not progress):
-            outcome = run_early_exit(
-                self.backbone, self.heads, self.collate([rows[i] for i in group]), policy, self.autocast_dtype
-            )
+        windows = [sum(groups[k : k + window_batches], []) for k in range(0, len(groups), window_batches)]
+        bar = tqdm(total=len(groups), desc="predict", unit="batch", disable=not progress)
+        for window, group in enumerate(windows):
+            batch = self.collate([rows[i] for i in group])
+            if window_batches == 1:
+                outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
+            else:
+                outcome = run_early_exit_regrouped(self.backbone, self.heads, batch, policy, batch_size,
+                                                   self.autocast_dtype)
+            bar.update(min(window_batches, len(groups) - window * window_batches))
             probs = outcome.probs.cpu()
             entropy = normalized_entropy(probs).tolist()
             confidence, label_id = probs.max(-1)
@@ -239,6 +254,7 @@ class MultiExitModel(nn.Module):
                     probs=probs[j].tolist(),
                     truncated=rows[i].truncated,
                 )
+        bar.close()
         return results  # type: ignore[return-value]
 
     def exit_probs(self, inputs: Sequence[Any], batch_size: int = 32, progress: bool = False) -> torch.Tensor:
