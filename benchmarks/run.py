@@ -397,7 +397,8 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (args.out / "results.md").write_text(text + "\n")
-    plot(results, args.out / "results.png")
+    if results["tasks"]:
+        plot(results, args.out / "results.png")
     update_readme(text + "\n\n![accuracy vs throughput](benchmarks/results/results.png)")
     print(text)
 
