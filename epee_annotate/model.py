@@ -207,7 +207,7 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
-        window_batches: int = 8,
+        window_batches: int = 1,
     ) -> list[Prediction]:
         """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
 
