@@ -5,15 +5,21 @@ One run, same inputs for every method:
 - full depth (the multi-exit model's last exit), EPEE at the checkpoint's calibrated setting,
   entropy-only and patience-only at the settings whose speed-up on the calibration part is
   closest to EPEE's, budgeted mode at the layer closest to the same speed-up;
+- BEEM (weighted expert confidences) at the threshold whose calibration speed-up is closest to EPEE's;
+- int8: the same engine with the backbone's Linear layers dynamically quantized
+  (``model.quantize_dynamic()``), full depth and EPEE at the calibrated setting, quality measured
+  on the int8 model's own exit table;
 - the baseline a user would otherwise run: a plain Hugging Face ``pipeline("text-classification")``
   over the same fine-tuned backbone with only the last classifier (text), or the model's own
-  full forward + last head (relations, images);
+  full forward + last head (relations, images), and for text the same checkpoint's full depth
+  in ONNX Runtime, fp32 and dynamic int8 (skipped without the ``onnx`` extra);
 - batch size 1 (mean and p95 latency) and batched throughput (median of repeats, with spread),
   warm-up excluded; methods alternate within each repeat so load drift hits all alike;
 - layer speed-up (EPEE paper Eq. 5, as M / mean exit layer) next to the measured wall-clock
   speed-up over full depth, and their ratio.
 
-    python -m benchmarks.run [--phee runs/phee_minilm] [--ddi runs/ddi_minilm] [--vit runs/pneumonia_vit]
+    python -m benchmarks.run [--phee runs/phee_minilm] [--ddi runs/ddi_minilm] [--ddi3 runs/ddi3_minilm]
+        [--vit runs/pneumonia_vit] [--only PHEE,...]
 
 Writes benchmarks/results/results.{json,md,png} and the README's results section.
 """
@@ -21,10 +27,14 @@ Writes benchmarks/results/results.{json,md,png} and the README's results section
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import tempfile
 import os
 import platform
+import re
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +47,10 @@ from epee_annotate import BudgetedExit, EntropyExit, MultiExitModel, PatienceExi
 from epee_annotate.calibration import split_examples
 from epee_annotate.data import split_by_group
 from epee_annotate.data.load import load_examples
-from epee_annotate.evaluation import ExitTable, find_negative_label
+from epee_annotate.evaluation import ExitTable, beem_grid, find_negative_label
 from epee_annotate.policies import ExitPolicy
+
+from . import onnx_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -125,7 +137,8 @@ def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Seq
     """Batch-size-1 latency over ``single`` inputs and batched throughput over all, methods interleaved."""
     for run in runners.values():  # warm-up
         run(inputs[:batch_size], batch_size)
-        run(inputs[:1], 1)
+        if single:
+            run(inputs[:1], 1)
     latency: dict[str, list[float]] = {name: [] for name in runners}
     for item in inputs[:single]:
         for name, run in runners.items():
@@ -138,8 +151,8 @@ def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Seq
     for name in runners:
         seconds = statistics.median(batched[name])
         out[name] = {
-            "bs1_mean_ms": 1e3 * float(np.mean(latency[name])),
-            "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)),
+            "bs1_mean_ms": 1e3 * float(np.mean(latency[name])) if single else None,
+            "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)) if single else None,
             "throughput": len(inputs) / seconds,
             "throughput_min": len(inputs) / max(batched[name]),
             "throughput_max": len(inputs) / min(batched[name]),
@@ -174,9 +187,11 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         "entropy-only": closest(calib_table, [EntropyExit(t) for t in np.linspace(0.01, 0.99, 99).round(2)], target),
         "patience-only": closest(calib_table, [PatienceExit(p) for p in range(1, layers + 1)], target),
         "budgeted": BudgetedExit(max(1, min(layers, round(layers / target)))),
+        "BEEM": closest(calib_table, beem_grid(layers), target),
     }
     metric = "micro_f1_positive" if negative else "accuracy"
     rows = {name: table.evaluate(policy) for name, policy in methods.items()}
+    full_quality = rows["full depth (last exit)"]
 
     inputs = [e.input for e in report][: args.docs]
     runners: dict[str, Callable] = {
@@ -184,6 +199,25 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         for name, policy in methods.items()
     }
     runners["own HF forward + last head"] = own_forward(model)
+    quality: dict[str, dict[str, Any]] = {"own HF forward + last head": full_quality}
+
+    # int8: the same engine, backbone Linear layers dynamically quantized; quality from its own exit table.
+    int8 = copy.deepcopy(model).quantize_dynamic()
+    int8_table = ExitTable.from_model(int8, [e.input for e in report], [e.label for e in report], negative_label=negative)
+    for name, policy in (("full depth int8 (torch dynamic)", BudgetedExit(0)), (f"EPEE int8 {epee.describe()}", epee)):
+        quality[name] = int8_table.evaluate(policy)
+        runners[name] = lambda batch, bs, policy=policy: int8.predict(batch, policy=policy, batch_size=bs)
+
+    if model.task != "image" and onnx_runtime.available():
+        export_dir = Path(tempfile.mkdtemp(prefix="epee_onnx_"))
+        for kind, path in onnx_runtime.export(model, export_dir).items():
+            name = f"ONNX Runtime {kind} (full depth)"
+            runners[name] = onnx_runtime.runner(model, onnx_runtime.session(path))
+            probs = onnx_runtime.last_exit_probs(runners[name], [e.input for e in report], args.batch_size, model)
+            predicted = torch.from_numpy(probs).argmax(-1)
+            quality[name] = {**table.metrics(predicted), "speedup": 1.0, "mean_exit_layer": float(layers)}
+    elif model.task != "image":
+        print(f"[{task.name}] ONNX Runtime rows skipped: install the onnx extra (pip install 'epee-annotate[onnx]')")
     pipeline_note = ""
     if model.task == "text" and model.config.model_type == "bert":
         pipe = hf_text_pipeline(model)
@@ -197,26 +231,41 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
     timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats)
 
     full = timing["full depth (last exit)"]
+    quality.update(rows)
     results = []
     for name, t in timing.items():
-        comparable = not (name == "HF pipeline" and pipeline_note)
-        quality = rows.get(name, rows["full depth (last exit)"]) if comparable else {}
-        layer_speedup = quality["speedup"] if name in rows else 1.0
-        wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"]
+        scores = quality.get(name, {})  # the HF pipeline (CLS pooler) has no comparable quality
+        layer_speedup = scores.get("speedup", 1.0)
+        wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"] if t["bs1_mean_ms"] else None
         wall_batched = t["throughput"] / full["throughput"]
         results.append({
             "task": task.name, "method": name, "policy": methods[name].describe() if name in methods else None,
-            "accuracy": quality.get("accuracy"), "macro_f1": quality.get("macro_f1"),
-            **({"micro_f1_positive": quality.get("micro_f1_positive")} if negative else {}),
-            "metric": metric, "mean_exit_layer": quality["mean_exit_layer"] if name in rows else layers,
+            "accuracy": scores.get("accuracy"), "macro_f1": scores.get("macro_f1"),
+            **({"micro_f1_positive": scores.get("micro_f1_positive")} if negative else {}),
+            "metric": metric, "mean_exit_layer": scores.get("mean_exit_layer", float(layers)),
             "layer_speedup": layer_speedup,
-            "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup,
+            "wall_speedup_bs1": wall_bs1, "ratio_bs1": wall_bs1 / layer_speedup if wall_bs1 else None,
             "wall_speedup_batched": wall_batched, "ratio_batched": wall_batched / layer_speedup,
             **t,
         })
     return {"task": task.name, "checkpoint": str(task.checkpoint), "checkpoint_id": model.checkpoint_id,
-            "note": pipeline_note,
+            "note": pipeline_note, "versus_fastest_full_depth": versus_fastest_full_depth(results),
             "report_examples": len(report), "timed_examples": len(inputs), "rows": results}
+
+
+def versus_fastest_full_depth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The fastest early-exit row against the fastest full-depth runtime of the same run."""
+    full = [r for r in rows if r["layer_speedup"] == 1.0 and r["method"] != "HF pipeline"]
+    early = [r for r in rows if r["layer_speedup"] > 1.0 and r["method"].startswith(("EPEE", "BEEM"))]
+    if not full or not early:
+        return {}
+    fastest_full = max(full, key=lambda r: r["throughput"])
+    best = max(early, key=lambda r: r["throughput"])
+    reference = next(r for r in rows if r["method"] == "full depth (last exit)")
+    metric = reference["metric"]
+    return {"early_exit": best["method"], "full_depth": fastest_full["method"],
+            "throughput_ratio": best["throughput"] / fastest_full["throughput"],
+            "metric_change_vs_fp32_last_exit": best[metric] - reference[metric]}
 
 
 # ----- output ------------------------------------------------------------------------------------
@@ -244,13 +293,19 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for r in task["rows"]:
             quality = "n/a | n/a" if r[metric] is None else f"{r[metric]:.4f} | {r['macro_f1']:.4f}"
+            bs1 = "n/a | n/a" if r["bs1_mean_ms"] is None else (
+                f"{r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | {r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f})")
             lines.append(
                 f"| {r['method']} | {quality} | {r['mean_exit_layer']:.2f} | "
-                f"{r['layer_speedup']:.2f} | {r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | "
-                f"{r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f}) | {r['throughput']:.1f} "
+                f"{r['layer_speedup']:.2f} | {bs1} | {r['throughput']:.1f} "
                 f"({r['throughput_min']:.1f}-{r['throughput_max']:.1f}) | "
                 f"{r['wall_speedup_batched']:.2f} ({r['ratio_batched']:.2f}) |"
             )
+        versus = task.get("versus_fastest_full_depth")
+        if versus:
+            lines.append(f"\nFastest early exit ({versus['early_exit']}) vs the fastest full-depth runtime "
+                         f"({versus['full_depth']}): {versus['throughput_ratio']:.2f}x batched throughput, "
+                         f"{metric} {100 * versus['metric_change_vs_fp32_last_exit']:+.2f} points vs the fp32 last exit.")
         if task.get("note"):
             lines.append(f"\n{task['note']}.")
         lines.append("")
@@ -273,7 +328,8 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if r[metric] is None:
                 continue
             ax.scatter(r["throughput"], r[metric], s=40)
-            ax.annotate(r["method"].split(" ")[0], (r["throughput"], r[metric]), fontsize=8,
+            label = re.sub(r"\s*\w+\(.*\)$", "", r["method"])  # drop the policy's settings
+            ax.annotate(label, (r["throughput"], r[metric]), fontsize=7,
                         xytext=(4, 3), textcoords="offset points")
         ax.set_xlabel("batched throughput (inputs/s)")
         ax.set_ylabel(metric)
@@ -297,26 +353,39 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="Early-exit benchmarks (see module docstring)")
     parser.add_argument("--phee", type=Path, default=ROOT / "runs" / "phee_minilm")
     parser.add_argument("--ddi", type=Path, default=ROOT / "runs" / "ddi_minilm")
+    parser.add_argument("--ddi3", type=Path, default=ROOT / "runs" / "ddi3_minilm")
+    parser.add_argument("--ddi3-data", type=Path, default=ROOT / "runs" / "ddi3" / "dev.jsonl",
+                        help="dev part written by python -m benchmarks.ddi_sentences")
     parser.add_argument("--vit", type=Path, default=ROOT / "runs" / "pneumonia_vit")
+    parser.add_argument("--only", default="", help="comma-separated task name prefixes to run (default all)")
     parser.add_argument("--phee-data", type=Path, default=SHARED / "phee" / "dev.json")
     parser.add_argument("--ddi-data", type=Path, default=SHARED / "ddi" / "Train")
     parser.add_argument("--npz", type=Path, default=SHARED / "pneumoniamnist" / "pneumoniamnist_train_val.npz")
     parser.add_argument("--docs", type=int, default=400, help="inputs timed per task")
-    parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1")
+    parser.add_argument("--single", type=int, default=200, help="inputs timed at batch size 1 (0: skip)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch and ONNX Runtime threads (0: torch's default); 1 is steadier on a crowded machine")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", default="", help="peak RSS per batch-job actor, measured by benchmarks.batch_jobs")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tasks = [
         Task("PHEE (pharmacovigilance event type)", args.phee, args.phee_data, "phee"),
         Task("DDI 2013 (drug-drug interaction)", args.ddi, args.ddi_data, "ddi"),
+        Task("DDI sentences, 3 classes (none / interaction / mechanism)", args.ddi3, args.ddi3_data, "jsonl"),
         Task("PneumoniaMNIST (chest X-ray)", args.vit, args.npz, "npz", split="val",
              options={"label_names": ["normal", "pneumonia"]}),
     ]
-    results: dict[str, Any] = {"machine": machine(), "command": "python -m benchmarks.run", "tasks": []}
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
+    results: dict[str, Any] = {"machine": machine(), "command": command.strip(), "tasks": []}
+    only = [prefix.strip() for prefix in args.only.split(",") if prefix.strip()]
     for task in tasks:
+        if only and not task.name.startswith(tuple(only)):
+            continue
         if not (task.checkpoint / "epee_config.json").is_file() or not task.data.exists():
             print(f"[{task.name}] skipped: {task.checkpoint} or {task.data} is missing")
             continue
@@ -328,7 +397,8 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)
     (args.out / "results.md").write_text(text + "\n")
-    plot(results, args.out / "results.png")
+    if results["tasks"]:
+        plot(results, args.out / "results.png")
     update_readme(text + "\n\n![accuracy vs throughput](benchmarks/results/results.png)")
     print(text)
 

@@ -14,13 +14,13 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "MultiExitModel": ".model",
     "EPEE": ".policies", "BudgetedExit": ".policies", "EntropyExit": ".policies", "ExitPolicy": ".policies",
-    "MaxProbExit": ".policies", "PatienceExit": ".policies",
+    "MaxProbExit": ".policies", "PatienceExit": ".policies", "BEEM": ".policies",
     "Prediction": ".prediction",
     "minilm_path": ".offline",
 }
 
 __all__ = [
-    "MultiExitModel", "EPEE", "EntropyExit", "PatienceExit", "MaxProbExit", "BudgetedExit", "ExitPolicy",
+    "MultiExitModel", "EPEE", "EntropyExit", "PatienceExit", "MaxProbExit", "BudgetedExit", "BEEM", "ExitPolicy",
     "Prediction", "minilm_path", "__version__",
 ]
 

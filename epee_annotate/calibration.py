@@ -45,7 +45,7 @@ from typing import Any, Sequence, TypeVar
 import numpy as np
 import torch
 
-from .evaluation import DEFAULT_TAUS, ExitTable, default_patiences, epee_grid, resolve_metric
+from .evaluation import DEFAULT_TAUS, ExitTable, default_patiences, policy_grid, resolve_metric
 from .policies import EPEE, ExitPolicy, full_depth
 
 log = logging.getLogger(__name__)
@@ -251,12 +251,13 @@ def _is_full_depth(policy: ExitPolicy, num_layers: int) -> bool:
     return policy.to_dict() == full_depth().to_dict()
 
 
-def calibration_grid(num_layers: int, taus: Sequence[float] | None = None,
-                     patiences: Sequence[int] | None = None) -> tuple[list[ExitPolicy], dict[str, Any]]:
-    """The candidate policies and a description of the grid (another policy family slots in here)."""
+def calibration_grid(table: ExitTable, taus: Sequence[float] | None = None, patiences: Sequence[int] | None = None,
+                     family: str = "epee") -> tuple[list[ExitPolicy], dict[str, Any]]:
+    """The candidate policies of ``family`` (``evaluation.policy_grid``) and a description of the grid."""
     taus = sorted({float(t) for t in (DEFAULT_TAUS if taus is None else taus)})
-    patiences = sorted({int(p) for p in (default_patiences(num_layers) if patiences is None else patiences)})
-    return list(epee_grid(taus, patiences)), {"taus": taus, "patiences": patiences}
+    patiences = sorted({int(p) for p in (default_patiences(table.num_layers) if patiences is None else patiences)})
+    grid = {"taus": taus, "patiences": patiences, **({"family": family} if family != "epee" else {})}
+    return policy_grid(table, family, taus, patiences), grid
 
 
 # ----- bounds --------------------------------------------------------------------------------------
@@ -346,6 +347,7 @@ def calibrate(
     goal: CalibrationGoal,
     taus: Sequence[float] | None = None,
     patiences: Sequence[int] | None = None,
+    family: str = "epee",
     *,
     policies: Sequence[ExitPolicy] | None = None,
     training_metric: str | None = None,
@@ -354,8 +356,8 @@ def calibrate(
     """Pick the setting on ``table`` (the calibration split) that meets ``goal``.
 
     ``goal.metric="auto"`` means ``training_metric`` (the metric that chose the checkpoint's
-    epoch) when the table can compute it, else ``resolve_metric``'s default. ``policies``
-    replaces the EPEE grid of ``taus`` x ``patiences``.
+    epoch) when the table can compute it, else ``resolve_metric``'s default. The candidates are
+    ``family``'s grid (``evaluation.policy_grid``) on ``taus`` x ``patiences``, or ``policies``.
     """
     if goal.metric in (None, "auto") and training_metric in table.metric_names:
         metric = training_metric
@@ -364,7 +366,7 @@ def calibrate(
     goal = CalibrationGoal(goal.kind, goal.value, metric, goal.confidence, goal.in_sample, goal.guard_drop,
                            goal.force)
     if policies is None:
-        policies, grid = calibration_grid(table.num_layers, taus, patiences)
+        policies, grid = calibration_grid(table, taus, patiences, family)
     else:
         policies, grid = list(policies), {"policies": [p.describe() for p in policies]}
     rows = [table.evaluate(policy) for policy in policies]
@@ -482,6 +484,7 @@ def calibrate_checkpoint(
     save: bool = True,
     out: str | Path | None = None,
     overwrite: bool = False,
+    family: str = "epee",
 ) -> CalibrationResult:
     """Calibrate the checkpoint in ``directory`` and store the policy as its default.
 
@@ -498,7 +501,7 @@ def calibrate_checkpoint(
     table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, batch_size=batch_size,
                                  progress=progress)
     training_metric = (model.config.training or {}).get("metric")
-    result = calibrate(table, goal, taus, patiences, training_metric=training_metric)
+    result = calibrate(table, goal, taus, patiences, family, training_metric=training_metric)
     result.data = dict(data or {})
     result.data.setdefault("inputs_sha256", inputs_sha256(inputs))
     result.data.setdefault("n", len(inputs))

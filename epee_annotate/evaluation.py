@@ -6,7 +6,8 @@ of the EPEE paper come from a single pass:
 
 - budgeted mode: every input answers at exit m (per-exit accuracy, macro-F1, mean entropy);
 - dynamic mode: a grid of entropy thresholds x patience values (EPEE), with the entropy-only
-  (DeeBERT) and patience-only (PABEE) baselines on the same grid.
+  (DeeBERT) and patience-only (PABEE) baselines on the same grid, and BEEM (weighted expert
+  confidences) on a grid of score thresholds.
 
 Only wall-clock time needs the real early-exit engine (``model.predict``), so it is measured
 for a few chosen policies (``time_policies``).
@@ -22,8 +23,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import classification_metrics
+from .policies import (
+    BEEM, EPEE, EntropyExit, ExitPolicy, PatienceExit, cost_weights, full_depth, normalized_entropy, simulate,
+)
 from .vocab import METRICS
-from .policies import EPEE, EntropyExit, ExitPolicy, PatienceExit, full_depth, normalized_entropy, simulate
 
 # Normalized entropy of a confident binary answer is small (p=0.99 -> 0.08), so the low end is dense.
 DEFAULT_TAUS: tuple[float, ...] = (
@@ -31,6 +34,12 @@ DEFAULT_TAUS: tuple[float, ...] = (
 )
 # Label names that mean "no relation" (the DDI 2013 metric is micro-F1 over the other labels).
 NEGATIVE_LABEL_NAMES = ("none", "negative", "no_relation", "no-relation", "false")
+# BEEM thresholds as shares of the most a row can score (every exit agreeing with confidence 1).
+DEFAULT_BEEM_FRACTIONS: tuple[float, ...] = (
+    0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
+)
+# The policy families of the dynamic grid, in report order.
+FAMILIES = ("epee", "entropy", "patience", "beem")
 
 
 def default_patiences(num_layers: int) -> list[int]:
@@ -183,21 +192,46 @@ def epee_grid(taus: Iterable[float], patiences: Iterable[int]) -> list[EPEE]:
     return [EPEE(entropy=float(tau), patience=int(p)) for tau in taus for p in patiences]
 
 
+def exit_accuracies(table: ExitTable) -> tuple[float, ...]:
+    """Accuracy of every exit on ``table``: BEEM's accuracy-based expert weights (use the calibration split)."""
+    predicted = table.probs.argmax(-1)  # (N, M)
+    return tuple(round(float(a), 6) for a in (predicted == table.gold.unsqueeze(1)).float().mean(0))
+
+
+def beem_grid(
+    num_layers: int, fractions: Iterable[float] = DEFAULT_BEEM_FRACTIONS, weights: Sequence[float] = ()
+) -> list[BEEM]:
+    """BEEM at global thresholds = fraction x sum of the weights (cost-based m/M when ``weights`` is empty)."""
+    total = sum(weights) if weights else sum(cost_weights(num_layers))
+    return [BEEM(threshold=round(float(f) * total, 6), weights=tuple(weights)) for f in fractions]
+
+
+def policy_grid(table: ExitTable, family: str, taus: Sequence[float], patiences: Sequence[int]) -> list[ExitPolicy]:
+    """The candidate policies of one family on ``table`` (``beem-accuracy`` weights exits by their accuracy here)."""
+    if family == "epee":
+        return list(epee_grid(taus, patiences))
+    if family == "entropy":
+        return [EntropyExit(entropy=tau) for tau in taus]
+    if family == "patience":
+        return [PatienceExit(patience=p) for p in patiences]
+    if family == "beem":
+        return list(beem_grid(table.num_layers))
+    if family == "beem-accuracy":
+        return list(beem_grid(table.num_layers, weights=exit_accuracies(table)))
+    raise ValueError(f"unknown policy family {family!r}; known: {', '.join(FAMILIES)}, beem-accuracy")
+
+
 def dynamic(
     table: ExitTable,
     taus: Sequence[float] | None = None,
     patiences: Sequence[int] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Dynamic mode: the EPEE grid plus entropy-only and patience-only baselines on the same values."""
+    """Dynamic mode: the EPEE grid, entropy-only and patience-only on the same values, and BEEM."""
     taus = sorted({float(t) for t in (DEFAULT_TAUS if taus is None else taus)})
     patiences = sorted({int(p) for p in (default_patiences(table.num_layers) if patiences is None else patiences)})
     _check_grid(taus, patiences)
-    families = {
-        "epee": epee_grid(taus, patiences),
-        "entropy": [EntropyExit(entropy=tau) for tau in taus],
-        "patience": [PatienceExit(patience=p) for p in patiences],
-    }
+    families = {family: policy_grid(table, family, taus, patiences) for family in FAMILIES}
     total = sum(len(v) for v in families.values())
     out: dict[str, Any] = {"taus": taus, "patiences": patiences}
     with tqdm(total=total, desc="grid", unit="policy", disable=not progress) as bar:
@@ -211,7 +245,8 @@ def dynamic(
 
 
 def _knobs(policy: ExitPolicy) -> dict[str, Any]:
-    return {"entropy": getattr(policy, "entropy", None), "patience": getattr(policy, "patience", None)}
+    return {"entropy": getattr(policy, "entropy", None), "patience": getattr(policy, "patience", None),
+            "threshold": getattr(policy, "threshold", None)}
 
 
 def _check_grid(taus: Sequence[float], patiences: Sequence[int]) -> None:
@@ -343,7 +378,7 @@ def evaluate_table(
         report["dynamic"] = dynamic(table, taus, patiences, progress=progress)
         report["dynamic"]["front"] = {
             family: [row["name"] for row in pareto_front(report["dynamic"][family], metric)]
-            for family in ("epee", "entropy", "patience")
+            for family in FAMILIES
         }
     return report
 
@@ -386,7 +421,7 @@ def evaluate_model(
         if policy is not None:
             chosen["selected"] = policy
         if timing == "all" and grid:
-            for family in ("epee", "entropy", "patience"):
+            for family in FAMILIES:
                 for row in report["dynamic"][family]:
                     chosen[row["name"]] = _policy_of(row)
         measured = time_policies(model, inputs, chosen, batch_size=batch_size, repeats=timing_repeats, table=table,
@@ -394,7 +429,7 @@ def evaluate_model(
         report["timing"] = {"device": str(model.device), "batch_size": batch_size, "repeats": timing_repeats,
                             "policies": measured}
         if timing == "all" and grid:
-            for family in ("epee", "entropy", "patience"):
+            for family in FAMILIES:
                 for row in report["dynamic"][family]:
                     row["wall_seconds"] = measured[row["name"]]["seconds"]
                     row["wall_speedup"] = measured[row["name"]]["wall_speedup"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -13,7 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
 from .checkpoint import MultiExitConfig, read_config, read_weights, write_config, write_weights
-from .engine import length_buckets, run_all_exits, run_early_exit
+from .engine import length_buckets, run_all_exits, run_early_exit, run_early_exit_regrouped
 from .heads import make_exit_heads
 from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
 from .policies import ExitPolicy, normalized_entropy, policy_from_dict
@@ -38,6 +39,7 @@ class MultiExitModel(nn.Module):
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
         self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
+        self.int8 = False  # backbone Linear layers replaced by dynamically quantized ones
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -109,6 +111,8 @@ class MultiExitModel(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write the checkpoint directory (config JSON, safetensors weights, preprocessor files)."""
+        if self.int8:
+            raise ValueError("an int8-quantized model cannot be saved; save the fp32 model and quantize after loading")
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         self.backbone.config.save_pretrained(path)
@@ -158,6 +162,24 @@ class MultiExitModel(nn.Module):
             raise ValueError(f"autocast must be None or one of {AUTOCAST_MODES}, got {dtype!r}")
         self.autocast_dtype = _AUTOCAST[dtype] if dtype else None
 
+    def quantize_dynamic(self) -> "MultiExitModel":
+        """int8 dynamic quantization of the backbone's Linear layers, in place (CPU inference only).
+
+        Weights become int8 with per-tensor scales and activations are quantized on the fly, so every
+        layer of the early-exit loop gets faster; the exit heads stay fp32. Measure the accuracy cost
+        with ``evaluate --int8``.
+        """
+        if self.device.type != "cpu":
+            raise ValueError("int8 dynamic quantization runs on CPU; load the model with device='cpu'")
+        if not self.int8:
+            with warnings.catch_warnings():
+                # torch.ao's quantized-tensor deprecation notice; the kernels are what we measure.
+                warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.ao")
+                warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.ao")
+                torch.ao.quantization.quantize_dynamic(self.backbone, {nn.Linear}, dtype=torch.qint8, inplace=True)
+            self.int8 = True
+        return self.eval()
+
     # ----- training forward --------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of every exit, (M, B, K)."""
@@ -193,10 +215,19 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        window_batches: int = 1,
     ) -> list[Prediction]:
-        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered."""
+        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
+
+        Rows still running after each layer are regrouped into full batches across a window of
+        ``window_batches`` length buckets (``engine.run_early_exit_regrouped``), so a batch never
+        waits for its slowest rows on its own; 1 runs every batch separately. The window holds
+        ``window_batches x batch_size`` rows' hidden states at once.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        if window_batches < 1:
+            raise ValueError("window_batches must be >= 1")
         if isinstance(inputs, (str, dict)):
             raise TypeError("predict takes a list of inputs; wrap a single input in a list")
         policy = policy or self.default_policy
@@ -207,10 +238,16 @@ class MultiExitModel(nn.Module):
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
         ]
         groups = self.batches(rows, batch_size)
-        for group in tqdm(groups, desc="predict", unit="batch", disable=not progress):
-            outcome = run_early_exit(
-                self.backbone, self.heads, self.collate([rows[i] for i in group]), policy, self.autocast_dtype
-            )
+        windows = [sum(groups[k : k + window_batches], []) for k in range(0, len(groups), window_batches)]
+        bar = tqdm(total=len(groups), desc="predict", unit="batch", disable=not progress)
+        for window, group in enumerate(windows):
+            batch = self.collate([rows[i] for i in group])
+            if window_batches == 1:
+                outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
+            else:
+                outcome = run_early_exit_regrouped(self.backbone, self.heads, batch, policy, batch_size,
+                                                   self.autocast_dtype)
+            bar.update(min(window_batches, len(groups) - window * window_batches))
             probs = outcome.probs.cpu()
             entropy = normalized_entropy(probs).tolist()
             confidence, label_id = probs.max(-1)
@@ -225,6 +262,7 @@ class MultiExitModel(nn.Module):
                     probs=probs[j].tolist(),
                     truncated=rows[i].truncated,
                 )
+        bar.close()
         return results  # type: ignore[return-value]
 
     def exit_probs(self, inputs: Sequence[Any], batch_size: int = 32, progress: bool = False) -> torch.Tensor:

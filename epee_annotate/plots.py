@@ -16,6 +16,7 @@ FAMILY_STYLE = {
     "epee": ("EPEE (entropy OR patience)", "tab:blue", "o"),
     "entropy": ("entropy only (DeeBERT)", "tab:orange", "s"),
     "patience": ("patience only (PABEE)", "tab:green", "^"),
+    "beem": ("BEEM (weighted expert confidences)", "tab:purple", "v"),
 }
 
 
@@ -96,7 +97,9 @@ def plot_frontier(report: dict[str, Any], path: str | Path, metric: str | None =
     figure = _figure(6.4, 4.4)
     axis = figure.add_subplot()
     for family, (label, color, marker) in FAMILY_STYLE.items():
-        rows = report["dynamic"][family]
+        rows = report["dynamic"].get(family)
+        if not rows:  # reports written before a family existed
+            continue
         axis.scatter([r["speedup"] for r in rows], [r[metric] for r in rows], s=12, alpha=0.3, color=color,
                      marker=marker)
         front = pareto_front(rows, metric)

@@ -157,8 +157,70 @@ def full_depth() -> BudgetedExit:
     return BudgetedExit(0)
 
 
+def cost_weights(num_layers: int) -> tuple[float, ...]:
+    """BEEM's cost-based expert weights w_m = m / M (deeper exits cost more, so count more)."""
+    return tuple(m / num_layers for m in range(1, num_layers + 1))
+
+
+def _as_floats(values: Any, what: str) -> tuple[float, ...]:
+    try:
+        out = tuple(float(v) for v in (values or ()))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a list of numbers, got {values!r}") from None
+    if any(not math.isfinite(v) or v < 0 for v in out):
+        raise ValueError(f"{what} must be finite and >= 0, got {list(out)}")
+    return out
+
+
+@dataclass(frozen=True)
+class BEEM(ExitPolicy):
+    """BEEM (Bajpai & Hanawal, 2025): exits are experts whose weighted confidences add up.
+
+    At layer m the score of a row grows by ``w_m * max_prob_m`` while exit m predicts the same
+    class as exit m-1, and restarts at ``w_m * max_prob_m`` when the class changes; the row exits
+    once the score reaches the threshold of layer m. ``weights`` empty means cost-based
+    w_m = m / M; pass per-exit accuracies for the accuracy-based variant. ``layer_thresholds``
+    (one per layer) replaces the global ``threshold`` when given.
+    """
+
+    threshold: float = 1.0
+    weights: tuple[float, ...] = ()
+    layer_thresholds: tuple[float, ...] = ()
+
+    name: ClassVar[str] = "beem"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and self.threshold >= 0):
+            raise ValueError(f"BEEM threshold must be finite and >= 0, got {self.threshold}")
+        # Lists (from JSON / configs) become tuples so the policy stays hashable and comparable.
+        object.__setattr__(self, "weights", _as_floats(self.weights, "BEEM weights"))
+        object.__setattr__(self, "layer_thresholds", _as_floats(self.layer_thresholds, "BEEM layer thresholds"))
+
+    def _per_layer(self, values: tuple[float, ...], num_layers: int, what: str) -> tuple[float, ...]:
+        if len(values) != num_layers:
+            raise ValueError(f"BEEM has {len(values)} {what} but the model has {num_layers} exits")
+        return values
+
+    def init_state(self, batch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """(previous argmax, score); -1 means no previous exit."""
+        state = torch.zeros(batch_size, 2, dtype=torch.float32, device=device)
+        state[:, 0] = -1
+        return state
+
+    def step(self, layer, num_layers, probs, state):
+        weights = self._per_layer(self.weights, num_layers, "weights") if self.weights else cost_weights(num_layers)
+        thresholds = self._per_layer(self.layer_thresholds, num_layers, "layer thresholds") \
+            if self.layer_thresholds else None
+        confidence, prediction = probs.float().max(-1)
+        gain = weights[layer - 1] * confidence
+        same = state[:, 0] == prediction.to(state.dtype)
+        score = torch.where(same, state[:, 1] + gain, gain)
+        limit = thresholds[layer - 1] if thresholds is not None else self.threshold
+        return score >= limit, torch.stack([prediction.to(state.dtype), score], dim=1)
+
+
 POLICIES: dict[str, type[ExitPolicy]] = {
-    cls.name: cls for cls in (EPEE, EntropyExit, PatienceExit, MaxProbExit, BudgetedExit)
+    cls.name: cls for cls in (EPEE, EntropyExit, PatienceExit, MaxProbExit, BudgetedExit, BEEM)
 }
 
 
@@ -173,8 +235,14 @@ def policy_from_dict(data: dict[str, Any] | None) -> ExitPolicy:
     return POLICIES[name](**data)
 
 
-def make_policy(entropy: float | None = None, patience: int | None = None, budget: int | None = None) -> ExitPolicy:
-    """Policy from the usual knobs: EPEE, entropy-only or patience-only as given."""
+def make_policy(
+    entropy: float | None = None, patience: int | None = None, budget: int | None = None, beem: float | None = None
+) -> ExitPolicy:
+    """Policy from the usual knobs: EPEE, entropy-only, patience-only, budgeted or BEEM as given."""
+    if beem is not None:
+        if entropy is not None or patience is not None or budget is not None:
+            raise ValueError("a BEEM threshold cannot be combined with entropy/patience/budget")
+        return BEEM(threshold=float(beem))
     if budget is not None:
         return BudgetedExit(int(budget))
     if entropy is not None and patience is not None:

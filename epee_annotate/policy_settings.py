@@ -1,6 +1,6 @@
 """One resolver for exit-policy settings, used by the spaCy components, both batch jobs and every CLI command.
 
-Settings are flat (``entropy``, ``patience``, ``budget``; None = not set) so spaCy config
+Settings are flat (``entropy``, ``patience``, ``budget``, ``beem``; None = not set) so spaCy config
 overrides and command-line flags address them one by one. Each policy *family* owns some
 keys; settings from two families (``budget`` with ``entropy``) are one clear error everywhere,
 never a silent choice. A new policy slots in with ``register_family`` (its keys, how to build
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from .policies import BudgetedExit, ExitPolicy, make_policy, policy_from_dict
+from .policies import BEEM, BudgetedExit, ExitPolicy, make_policy, policy_from_dict
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ FAMILIES: list[PolicyFamily] = [
     PolicyFamily("budgeted exit", ("budget",), lambda s: BudgetedExit(int(s["budget"]))),
     PolicyFamily("EPEE (entropy and/or patience)", ("entropy", "patience"),
                  lambda s: make_policy(s.get("entropy"), s.get("patience"))),
+    PolicyFamily("BEEM", ("beem",), lambda s: BEEM(threshold=float(s["beem"]))),
 ]
 
 

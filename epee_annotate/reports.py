@@ -96,9 +96,13 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += ["## Dynamic mode", "",
                 f"Grid: entropy thresholds tau in {dynamic['taus']}, patience P in {dynamic['patiences']}. "
                 "EPEE exits when normalized entropy < tau OR the same class won P consecutive exits; "
-                f"tau = 0 is patience only, P = {report['num_layers']} is entropy only.", ""]
+                f"tau = 0 is patience only, P = {report['num_layers']} is entropy only. "
+                "BEEM adds each exit's confidence weighted by m/M while the class holds and exits when the "
+                "sum reaches its threshold.", ""]
         for family, title in (("epee", "EPEE"), ("entropy", "entropy only (DeeBERT)"),
-                              ("patience", "patience only (PABEE)")):
+                              ("patience", "patience only (PABEE)"), ("beem", "BEEM")):
+            if not dynamic.get(family):
+                continue
             front = pareto_front(dynamic[family], metric)
             out += [f"### Pareto front ({HEADERS[metric]} vs speed-up): {title}", ""]
             out.append(_table(["setting", *[HEADERS[m] for m in metrics], "speedup", "saved_fraction", "disagreement"]

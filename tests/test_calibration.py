@@ -8,7 +8,7 @@ import torch
 from scipy.stats import beta
 
 from conftest import make_texts
-from epee_annotate import EPEE, MultiExitModel
+from epee_annotate import BEEM, EPEE, MultiExitModel
 from epee_annotate.calibration import (
     CalibrationGoal,
     GuardError,
@@ -365,3 +365,34 @@ def test_cli_calibrate_out_copy_and_guard_refusal(tmp_path, model_factory, capsy
     assert MultiExitModel.from_pretrained(directory).config.calibration is None
     assert main(refused + ["--force", "--dry-run"]) == 0
     assert "FORCED" in capsys.readouterr().out
+def test_calibrate_beem_families(table):
+    # Exit accuracies of the table: .75, .5, 1.0 (the accuracy-based weights).
+    for family, weights in (("beem", ()), ("beem-accuracy", (0.75, 0.5, 1.0))):
+        result = calibrate(table, CalibrationGoal("min_speedup", 1.5), family=family)
+        assert isinstance(result.policy, BEEM) and result.policy.weights == weights
+        assert result.metrics["speedup"] >= 1.5 and result.grid["family"] == family
+        replayed = table.evaluate(result.policy)
+        assert result.metrics["accuracy"] == replayed["accuracy"]
+    with pytest.raises(ValueError, match="unknown policy family"):
+        calibrate(table, CalibrationGoal("min_speedup", 1.5), family="bogus")
+
+
+def test_cli_calibrate_beem_round_trips_through_checkpoint(tmp_path, model_factory, capsys):
+    model = model_factory("bert")
+    directory = tmp_path / "model"
+    model.save_pretrained(directory)
+    texts = make_texts(40, seed=12)
+    labels = [p.label for p in model.predict(texts, policy=full_depth())]
+    data = tmp_path / "dev.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-drop", "0.1", "--family", "beem-accuracy",
+                 "--calibration-fraction", "0.5"]) == 0
+    loaded = MultiExitModel.from_pretrained(directory)
+    assert isinstance(loaded.default_policy, BEEM) and len(loaded.default_policy.weights) == loaded.num_layers
+    assert "stored beem(" in capsys.readouterr().out
+    out = tmp_path / "report"
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing",
+                 "--calibration-fraction", "0.5", "--grid"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["selected"]["policy"]["name"] == "beem" and report["dynamic"]["beem"]
+    assert (out / "frontier.png").is_file()

@@ -10,12 +10,14 @@ from conftest import make_texts
 from epee_annotate import EPEE, EntropyExit, PatienceExit
 from epee_annotate.cli import main
 from epee_annotate.evaluation import (
+    DEFAULT_BEEM_FRACTIONS,
     ExitTable,
     budgeted,
     dynamic,
     encode_gold,
     evaluate_model,
     evaluate_table,
+    exit_accuracies,
     find_negative_label,
     pareto_front,
     time_policies,
@@ -210,3 +212,17 @@ def test_cli_evaluate_errors(checkpoint, tmp_path, capsys):
     assert "error" in capsys.readouterr().err
     assert main(["evaluate", str(tmp_path / "nope"), "--data", str(data), "--report", out]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_beem_in_dynamic_grid_and_exit_accuracies(table):
+    assert exit_accuracies(table) == (0.75, 0.5, 1.0)
+    out = dynamic(table, taus=[0.5], patiences=[2])
+    thresholds = [r["threshold"] for r in out["beem"]]
+    # Cost weights 1/3, 2/3, 1 sum to 2: thresholds are the fractions of 2.
+    assert thresholds == [round(2 * f, 6) for f in DEFAULT_BEEM_FRACTIONS]
+    by_threshold = {r["threshold"]: r for r in out["beem"]}
+    # Scores (w = 1/3, 2/3, 1): row 0 .33 .99; row 1 .2 .6; row 2 .2 .86; row 3 .2, class change -> .4, -> .6
+    assert by_threshold[0.3]["exit_histogram"] == [1, 3, 0]
+    assert by_threshold[0.5]["exit_histogram"] == [0, 3, 1]  # without the reset row 3 would score .6 at exit 2
+    assert by_threshold[2.0]["exit_histogram"] == [0, 0, 4]
+    assert all(r["policy"]["name"] == "beem" for r in out["beem"])

@@ -1,8 +1,10 @@
+import json
+
 import pytest
 import torch
 
-from epee_annotate import EPEE, BudgetedExit, EntropyExit, MaxProbExit, PatienceExit
-from epee_annotate.policies import normalized_entropy, policy_from_dict, simulate
+from epee_annotate import BEEM, EPEE, BudgetedExit, EntropyExit, MaxProbExit, PatienceExit
+from epee_annotate.policies import make_policy, normalized_entropy, policy_from_dict, simulate
 
 
 def random_exit_probs(rows=500, layers=6, classes=3, seed=0, sharpness=3.0):
@@ -83,3 +85,46 @@ def test_invalid_settings_raise():
 def test_describe_is_stable_text():
     assert EPEE(entropy=0.1 + 0.2, patience=2).describe() == "epee(entropy=0.3,patience=2)"
     assert BudgetedExit(3).describe() == "budgeted(layer=3)"
+
+
+def beem_row():
+    """One row, 6 exits, (max prob, class) per exit: (.9,0) (.9,0) (.6,1) (.8,1) (.7,1) (.9,1)."""
+    picks = [(0.9, 0), (0.9, 0), (0.6, 1), (0.8, 1), (0.7, 1), (0.9, 1)]
+    return torch.tensor([[[p, 1 - p] if c == 0 else [1 - p, p] for p, c in picks]])
+
+
+def test_beem_cost_weighted_score_resets_on_class_change():
+    # w_m = m/6. Score: .15, .45, reset -> .30, .30 + .5333 = .8333, + .5833 = 1.4167, + .9 = 2.3167
+    probs = beem_row()
+    assert simulate(BEEM(threshold=0.4), probs).item() == 2
+    # Without the reset layer 3 would score .45 + .30 = .75 and exit at 0.5; with it, layer 4 does.
+    assert simulate(BEEM(threshold=0.5), probs).item() == 4
+    assert simulate(BEEM(threshold=0.84), probs).item() == 5
+    assert simulate(BEEM(threshold=3.0), probs).item() == 6  # never reached: the last layer answers
+    _, state = BEEM(threshold=9).step(3, 6, probs[:, 2], torch.tensor([[0.0, 0.45]]))
+    assert state.tolist() == [[1.0, pytest.approx(0.3)]]
+
+
+def test_beem_accuracy_weights_and_layer_thresholds():
+    probs = beem_row()
+    # weights .5 x5 then 1: scores .45, .90 -> exits at layer 2 for threshold .8
+    assert simulate(BEEM(threshold=0.8, weights=(0.5,) * 5 + (1.0,)), probs).item() == 2
+    per_layer = (9, 9, 9, 0.8, 9, 9)  # only layer 4 (score .8333) may exit
+    assert simulate(BEEM(layer_thresholds=per_layer), probs).item() == 4
+    assert simulate(BEEM(layer_thresholds=(9, 9, 9, 0.9, 9, 9)), probs).item() == 6
+    with pytest.raises(ValueError, match="6 exits"):
+        simulate(BEEM(weights=(1.0, 1.0)), probs)
+
+
+def test_beem_round_trip_and_validation():
+    policy = BEEM(threshold=0.7, weights=(0.5, 0.6), layer_thresholds=())
+    data = json.loads(json.dumps(policy.to_dict()))  # lists after JSON, as in a checkpoint or config
+    assert policy_from_dict(data) == policy and policy_from_dict(data).weights == (0.5, 0.6)
+    assert BEEM(threshold=0.1 + 0.2).describe() == "beem(threshold=0.3,weights=(),layer_thresholds=())"
+    assert make_policy(beem=0.5) == BEEM(0.5)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        make_policy(entropy=0.1, beem=0.5)
+    with pytest.raises(ValueError):
+        BEEM(threshold=-1.0)
+    with pytest.raises(ValueError, match="weights"):
+        BEEM(weights=("a",))

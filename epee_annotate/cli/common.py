@@ -6,11 +6,13 @@ import argparse
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
-    """--entropy / --patience / --budget; none given means the checkpoint's default policy."""
+    """--entropy / --patience / --budget / --beem; none given means the checkpoint's default policy."""
     group = parser.add_argument_group(title or "exit policy (default: the checkpoint's calibrated policy)")
     group.add_argument("--entropy", type=float, metavar="TAU", help="exit when normalized entropy < TAU")
     group.add_argument("--patience", type=int, metavar="P", help="exit when the same class wins P exits in a row")
     group.add_argument("--budget", type=int, metavar="M", help="every input exits at layer M (0 = full depth)")
+    group.add_argument("--beem", type=float, metavar="S",
+                       help="BEEM: exit when the running sum of (m/M) x confidence of agreeing exits reaches S")
 
 
 def policy_from_args(args: argparse.Namespace):

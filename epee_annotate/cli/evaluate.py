@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                          help="entropy threshold tau in [0, 1] (with --patience: EPEE; alone: entropy only)")
     setting.add_argument("--patience", type=int, metavar="P",
                          help="patience P >= 1 (with --entropy: EPEE; alone: patience only)")
+    setting.add_argument("--beem", type=float, metavar="S",
+                         help="BEEM score threshold (cost weights m/M); not with --entropy/--patience")
     setting.add_argument("--grid", action="store_true",
                          help="sweep the (tau, P) grid and the entropy-only / patience-only baselines")
     evaluate.add_argument("--report", required=True, metavar="OUTDIR", help="folder for report.json, report.md, PNGs")
@@ -73,6 +75,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--out", metavar="DIR2",
                            help="write a calibrated copy of the checkpoint to DIR2 and leave DIR unchanged")
     calibrate.add_argument("--overwrite", action="store_true", help="with --out: replace an existing DIR2")
+    calibrate.add_argument("--family", choices=("epee", "beem", "beem-accuracy"), default="epee",
+                           help="policy family searched: EPEE (tau, P), or BEEM thresholds with cost weights m/M "
+                                "or with each exit's accuracy on the calibration split as its weight")
     calibrate.add_argument("--dry-run", action="store_true", help="print the choice without changing the checkpoint")
     calibrate.add_argument("--json", metavar="FILE", help="also write the calibration record to FILE")
     calibrate.set_defaults(func=run_calibrate)
@@ -107,6 +112,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("run")
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
+    run.add_argument("--int8", action="store_true",
+                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
     add_threads_argument(run)
@@ -142,7 +149,8 @@ def _load_model(args):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
-    return MultiExitModel.from_pretrained(args.checkpoint, device=device)
+    model = MultiExitModel.from_pretrained(args.checkpoint, device=device)
+    return model.quantize_dynamic() if getattr(args, "int8", False) else model
 
 
 def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:
@@ -320,7 +328,7 @@ def run_calibrate(args) -> int:
         result = calibrate_checkpoint(
             args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
             negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
-            save=not args.dry_run, out=args.out, overwrite=args.overwrite,
+            save=not args.dry_run, out=args.out, overwrite=args.overwrite, family=args.family,
         )
     except GuardError as error:
         print(f"epee-annotate calibrate: {error}", file=sys.stderr)

@@ -105,6 +105,7 @@ class EpeeComponent:
         entropy: float | None = None,
         patience: int | None = None,
         budget: int | None = None,
+        beem: float | None = None,
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
@@ -126,7 +127,7 @@ class EpeeComponent:
         self.name = name
         self.checkpoint = str(checkpoint)
         # Flat settings (spaCy config overrides reach each one) or a saved policy dict with "name".
-        self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget}, policy)
+        self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget, "beem": beem}, policy)
         self.batch_size = int(batch_size)
         self.device = device
         self.autocast = autocast

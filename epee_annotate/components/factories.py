@@ -17,11 +17,12 @@ from .textcat import TextClassifier
 
 # Settings every component takes: checkpoint directory; the exit policy as flat settings
 # (all null = the checkpoint's default; entropy and/or patience = EPEE; budget = a fixed exit
-# layer, 0 = full depth; policy = a saved policy dict with "name"; settings of two policy
+# layer, 0 = full depth; beem = a BEEM score threshold; policy = a saved policy dict with "name"; settings of two policy
 # families at once are an error, see epee_annotate.policy_settings); model batch size, device,
 # autocast (null | "bf16" | "fp16", CUDA only), and an optional confidence floor below which the
 # label becomes ``none_label``.
-COMMON = {"checkpoint": None, "entropy": None, "patience": None, "budget": None, "policy": None, "batch_size": 32,
+COMMON = {"checkpoint": None, "entropy": None, "patience": None, "budget": None, "beem": None, "policy": None,
+          "batch_size": 32,
           "device": "cpu", "autocast": None, "min_confidence": None, "none_label": "none"}
 
 # What each kind of component writes (spaCy's assigns/requires, shown by nlp.analyze_pipes()).
@@ -33,21 +34,23 @@ PAIR_ASSIGNS = ["doc.ents", *RECORDS, "doc._.epee_relations", "doc._.epee_trunca
 
 
 def _settings(checkpoint: Optional[str], entropy: Optional[float], patience: Optional[int], budget: Optional[int],
+              beem: Optional[float],
               policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str],
               min_confidence: Optional[float], none_label: str, **extra: Any) -> Dict[str, Any]:
     """The common settings as keyword arguments of ``EpeeComponent``."""
-    return {"checkpoint": checkpoint, "entropy": entropy, "patience": patience, "budget": budget, "policy": policy,
+    return {"checkpoint": checkpoint, "entropy": entropy, "patience": patience, "budget": budget, "beem": beem, "policy": policy,
             "batch_size": batch_size, "device": device, "autocast": autocast, "min_confidence": min_confidence,
             "none_label": none_label, **extra}
 
 
 @Language.factory("epee_textcat", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
 def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
-                 patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+                 patience: Optional[int], budget: Optional[int], beem: Optional[float],
+                 policy: Optional[Dict[str, Any]], batch_size: int,
                  device: str, autocast: Optional[str], min_confidence: Optional[float],
                  none_label: str) -> TextClassifier:
     """Classify each sentence (``scope="sents"``) or the whole doc (``"doc"``)."""
-    return TextClassifier(nlp, name, scope=scope, **_settings(checkpoint, entropy, patience, budget, policy,
+    return TextClassifier(nlp, name, scope=scope, **_settings(checkpoint, entropy, patience, budget, beem, policy,
                                                               batch_size, device, autocast, min_confidence, none_label))
 
 
@@ -56,7 +59,8 @@ def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str
                   assigns=SPAN_ASSIGNS, requires=["doc.ents"])
 def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], spans_key: Optional[str],
                          span_labels: Optional[List[str]], rules: Optional[str], entropy: Optional[float],
-                         patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]],
+                         patience: Optional[int], budget: Optional[int], beem: Optional[float],
+                         policy: Optional[Dict[str, Any]],
                          batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
                          none_label: str) -> SpanClassifier:
     """Classify mentions (doc.ents or ``doc.spans[spans_key]``, filtered by ``span_labels``).
@@ -64,7 +68,7 @@ def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], sp
     ``rules``: optional JSON file of medSpaCy TargetRules matched first to add mentions.
     """
     return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels, rules=rules,
-                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                          **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
                                       min_confidence, none_label))
 
 
@@ -74,12 +78,13 @@ def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], sp
 def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int,
                              spans_key: Optional[str], span_labels: Optional[List[str]], rules: Optional[str],
                              entropy: Optional[float], patience: Optional[int], budget: Optional[int],
+                             beem: Optional[float],
                              policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str],
                              min_confidence: Optional[float], none_label: str) -> RelationClassifier:
     """Classify every pair of mentions within a sentence (at most ``max_pairs_per_doc`` per doc)."""
     return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
                               span_labels=span_labels, rules=rules,
-                              **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                              **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
                                           min_confidence, none_label))
 
 
@@ -88,7 +93,8 @@ def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str]
                   assigns=SPAN_ASSIGNS)
 def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], match_rules: bool,
                            spans_key: Optional[str], span_labels: Optional[List[str]], entropy: Optional[float],
-                           patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]],
+                           patience: Optional[int], budget: Optional[int], beem: Optional[float],
+                           policy: Optional[Dict[str, Any]],
                            batch_size: int, device: str, autocast: Optional[str], min_confidence: Optional[float],
                            none_label: str) -> SpanClassifier:
     """Supplement use status (Continuing / Discontinued / Started / Uncertain) of SUPPLEMENT mentions.
@@ -98,7 +104,7 @@ def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], 
     """
     return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels,
                           rules=supplement_rules() if match_rules else None,
-                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                          **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
                                       min_confidence, none_label, expected_labels=SUPPLEMENT_STATUS_LABELS))
 
 
@@ -107,7 +113,8 @@ def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], 
                   assigns=PAIR_ASSIGNS)
 def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int, spans_key: Optional[str],
              span_labels: Optional[List[str]], lexicon: Optional[str], entropy: Optional[float],
-             patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+             patience: Optional[int], budget: Optional[int], beem: Optional[float],
+             policy: Optional[Dict[str, Any]], batch_size: int,
              device: str, autocast: Optional[str], min_confidence: Optional[float],
              none_label: str) -> RelationClassifier:
     """Drug-drug interaction type (none / mechanism / effect / advise / int) of drug mention pairs.
@@ -117,13 +124,14 @@ def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_
     """
     return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
                               span_labels=span_labels, rules=lexicon,
-                              **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                              **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
                                           min_confidence, none_label, expected_labels=DDI_LABELS))
 
 
 @Language.factory("epee_pv_event", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
 def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
-                  patience: Optional[int], budget: Optional[int], policy: Optional[Dict[str, Any]], batch_size: int,
+                  patience: Optional[int], budget: Optional[int], beem: Optional[float],
+                  policy: Optional[Dict[str, Any]], batch_size: int,
                   device: str, autocast: Optional[str], min_confidence: Optional[float],
                   none_label: str) -> TextClassifier:
     """Pharmacovigilance event type per sentence (PHEE): Adverse_event / Potential_therapeutic_event.
@@ -132,5 +140,5 @@ def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: st
     ``min_confidence`` to call low-confidence sentences ``none_label`` instead.
     """
     return TextClassifier(nlp, name, scope=scope,
-                          **_settings(checkpoint, entropy, patience, budget, policy, batch_size, device, autocast,
+                          **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
                                       min_confidence, none_label, expected_labels=PV_EVENT_LABELS))

@@ -1,0 +1,108 @@
+"""Full-depth inference of a fine-tuned multi-exit checkpoint in ONNX Runtime (fp32 and dynamic int8).
+
+The baseline a user would pick instead of early exit: the same backbone and last exit head,
+exported once to ONNX (backbone forward -> the checkpoint's pooling -> last head -> softmax)
+and run by ONNX Runtime on the same encoded rows and length buckets as ``model.predict``.
+``int8`` applies ONNX Runtime's dynamic quantization (int8 weights of MatMul/Gemm).
+Needs the ``onnx`` extra (``pip install epee-annotate[onnx]``); callers skip without it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from epee_annotate.model import MultiExitModel
+
+
+def available() -> bool:
+    """True when onnx and onnxruntime are installed."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+class _LastExit(nn.Module):
+    """Backbone forward + the checkpoint's pooling + the last head, as one traceable module."""
+
+    def __init__(self, model: MultiExitModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pool_index: torch.Tensor) -> torch.Tensor:
+        backbone = self.model.backbone
+        hidden = backbone.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if backbone.mean_pooling:
+            weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+        else:
+            index = pool_index.unsqueeze(-1).expand(-1, -1, hidden.size(-1))
+            pooled = hidden.gather(1, index).flatten(1)
+        return self.model.heads[-1](pooled).softmax(-1)
+
+
+def export(model: MultiExitModel, directory: str | Path) -> dict[str, Path]:
+    """Write ``fp32.onnx`` and ``int8.onnx`` (dynamic quantization) for a text checkpoint."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    if model.task == "image":
+        raise ValueError("the ONNX baseline covers text checkpoints")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    rows = model.encode(["aspirin increases the effect of warfarin", "a longer second example sentence here"])
+    batch = model.collate(rows)
+    args = (batch["input_ids"], batch["attention_mask"], batch["pool_index"])
+    fp32, int8 = directory / "fp32.onnx", directory / "int8.onnx"
+    wrapper = _LastExit(model).eval()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            wrapper, args, str(fp32), input_names=["input_ids", "attention_mask", "pool_index"],
+            output_names=["probs"], opset_version=17, dynamo=False,
+            dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
+                          "pool_index": {0: "batch"}, "probs": {0: "batch"}},
+        )
+    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
+    return {"fp32": fp32, "int8": int8}
+
+
+def session(path: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session using ``threads`` intra-op threads (default: torch's thread count)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def runner(model: MultiExitModel, ort_session) -> Callable[[Sequence[Any], int], list[np.ndarray]]:
+    """``run(inputs, batch_size)``: encode and bucket exactly like ``model.predict``, then run the session."""
+
+    def run(inputs: Sequence[Any], batch_size: int) -> list[np.ndarray]:
+        rows = model.encode(inputs)
+        out = []
+        for group in model.batches(rows, batch_size):
+            batch = model.encoder.collate([rows[i] for i in group], "right")
+            feeds = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask", "pool_index")}
+            out.append(ort_session.run(["probs"], feeds)[0])
+        return out
+
+    return run
+
+
+def last_exit_probs(run: Callable, inputs: Sequence[Any], batch_size: int, model: MultiExitModel) -> np.ndarray:
+    """Probabilities in input order (for agreement checks against the torch last exit)."""
+    rows = model.encode(inputs)
+    groups = model.batches(rows, batch_size)
+    out = np.zeros((len(inputs), len(model.labels)), dtype=np.float32)
+    for group in groups:
+        out[group] = run([inputs[i] for i in group], len(group))[0]
+    return out
+
+
+os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
