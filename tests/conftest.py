@@ -1,3 +1,5 @@
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -56,7 +58,11 @@ def clinical_checkpoints(tmp_path_factory) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """CLI commands set torch's threads (--threads, default: the free cores); tests keep using one."""
+def _one_torch_thread_and_package_log_level():
+    """CLI commands set torch's threads (--threads) and, without --verbose, quiet the package's logger
+    for the rest of their process; tests run many commands in one process, so each gets them back."""
+    package_logger = logging.getLogger("epee_annotate")
+    level = package_logger.level
     yield
     torch.set_num_threads(1)
+    package_logger.setLevel(level)

@@ -37,7 +37,8 @@ def test_resolver_builds_each_family_and_rejects_mixtures():
     with pytest.raises(ValueError, match="unknown policy settings"):
         resolve_policy(policy={"tau": 0.3})
     # A job's policy replaces the whole saved one: every key is assigned.
-    assert policy_overrides({"entropy": 0.3}) == {"policy": None, "entropy": 0.3, "patience": None, "budget": None}
+    assert policy_overrides({"entropy": 0.3}) == {"policy": None, "entropy": 0.3, "patience": None, "budget": None,
+                                             "beem": None}
     assert policy_overrides({}) == {}
 
 
