@@ -52,6 +52,7 @@ class ImageAnnotator:
         model_batch_size: int = 32,
         threads: int | None = None,
         crash: CrashSwitch | None = None,
+        path_prefix: str = "",
     ):
         if threads:
             import torch
@@ -65,6 +66,7 @@ class ImageAnnotator:
         self.frames = frames
         self.model_batch_size = model_batch_size
         self.crash = crash
+        self.path_prefix = path_prefix  # "s3://" etc.: Ray's paths on object storage lack the scheme
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "bytes" in batch.column_names:
@@ -95,7 +97,7 @@ class ImageAnnotator:
         from ..imaging.classify import decode_sources
         from ..imaging.reading import ImageReadError
 
-        paths = batch.column("path").to_pylist()
+        paths = [self.path_prefix + path for path in batch.column("path").to_pylist()]
         items = []
         for path, image in decode_sources(batch.column("bytes").to_pylist(), self.frames, names=paths):
             base = {"doc_id": path, "path": path}

@@ -2,7 +2,8 @@
 
 ``run_notes_job`` and ``run_images_job`` are what the ``annotate-notes`` / ``annotate-images``
 commands call. Every input yields at least one row; the dataset appears at ``out`` only when
-the whole job succeeded (see ``output.staged_output``).
+the whole job succeeded (see ``publish.job_output``: a rename locally, a staging prefix and a
+``_SUCCESS`` manifest on object storage). ``--resume`` continues an interrupted job (``resume``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import pyarrow as pa
 
 from .. import __version__
 from .notes import CrashSwitch, NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .output import check_output, staged_output
+from . import storage
+from .publish import Staging, check_job_output, job_output
 from .runtime import ActorSettings, configure_progress, ray_session
 from .schema import output_schema, rows_to_table, with_job_metadata
 from .summary import format_summary, summarize, write_summary
@@ -46,6 +48,7 @@ class JobOptions:
     progress: bool = True
     worker_logs: bool = False
     rows_per_file: int | None = 100_000
+    resume: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
@@ -62,7 +65,7 @@ class JobOptions:
     def parameters(self) -> dict[str, Any]:
         """Job parameters for the output metadata."""
         params = asdict(self)
-        params["out"] = str(Path(self.out).expanduser().resolve())
+        params["out"] = self.out if storage.is_uri(self.out) else str(Path(self.out).expanduser().resolve())
         return params
 
 
@@ -100,38 +103,49 @@ def _threads(actors: ActorSettings) -> int:
     return max(1, int(actors.cpus_per_actor))
 
 
-def _write(ds, staging: Path, schema: pa.Schema, options: JobOptions) -> None:
+def _write(ds, staging: Staging, schema: pa.Schema, options: JobOptions) -> None:
     """Write with the explicit schema; an input with no rows still gets one (empty) file with it."""
     partition = ["task"] if options.partition_by_task else None
     rows_per_file = None if partition else options.rows_per_file
-    ds.write_parquet(str(staging), schema=schema, partition_cols=partition, min_rows_per_file=rows_per_file)
-    if not any(staging.rglob("*.parquet")):
+    filesystem, path = storage.resolve(staging.data)
+    ds.write_parquet(path, filesystem=filesystem, schema=schema, partition_cols=partition,
+                     min_rows_per_file=rows_per_file)
+    if not (storage.exists(staging.data) and storage.list_files(staging.data, lambda p: p.endswith(".parquet"))):
         import pyarrow.parquet as pq
 
-        pq.write_table(rows_to_table([], schema).replace_schema_metadata(schema.metadata), staging / "empty.parquet")
+        filesystem.create_dir(path, recursive=True)
+        pq.write_table(rows_to_table([], schema).replace_schema_metadata(schema.metadata), f"{path}/empty.parquet",
+                       filesystem=filesystem)
 
 
-def _finish(ds, schema: pa.Schema, options: JobOptions, job: str, started: float, ray_start_s: float) -> dict[str, Any]:
-    out = check_output(options.out, options.overwrite)
+def _finish(make_dataset, keys, schema: pa.Schema, options: JobOptions, job: str, started: float,
+            ray_start_s: float) -> dict[str, Any]:
+    """Build the dataset (``make_dataset()``) inside the output staging area, write, summarise, publish."""
+    from .resume import checkpointing
+
     pipeline_started = time.perf_counter()
-    with staged_output(out, options.overwrite) as staging:
-        _write(ds, staging, schema, options)
+    with job_output(options.out, options.overwrite, options.resume) as staging:
+        # Ray Data copies the DataContext into a dataset when it is created: build it in here.
+        with checkpointing(keys, staging.checkpoint):
+            _write(make_dataset(), staging, schema, options)
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
-        summary = summarize(staging, options.partition_by_task, timings, job)
-        summary["output"] = str(out)
-        write_summary(summary, staging)
+        summary = summarize(staging.data, options.partition_by_task, timings, job)
+        summary["output"] = staging.out
+        write_summary(summary, staging.data)
+        staging.extra["rows"] = summary["rows"]
     print(format_summary(summary), flush=True)
     return summary
 
 
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
+    from .resume import NoteKeys, check_resumable_ids
     from .sources import note_passthrough_fields, read_notes, resolve_note_inputs
 
     started = time.perf_counter()
     options = job.options
-    check_output(options.out, options.overwrite)  # refuse before any slow work
+    check_job_output(options.out, options.overwrite, options.resume)  # refuse before any slow work
     fmt, files = resolve_note_inputs(job.inputs, job.fmt)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
@@ -147,32 +161,43 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                    "keep_columns": list(job.keep_columns)},
         "parameters": options.parameters(),
     })
-    with ray_session(options.address, options.actors, options.worker_logs) as mode:
+    # A resumed run adds Ray Data's checkpoint-filter actor (1 CPU) next to the annotators.
+    with ray_session(options.address, options.actors, options.worker_logs, int(options.resume)) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
         configure_progress(options.progress)
-        ds = options.actors.map_batches(
-            read_notes(fmt, files, columns.read_columns),
-            NoteAnnotator,
-            fn_constructor_kwargs={
-                "source": job.source, "columns": columns, "settings": settings, "schema": schema.remove_metadata(),
-                "pipe_batch_size": options.batch_size, "include_text": options.include_text,
-                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(),
-            },
-            batch_size=options.batch_size,
-            batch_format="pyarrow",
-        )
-        return _finish(ds, schema, options, "notes", started, ray_start_s)
+        keys = NoteKeys(columns)
+        if options.resume:
+            check_resumable_ids(read_notes(fmt, files, columns.read_columns), keys)
+
+        def annotated():
+            return options.actors.map_batches(
+                read_notes(fmt, files, columns.read_columns),
+                NoteAnnotator,
+                fn_constructor_kwargs={
+                    "source": job.source, "columns": columns, "settings": settings,
+                    "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
+                    "include_text": options.include_text, "threads": _threads(options.actors),
+                    "crash": CrashSwitch.from_env(),
+                },
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+            )
+
+        return _finish(annotated, keys, schema, options, "notes", started, ray_start_s)
 
 
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
     from .images import ImageAnnotator, job_policy, load_image_model
+    from .resume import PathKeys
     from .sources import read_image_files, read_npz, resolve_image_inputs
 
     started = time.perf_counter()
     options = job.options
-    check_output(options.out, options.overwrite)
+    if options.resume and job.npz:
+        raise ValueError("--resume needs file inputs; an --npz archive is read by the driver in one piece")
+    check_job_output(options.out, options.overwrite, options.resume)
     model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
     policy = job_policy(options.policy_knobs, model.default_policy)
     passthrough: list[pa.Field] = []
@@ -182,14 +207,15 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     else:
         files = resolve_image_inputs(job.inputs)
         inputs_meta = {"files": len(files), "frames": job.frames}
-    with ray_session(options.address, options.actors, options.worker_logs) as mode:
+    # A resumed run adds Ray Data's checkpoint-filter actor (1 CPU) next to the annotators.
+    with ray_session(options.address, options.actors, options.worker_logs, int(options.resume)) as mode:
         ray_start_s = time.perf_counter() - started
         configure_progress(options.progress)
         if job.npz:
-            ds, label_field = read_npz(job.npz, job.split)
+            npz_ds, label_field = read_npz(job.npz, job.split)
             passthrough = [label_field]
-        else:
-            ds = read_image_files(files)
+        # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
+        keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
         logger.info("images job: %s, Ray %s", inputs_meta, mode)
         schema = with_job_metadata(output_schema("images", passthrough), {
             "package_version": __version__, "job": "images", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -201,16 +227,21 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             "inputs": inputs_meta,
             "parameters": options.parameters(),
         })
-        ds = options.actors.map_batches(
-            ds,
-            ImageAnnotator,
-            fn_constructor_kwargs={
-                "checkpoint": str(Path(job.checkpoint).resolve()), "schema": schema.remove_metadata(),
-                "task_name": job.task_name, "policy_knobs": options.policy_knobs, "device": options.actors.device,
-                "autocast": options.autocast, "frames": job.frames, "model_batch_size": options.model_batch_size,
-                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(),
-            },
-            batch_size=options.batch_size,
-            batch_format="pyarrow",
-        )
-        return _finish(ds, schema, options, "images", started, ray_start_s)
+        checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
+
+        def annotated():
+            return options.actors.map_batches(
+                npz_ds if job.npz else read_image_files(files),
+                ImageAnnotator,
+                fn_constructor_kwargs={
+                    "checkpoint": checkpoint, "schema": schema.remove_metadata(),
+                    "task_name": job.task_name, "policy_knobs": options.policy_knobs,
+                    "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
+                    "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+                    "crash": CrashSwitch.from_env(), "path_prefix": keys.prefix,
+                },
+                batch_size=options.batch_size,
+                batch_format="pyarrow",
+            )
+
+        return _finish(annotated, keys, schema, options, "images", started, ray_start_s)

@@ -55,18 +55,20 @@ class ActorSettings:
             return ds.map_batches(fn, **kwargs, **self.map_batches_args())
 
 
-def local_cpus(settings: ActorSettings) -> int:
+def local_cpus(settings: ActorSettings, extra: int = 0) -> int:
     """Logical CPUs for an embedded Ray: the machine's cores, but always room for readers/writers.
 
     Actors hold their CPUs for the whole job; without a spare slot the read and write tasks
-    would wait forever on a small machine.
+    would wait forever on a small machine. ``extra``: other actors the job needs (e.g. the
+    checkpoint filter of a resumed run, one CPU).
     """
-    needed = int(settings.num_actors * settings.cpus_per_actor + 0.999) + 1
+    needed = int(settings.num_actors * settings.cpus_per_actor + 0.999) + 1 + extra
     return max(os.cpu_count() or 1, needed)
 
 
 @contextmanager
-def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False) -> Iterator[str]:
+def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False,
+                extra_cpus: int = 0) -> Iterator[str]:
     """Use the running Ray, join ``address``/RAY_ADDRESS, or start an embedded local Ray; yield which."""
     import ray
 
@@ -79,7 +81,7 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
         mode = f"cluster {address}"
     else:
         # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
-        ray.init(num_cpus=local_cpus(settings), include_dashboard=False, log_to_driver=worker_logs)
+        ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False, log_to_driver=worker_logs)
         mode = "local"
     try:
         yield mode

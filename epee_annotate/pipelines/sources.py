@@ -21,6 +21,8 @@ from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
+from . import storage
+
 NOTE_FORMATS = {
     ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
     ".parquet": "parquet", ".pq": "parquet",
@@ -33,7 +35,11 @@ RAW_LINE, LINE_NO, SOURCE_FILE = "__raw_line", "__line_no", "__source_file"
 def expand_paths(specs: Sequence[str], keep) -> list[str]:
     """Files named by paths, globs or directories (recursively), filtered by ``keep(path)``; sorted."""
     found: list[str] = []
+    remote: list[str] = []
     for spec in specs:
+        if storage.is_uri(spec):  # object storage: same rules, through pyarrow.fs
+            remote += storage.list_files(str(spec), keep)
+            continue
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
             for root, dirs, files in os.walk(spec):
@@ -48,7 +54,7 @@ def expand_paths(specs: Sequence[str], keep) -> list[str]:
             found.append(spec)
         else:
             raise FileNotFoundError(f"input {spec!r} does not exist")
-    unique = sorted({os.path.abspath(p) for p in found})
+    unique = sorted({os.path.abspath(p) for p in found} | set(remote))
     if not unique:
         raise FileNotFoundError(f"no input files found in {list(specs)}")
     return unique
@@ -63,7 +69,7 @@ def note_format(path: str) -> str | None:
     fmt = NOTE_FORMATS.get(os.path.splitext(os.path.basename(path).lower())[1])
     if fmt == "json":
         # Many exports (PHEE included) are JSON Lines named .json.
-        with open(path, "rb") as handle:
+        with storage.open_input(path) as handle:
             head = handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
         fmt = "json" if head.startswith(b"[") else "jsonl"
     return fmt
@@ -103,7 +109,7 @@ def csv_header(path: str, delimiter: str) -> list[str]:
     from pyarrow import csv
 
     reader = csv.open_csv(
-        path, read_options=csv.ReadOptions(use_threads=False, block_size=1 << 20),
+        storage.open_input(path), read_options=csv.ReadOptions(use_threads=False, block_size=1 << 20),
         parse_options=csv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
         convert_options=csv.ConvertOptions(column_types={}, strings_can_be_null=False),
     )
@@ -120,13 +126,13 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
         import pyarrow.parquet as pq
 
         for path in files:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(storage.open_input(path))
             missing = [c for c in needed if c not in schema.names]
             if missing:
                 raise ValueError(f"{path}: column(s) {missing} not found; columns are {schema.names}")
-        first = pq.read_schema(files[0])
+        first = pq.read_schema(storage.open_input(files[0]))
         for path in files[1:]:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(storage.open_input(path))
             differ = [c for c in keep_columns if schema.field(c).type != first.field(c).type]
             if differ:
                 raise ValueError(f"{path}: column(s) {differ} have other types than in {files[0]}; "
@@ -147,6 +153,8 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
     import ray.data
 
     columns = list(columns)
+    filesystem = storage.filesystem_of(list(files))
+    files = storage.ray_paths(list(files))
     if fmt in ("csv", "tsv"):
         from pyarrow import csv
 
@@ -157,14 +165,17 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
                 include_columns=columns, column_types={c: pa.binary() for c in columns},
                 strings_can_be_null=False,
             ),
-            override_num_blocks=num_blocks,
+            override_num_blocks=num_blocks, filesystem=filesystem,
         )
     if fmt == "jsonl":
-        return ray.data.read_datasource(JsonLinesDatasource(list(files)), override_num_blocks=num_blocks)
+        return ray.data.read_datasource(JsonLinesDatasource(list(files), filesystem=filesystem),
+                                        override_num_blocks=num_blocks)
     if fmt == "json":
-        return ray.data.read_json(list(files), override_num_blocks=num_blocks).select_columns(columns)
+        return ray.data.read_json(list(files), override_num_blocks=num_blocks,
+                                  filesystem=filesystem).select_columns(columns)
     if fmt == "parquet":
-        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks)
+        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks,
+                                     filesystem=filesystem)
     raise ValueError(f"unknown notes format {fmt!r}")
 
 
@@ -237,7 +248,8 @@ def read_image_files(files: Sequence[str], num_blocks: int | None = None):
     """Ray dataset of (bytes, path) rows, one per file."""
     import ray.data
 
-    return ray.data.read_binary_files(list(files), include_paths=True, override_num_blocks=num_blocks)
+    return ray.data.read_binary_files(storage.ray_paths(list(files)), include_paths=True,
+                                      override_num_blocks=num_blocks, filesystem=storage.filesystem_of(list(files)))
 
 
 def npz_table(path: str, split: str) -> pa.Table:
