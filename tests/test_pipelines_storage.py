@@ -104,6 +104,24 @@ def test_reader_sees_no_dataset_until_the_marker_exists(s3):
     assert read_published(out).num_rows == 2 and keys(s3, "published/run/_staging") == []
 
 
+def test_local_resumable_output_survives_a_failure_and_is_renamed_into_place(tmp_path):
+    out = tmp_path / "out"
+    table = pa.table({"doc_id": ["a"]})
+    with pytest.raises(RuntimeError):
+        with job_output(str(out), overwrite=False, resume=True) as staging:
+            pq.write_table(table, f"{staging.data}/part-0.parquet")
+            raise RuntimeError("killed")
+    assert not out.exists() and (tmp_path / ".out.resume" / "data" / "part-0.parquet").is_file()
+    with pytest.raises(FileExistsError, match="interrupted --resume run"):
+        with job_output(str(out), overwrite=False):
+            pass
+    with job_output(str(out), overwrite=False, resume=True) as staging:
+        assert staging.checkpoint == str(tmp_path / ".out.resume" / "checkpoint")
+        pq.write_table(table, f"{staging.data}/part-1.parquet")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "part-0.parquet", "part-1.parquet"]
+    assert read_published(str(out)).num_rows == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
 def test_checkpoint_loads_from_a_uri_and_checks_the_weights_hash(s3, tmp_path):
     from epee_annotate import MultiExitModel
     from epee_annotate.checkpoint import CheckpointError

@@ -20,6 +20,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
@@ -49,17 +50,31 @@ class Staging:
 def check_job_output(out: str, overwrite: bool, resume: bool = False) -> str:
     """Normalised output location; refuses an existing dataset unless ``overwrite`` (before any work)."""
     if not storage.is_uri(out):
-        return str(check_output(out, overwrite))
+        final = check_output(out, overwrite)
+        _refuse_interrupted(_resume_root(str(final)), str(final), overwrite, resume)
+        return str(final)
     out = str(out).rstrip("/")
     fs, path = storage.resolve(out)
     if fs.get_file_info(path).type == pafs.FileType.File:
         raise ValueError(f"output {out!r} exists and is not a directory prefix")
     if not overwrite and _published_files(fs, path):
         raise FileExistsError(f"output {out!r} already holds a dataset; pass --overwrite to replace it")
-    if not overwrite and not resume and storage.exists(storage.join(out, STAGING_DIR, "resume")):
-        raise FileExistsError(f"output {out!r} has an interrupted --resume run; pass --resume to continue it "
-                              "or --overwrite to start again")
+    _refuse_interrupted(_resume_root(out), out, overwrite, resume)
     return out
+
+
+def _resume_root(out: str) -> str:
+    """Where a ``--resume`` run of ``out`` keeps its data and checkpoint until it is published."""
+    if storage.is_uri(out):
+        return storage.join(out, STAGING_DIR, "resume")
+    final = Path(out)
+    return str(final.parent / f".{final.name}.resume")
+
+
+def _refuse_interrupted(root: str, out: str, overwrite: bool, resume: bool) -> None:
+    if not overwrite and not resume and storage.exists(root):
+        raise FileExistsError(f"output {out!r} has an interrupted --resume run ({root}); pass --resume to "
+                              "continue it or --overwrite to start again")
 
 
 def _published_files(fs: pafs.FileSystem, path: str) -> list[str]:
@@ -83,6 +98,9 @@ def manifest_json(files: list[tuple[str, int]], extra: dict[str, Any]) -> str:
 @contextmanager
 def job_output(out: str, overwrite: bool, resume: bool = False) -> Iterator[Staging]:
     """Yield the staging area for one job; publish on success (see module docstring)."""
+    checked = check_job_output(out, overwrite, resume)
+    if overwrite and not resume:  # starting again: an interrupted --resume run is dropped
+        storage.delete_tree(_resume_root(checked))
     if storage.is_uri(out):
         with _remote_output(out, overwrite, resume) as staging:
             yield staging
@@ -106,7 +124,7 @@ def _write_marker(staging: Staging) -> None:
 @contextmanager
 def _local_resumable_output(out: str, overwrite: bool) -> Iterator[Staging]:
     final = check_output(out, overwrite)
-    root = final.parent / f".{final.name}.resume"
+    root = Path(_resume_root(str(final)))
     (root / "data").mkdir(parents=True, exist_ok=True)
     # A crash leaves ``root`` in place: that is what the next --resume continues from.
     staging = Staging(str(final), str(root / "data"), str(root / "checkpoint"))
@@ -119,7 +137,7 @@ def _local_resumable_output(out: str, overwrite: bool) -> Iterator[Staging]:
 @contextmanager
 def _remote_output(out: str, overwrite: bool, resume: bool) -> Iterator[Staging]:
     out = check_job_output(out, overwrite, resume)
-    root = storage.join(out, STAGING_DIR, "resume" if resume else f"run-{uuid.uuid4().hex[:8]}")
+    root = _resume_root(out) if resume else storage.join(out, STAGING_DIR, f"run-{uuid.uuid4().hex[:8]}")
     staging = Staging(out, storage.join(root, "data"), storage.join(root, "checkpoint") if resume else None)
     try:
         yield staging
