@@ -11,10 +11,11 @@ a tiny random BERT, which measures the plumbing: reading, Ray, writing, publishi
 * resume: the same job with ``--resume`` (first run: the id pre-scan + Ray Data's pending/commit
   checkpoint files per part), as a ratio to the same job without it.
 
-Times include actor start-up and model loading. Absolute numbers on a shared machine are noisy:
-read the ratios.
+Times include actor start-up and model loading. One discarded warm-up job first (worker imports,
+page cache), then ``--repeat`` rounds of all six runs, in order, reporting the median seconds per
+run. Absolute numbers on a shared machine are noisy: read the ratios.
 
-    python -m benchmarks.object_storage [--notes 2000] [--checkpoint DIR] [--work /tmp/epee_bench_s3]
+    python -m benchmarks.object_storage [--notes 2000] [--repeat 2] [--checkpoint DIR] [--work /tmp/epee_bench_s3]
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--checkpoint", default=None, help="text checkpoint (default: a tiny random BERT)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rows-per-file", type=int, default=500, help="parts per job = notes / this")
+    parser.add_argument("--repeat", type=int, default=2, help="rounds of all runs (median reported)")
     parser.add_argument("--work", default="/tmp/epee_bench_s3")
     args = parser.parse_args()
 
@@ -99,29 +101,38 @@ def main() -> None:
     ray.init(num_cpus=local_cpus(ActorSettings(2), extra=1), include_dashboard=False, log_to_driver=False)
     runs = [("local", 1, False), ("local", 2, False), ("s3", 1, False), ("s3", 2, False),
             ("local", 1, True), ("s3", 1, True)]
-    results = []
+
+    def run(storage_kind: str, actors: int, resume: bool, tag: str) -> float:
+        name = f"{storage_kind}_{actors}{'_resume' if resume else ''}"
+        remote = storage_kind == "s3"
+        out = f"s3://{BUCKET}/out/{name}{tag}" if remote else str(work / f"out_{name}{tag}")
+        options = JobOptions(out=out, actors=ActorSettings(actors), batch_size=args.batch_size, progress=False,
+                             rows_per_file=args.rows_per_file, resume=resume)
+        source = PipelineSource(checkpoint=s3_checkpoint if remote else str(checkpoint), scope="doc")
+        summary = run_notes_job(NotesJob(inputs=[s3_notes if remote else str(notes)], source=source, options=options))
+        assert summary["documents"] == args.notes
+        return summary["throughput"]["pipeline_s"]
+
+    seconds: dict[str, list[float]] = {}
     try:
-        for storage_kind, actors, resume in runs:
-            name = f"{storage_kind}_{actors}{'_resume' if resume else ''}"
-            remote = storage_kind == "s3"
-            out = f"s3://{BUCKET}/out/{name}" if remote else str(work / f"out_{name}")
-            options = JobOptions(out=out, actors=ActorSettings(actors), batch_size=args.batch_size, progress=False,
-                                 rows_per_file=args.rows_per_file, resume=resume)
-            source = PipelineSource(checkpoint=s3_checkpoint if remote else str(checkpoint), scope="doc")
-            summary = run_notes_job(NotesJob(inputs=[s3_notes if remote else str(notes)], source=source,
-                                             options=options))
-            results.append({"run": name, "storage": storage_kind, "actors": actors, "resume": resume,
-                            "notes": summary["documents"], "seconds": summary["throughput"]["pipeline_s"],
-                            "notes_per_s": summary["throughput"]["docs_per_s"]})
+        run("local", 1, False, "_warmup")
+        for round_number in range(args.repeat):
+            for storage_kind, actors, resume in runs:
+                name = f"{storage_kind}_{actors}{'_resume' if resume else ''}"
+                seconds.setdefault(name, []).append(run(storage_kind, actors, resume, f"_{round_number}"))
     finally:
         ray.shutdown()
         server.stop()
+    import statistics
+
+    results = [{"run": name, "seconds": statistics.median(times), "all_seconds": times,
+                "notes_per_s": args.notes / statistics.median(times)} for name, times in seconds.items()]
     by = {r["run"]: r for r in results}
     print(f"\nNotes job, {args.notes} notes, batch {args.batch_size}, {platform.machine()} "
           f"({os.cpu_count()} cores, shared), checkpoint {'tiny random BERT' if not args.checkpoint else checkpoint}")
-    print(f"{'run':16} {'seconds':>8} {'notes/s':>8}")
+    print(f"{'run':16} {'seconds':>8} {'notes/s':>8}  all seconds")
     for r in results:
-        print(f"{r['run']:16} {r['seconds']:>8.1f} {r['notes_per_s']:>8.1f}")
+        print(f"{r['run']:16} {r['seconds']:>8.1f} {r['notes_per_s']:>8.1f}  {[round(t, 1) for t in r['all_seconds']]}")
     for kind in ("local", "s3"):
         print(f"{kind}: 2 actors / 1 actor notes/s x{by[f'{kind}_2']['notes_per_s'] / by[f'{kind}_1']['notes_per_s']:.2f}")
     for actors in (1, 2):

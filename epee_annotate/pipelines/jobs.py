@@ -118,16 +118,16 @@ def _write(ds, staging: Staging, schema: pa.Schema, options: JobOptions) -> None
                        filesystem=filesystem)
 
 
-def _finish(make_dataset, keys, schema: pa.Schema, options: JobOptions, job: str, started: float,
+def _finish(ds, keys, schema: pa.Schema, options: JobOptions, job: str, started: float,
             ray_start_s: float) -> dict[str, Any]:
-    """Build the dataset (``make_dataset()``) inside the output staging area, write, summarise, publish."""
-    from .resume import checkpointing
+    """Write ``ds`` into the output staging area (checkpointed by ``keys`` with --resume), summarise, publish."""
+    from .resume import checkpoint_config
 
     pipeline_started = time.perf_counter()
     with job_output(options.out, options.overwrite, options.resume) as staging:
-        # Ray Data copies the DataContext into a dataset when it is created: build it in here.
-        with checkpointing(keys, staging.checkpoint):
-            _write(make_dataset(), staging, schema, options)
+        if staging.checkpoint:  # the dataset's own context: its write plans the checkpointing
+            ds.context.checkpoint_config = checkpoint_config(keys, staging.checkpoint)
+        _write(ds, staging, schema, options)
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(staging.data, options.partition_by_task, timings, job)
@@ -169,22 +169,18 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         keys = NoteKeys(columns)
         if options.resume:
             check_resumable_ids(read_notes(fmt, files, columns.read_columns), keys)
-
-        def annotated():
-            return options.actors.map_batches(
-                read_notes(fmt, files, columns.read_columns),
-                NoteAnnotator,
-                fn_constructor_kwargs={
-                    "source": job.source, "columns": columns, "settings": settings,
-                    "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
-                    "include_text": options.include_text, "threads": _threads(options.actors),
-                    "crash": CrashSwitch.from_env(),
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
-
-        return _finish(annotated, keys, schema, options, "notes", started, ray_start_s)
+        ds = options.actors.map_batches(
+            read_notes(fmt, files, columns.read_columns),
+            NoteAnnotator,
+            fn_constructor_kwargs={
+                "source": job.source, "columns": columns, "settings": settings, "schema": schema.remove_metadata(),
+                "pipe_batch_size": options.batch_size, "include_text": options.include_text,
+                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(),
+            },
+            batch_size=options.batch_size,
+            batch_format="pyarrow",
+        )
+        return _finish(ds, keys, schema, options, "notes", started, ray_start_s)
 
 
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
@@ -212,8 +208,10 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         ray_start_s = time.perf_counter() - started
         configure_progress(options.progress)
         if job.npz:
-            npz_ds, label_field = read_npz(job.npz, job.split)
+            ds, label_field = read_npz(job.npz, job.split)
             passthrough = [label_field]
+        else:
+            ds = read_image_files(files)
         # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
         keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
         logger.info("images job: %s, Ray %s", inputs_meta, mode)
@@ -228,20 +226,16 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             "parameters": options.parameters(),
         })
         checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
-
-        def annotated():
-            return options.actors.map_batches(
-                npz_ds if job.npz else read_image_files(files),
-                ImageAnnotator,
-                fn_constructor_kwargs={
-                    "checkpoint": checkpoint, "schema": schema.remove_metadata(),
-                    "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-                    "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
-                    "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
-                    "crash": CrashSwitch.from_env(), "path_prefix": keys.prefix,
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
-
-        return _finish(annotated, keys, schema, options, "images", started, ray_start_s)
+        ds = options.actors.map_batches(
+            ds,
+            ImageAnnotator,
+            fn_constructor_kwargs={
+                "checkpoint": checkpoint, "schema": schema.remove_metadata(),
+                "task_name": job.task_name, "policy_knobs": options.policy_knobs, "device": options.actors.device,
+                "autocast": options.autocast, "frames": job.frames, "model_batch_size": options.model_batch_size,
+                "threads": _threads(options.actors), "crash": CrashSwitch.from_env(), "path_prefix": keys.prefix,
+            },
+            batch_size=options.batch_size,
+            batch_format="pyarrow",
+        )
+        return _finish(ds, keys, schema, options, "images", started, ray_start_s)

@@ -15,9 +15,8 @@ ids once up front and refuses duplicates and records without a usable id with a 
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import pyarrow as pa
 
@@ -87,36 +86,19 @@ _CLASSES: tuple | None = None
 
 
 def checkpoint_config(keys, checkpoint_path: str):
-    """A ``DataContext.checkpoint_config`` for ``keys`` (``NoteKeys``/``PathKeys``) at ``checkpoint_path``."""
+    """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``)."""
     from . import storage
 
     global _CLASSES
     if _CLASSES is None:  # Ray is imported only when a job runs
         _CLASSES = _checkpoint_classes()
-    filesystem, _ = storage.resolve(checkpoint_path)
-    path = checkpoint_path if storage.is_uri(checkpoint_path) else storage.resolve(checkpoint_path)[1]
-    return _CLASSES[0](keys, path, filesystem)
-
-
-@contextmanager
-def checkpointing(keys, checkpoint_path: str | None) -> Iterator[None]:
-    """Datasets created inside run with Ray Data checkpointing (no-op when ``checkpoint_path`` is None)."""
-    from ray.data import DataContext
-
-    context = DataContext.get_current()
-    previous = context.checkpoint_config
-    if checkpoint_path is not None:
-        context.checkpoint_config = checkpoint_config(keys, checkpoint_path)
-    try:
-        yield
-    finally:
-        context.checkpoint_config = previous
+    filesystem, resolved = storage.resolve(checkpoint_path)
+    return _CLASSES[0](keys, checkpoint_path if storage.is_uri(checkpoint_path) else resolved, filesystem)
 
 
 def check_resumable_ids(ds, keys, limit: int = 5) -> int:
     """Read every input id once; ``ResumeError`` on duplicates or records without one. Returns the count."""
     import pyarrow.compute as pc
-
     import ray
 
     def key_table(block: pa.Table) -> pa.Table:
