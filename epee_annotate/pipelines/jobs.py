@@ -199,7 +199,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     passthrough: list[pa.Field] = []
     files: list[str] = []
     if job.npz:
-        inputs_meta = {"npz": str(Path(job.npz).resolve()), "split": job.split}
+        inputs_meta = {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
     else:
         files = resolve_image_inputs(job.inputs)
         inputs_meta = {"files": len(files), "frames": job.frames}
@@ -208,7 +208,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         ray_start_s = time.perf_counter() - started
         configure_progress(options.progress)
         if job.npz:
-            ds, label_field = read_npz(job.npz, job.split)
+            ds, label_field = read_npz(storage.fetch(job.npz), job.split)  # the driver reads it whole anyway
             passthrough = [label_field]
         else:
             ds = read_image_files(files)
