@@ -185,6 +185,23 @@ def test_notes_job_from_s3_to_s3_with_an_s3_checkpoint(local_ray, s3, text_check
     assert not [k for k in keys(s3, "notes/out/") if "_staging" in k]
 
 
+@pytest.mark.ray
+def test_csv_notes_are_read_from_s3_with_per_row_errors(local_ray, s3, tmp_path):
+    """harden's CSV reader (header check, raw-bytes rows, wrong-field-count rows) on object storage."""
+    from epee_annotate.pipelines.sources import LINE_NO, READ_ERROR, note_passthrough_fields, read_notes
+
+    source = tmp_path / "notes.csv"
+    source.write_bytes("id,text,site\n1,rash,a\n2,nausea,b,extra\n3,\"multi\nline\",c\n".encode())
+    uri = upload(s3, source, "csv/notes.csv")
+    assert note_passthrough_fields("csv", [uri], "id", "text", ["site"]) == [pa.field("site", pa.string())]
+    with pytest.raises(ValueError, match="not found in its header row"):
+        note_passthrough_fields("csv", [uri], "id", "note", [])
+    rows = sorted(read_notes("csv", [uri], ["id", "text", "site"]).take_all(), key=lambda r: r[LINE_NO])
+    assert [(r["id"], r["text"], r[LINE_NO]) for r in rows] == [(b"1", b"rash", 1), (None, None, 2),
+                                                                 (b"3", b"multi\nline", 3)]
+    assert rows[1][READ_ERROR] == "notes.csv data row 2: wrong number of fields"
+
+
 def _write_pngs(directory: Path) -> None:
     import numpy as np
     from PIL import Image
