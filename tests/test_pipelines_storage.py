@@ -122,6 +122,24 @@ def test_local_resumable_output_survives_a_failure_and_is_renamed_into_place(tmp
     assert read_published(str(out)).num_rows == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
+def test_unreadable_rows_part_is_rewritten_not_duplicated_and_partitioned_like_rays(tmp_path):
+    import pyarrow.dataset as pads
+
+    from epee_annotate.pipelines.jobs import JobOptions, _write_unreadable
+    from epee_annotate.pipelines.publish import Staging
+    from epee_annotate.pipelines.schema import output_schema
+
+    schema = output_schema("notes", [])
+    rows = [{"doc_id": None, "task": "input", "status": "error", "error": "gone.jsonl: file not found"}]
+    staging = Staging(str(tmp_path / "out"), str(tmp_path / "data"))
+    for _ in range(2):  # a resumed run writes the part again
+        _write_unreadable(rows, staging, schema, JobOptions(out=staging.out, partition_by_task=True))
+    assert [p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data").rglob("*.parquet")] == [
+        "task=input/unreadable-0.parquet"]
+    table = pads.dataset(staging.data, format="parquet", partitioning="hive").to_table()
+    assert table.num_rows == 1 and table.column("task").to_pylist() == ["input"]
+
+
 def test_checkpoint_loads_from_a_uri_and_checks_the_weights_hash(s3, tmp_path):
     from epee_annotate import MultiExitModel
     from epee_annotate.checkpoint import CheckpointError

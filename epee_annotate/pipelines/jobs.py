@@ -159,9 +159,9 @@ def _write_unreadable(rows: list[dict[str, Any]], staging: Staging, schema: pa.S
 
     filesystem, path = storage.resolve(staging.data)
     table = rows_to_table(rows, schema).replace_schema_metadata(schema.metadata)
-    partitioning = (pads.partitioning(pa.schema([schema.field("task")]), flavor="hive")
-                    if options.partition_by_task else None)
-    pads.write_dataset(table, path, format="parquet", filesystem=filesystem, partitioning=partitioning,
+    # Partitioned as Ray's write_parquet does it (pyarrow's write_dataset, hive flavor).
+    pads.write_dataset(table, path, format="parquet", filesystem=filesystem,
+                       partitioning=["task"] if options.partition_by_task else None, partitioning_flavor="hive",
                        basename_template=UNREADABLE_PART, existing_data_behavior="overwrite_or_ignore")
 
 
