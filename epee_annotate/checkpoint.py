@@ -7,6 +7,9 @@ A checkpoint is a directory:
 - ``config.json``: the backbone's Hugging Face config;
 - ``model.safetensors``: backbone + exit-head weights (safetensors only; never pickle);
 - tokenizer files (text) or ``preprocessor_config.json`` (images).
+
+The directory may also be a URI (``s3://``, ``gs://``, ...): ``local_checkpoint`` downloads it
+once per process and checks the weights against the SHA-256 recorded in ``epee_config.json``.
 """
 
 from __future__ import annotations
@@ -107,3 +110,19 @@ def read_weights(module: nn.Module, directory: Path) -> None:
             f"weights in {str(directory)!r} do not fit the model: missing keys {sorted(missing)[:20]}, "
             f"unexpected keys {sorted(unexpected)[:20]}"
         )
+
+
+def local_checkpoint(location: str | Path) -> Path:
+    """A local checkpoint directory: ``location`` itself, or a verified download of a URI."""
+    from .pipelines.storage import fetch, is_uri
+
+    if not is_uri(location):
+        return Path(location)
+    try:
+        path = Path(fetch(str(location)))
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {str(location)!r} does not exist") from None
+    expected = read_config(path).weights_sha256
+    if expected and (path / WEIGHTS_NAME).is_file() and file_sha256(path / WEIGHTS_NAME) != expected:
+        raise CheckpointError(f"weights downloaded from {str(location)!r} do not match the SHA-256 in {CONFIG_NAME}")
+    return path

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
-from .checkpoint import MultiExitConfig, read_config, read_weights, write_config, write_weights
+from .checkpoint import MultiExitConfig, local_checkpoint, read_config, read_weights, write_config, write_weights
 from .engine import length_buckets, run_all_exits, run_early_exit, run_early_exit_regrouped
 from .heads import make_exit_heads
 from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
@@ -93,8 +93,8 @@ class MultiExitModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiExitModel":
-        """Load a checkpoint written by ``save_pretrained`` (safetensors only)."""
-        path = Path(directory)
+        """Load a checkpoint written by ``save_pretrained`` (safetensors only); a URI is downloaded first."""
+        path = local_checkpoint(directory)
         config = read_config(path)
         backbone_class(config.model_type)  # clear error for unknown architectures
         backbone = backbone_from_config(AutoConfig.from_pretrained(path), config.pooling)

@@ -66,3 +66,36 @@ def _one_torch_thread_and_package_log_level():
     yield
     torch.set_num_threads(1)
     package_logger.setLevel(level)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """An S3-compatible server (moto) on 127.0.0.1, with the AWS_* environment pointing at it.
+
+    pyarrow (and so Ray Data) and boto3 read AWS_ENDPOINT_URL and the dummy credentials from the
+    environment, exactly as they would read real ones; nothing leaves the loopback interface.
+    Yields a boto3 S3 client.
+    """
+    import os
+
+    pytest.importorskip("moto")
+    boto3 = pytest.importorskip("boto3")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield boto3.client("s3")
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

@@ -105,6 +105,12 @@ def test_a_pool_that_takes_every_cpu_is_refused_naming_what_it_needs():
         check_cluster_fits(ActorSettings(num_actors=2, gpus_per_actor=1), {"CPU": 8.0, "GPU": 1.0})
 
 
+def test_a_resumed_run_counts_the_checkpoint_filters_cpu():
+    with pytest.raises(ValueError, match=r"plus 1 CPU for the checkpoint filter = 4 CPUs, but the Ray cluster has 3"):
+        check_cluster_fits(ActorSettings(num_actors=2), {"CPU": 3.0}, extra_cpus=1)
+    check_cluster_fits(ActorSettings(num_actors=2), {"CPU": 4.0}, extra_cpus=1)
+
+
 def test_the_models_error_reaches_the_error_column():
     import spacy
 

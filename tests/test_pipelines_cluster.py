@@ -1,5 +1,8 @@
 """The notes job on a two-node Ray cluster started with ``ray start`` on loopback (joined with --address).
 
+The checkpoint lives only on the loopback S3 server (``s3_server`` fixture): every actor downloads it
+from the URI itself, so no node relies on a path of the driver's.
+
 Kept apart from test_pipelines_ray.py: starting two Ray nodes takes most of a minute on two cores.
 Set EPEE_SKIP_CLUSTER_TEST=1 to skip it.
 """
@@ -17,6 +20,7 @@ from pathlib import Path
 import pyarrow.dataset as pads
 import pytest
 
+from epee_annotate.pipelines.schema import read_job_metadata
 from epee_annotate.testing import tiny_model
 
 pytest.importorskip("ray")
@@ -24,10 +28,15 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory):
+def text_checkpoint(s3_server, tmp_path_factory):
+    """s3://models/text: a tiny checkpoint that exists on no node's disk."""
     path = tmp_path_factory.mktemp("text_ckpt")
     tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
-    return path
+    s3_server.create_bucket(Bucket="models")
+    for file in path.iterdir():
+        s3_server.upload_file(str(file), "models", f"text/{file.name}")
+    shutil.rmtree(path)
+    return "s3://models/text"
 
 
 def _free_port() -> int:
@@ -72,6 +81,7 @@ def test_job_joins_a_two_node_cluster(text_checkpoint, tmp_path):
     if os.environ.get("EPEE_SKIP_CLUSTER_TEST"):
         pytest.skip("EPEE_SKIP_CLUSTER_TEST is set")
     # Token auth needs the cluster's token in every process; a throw-away loopback cluster does without.
+    # os.environ carries the AWS_* settings of the S3 server to both nodes and the driver.
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     port = _free_port()
@@ -102,7 +112,11 @@ def test_job_joins_a_two_node_cluster(text_checkpoint, tmp_path):
         result = json.loads(driver.stdout.strip().splitlines()[-1])
         assert result["code"] == 0 and result["alive_nodes"] == 2
         assert result["actor_nodes"] == 2  # one actor per node: the job really ran on both
-        assert sorted(pads.dataset(str(out), format="parquet").to_table().column("doc_id").to_pylist(), key=int) == [str(i) for i in range(16)]
+        table = pads.dataset(str(out), format="parquet").to_table()
+        assert sorted(table.column("doc_id").to_pylist(), key=int) == [str(i) for i in range(16)]
+        # Every row was classified by an actor holding the model it fetched from the URI.
+        assert set(table.column("status").to_pylist()) == {"ok"} and None not in table.column("label").to_pylist()
+        assert read_job_metadata(out)["pipeline"]["checkpoint"] == text_checkpoint
     finally:
         for process in reversed(nodes):
             process.terminate()  # --block nodes drain and stop their own processes on SIGTERM

@@ -17,16 +17,21 @@ FLAGS = {
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
-    "include_text": "--include-text",
+    "include_text": "--include-text", "resume": "--resume",
 }
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
-    out.add_argument("--out", required=True, help="output dataset directory (created atomically at the end)")
+    out.add_argument("--out", required=True,
+                     help="output dataset: a directory or a URI (s3://, gs://, abfs://, hdfs://); published "
+                          "whole at the end, with a _SUCCESS manifest")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     out.add_argument("--partition-by-task", action="store_true", help="hive-partition the output by task")
     out.add_argument("--rows-per-file", type=int, default=100_000, help="minimum rows per Parquet file")
+    out.add_argument("--resume", action="store_true",
+                     help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
+                          "id; needs unique ids); a first run with it is resumable")
 
     run = parser.add_argument_group("execution")
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
@@ -62,7 +67,7 @@ def _options(args: argparse.Namespace):
         patience=args.patience, budget=args.budget, autocast=args.autocast,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
-        actor_start_timeout_s=args.actor_start_timeout,
+        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
     )
 
 
@@ -121,7 +126,7 @@ def register(subparsers) -> None:
         "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
         description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",
     )
-    notes.add_argument("inputs", nargs="+", help="files, globs or directories of CSV, TSV, JSON(L) or Parquet")
+    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) or Parquet")
     notes.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"], default=None,
                        help="input format (default: from the file names)")
     notes.add_argument("--id-column", default="id", help="column/field with the note id")
@@ -145,8 +150,8 @@ def register(subparsers) -> None:
         "annotate-images", help="classify DICOM/PNG/JPEG files or an npz split with a multi-exit ViT",
         description="Ray Data job: one Parquet row per image (or frame); every file yields at least one row.",
     )
-    images.add_argument("inputs", nargs="*", help="image files, globs or directories")
-    images.add_argument("--checkpoint", required=True, help="multi-exit image checkpoint directory")
+    images.add_argument("inputs", nargs="*", help="image files, globs or directories (local or URIs)")
+    images.add_argument("--checkpoint", required=True, help="multi-exit image checkpoint directory or URI")
     images.add_argument("--npz", default=None, help="MedMNIST-style .npz archive instead of files")
     images.add_argument("--split", default="val", help="split of the npz archive (train/val/test)")
     images.add_argument("--frames", choices=FRAME_MODES, default="middle",

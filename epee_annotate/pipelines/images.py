@@ -60,6 +60,7 @@ class ImageAnnotator:
         model_batch_size: int = 32,
         threads: int | None = None,
         max_pixels: int | None = MAX_PIXELS,
+        path_prefix: str = "",
     ):
         if threads:
             import torch
@@ -73,10 +74,11 @@ class ImageAnnotator:
         self.frames = frames
         self.model_batch_size = model_batch_size
         self.max_pixels = max_pixels
+        self.path_prefix = path_prefix  # "s3://" etc.: Ray's paths on object storage lack the scheme
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "bytes" in batch.column_names:
-            paths = batch.column("path").to_pylist()
+            paths = [self.path_prefix + path for path in batch.column("path").to_pylist()]
             results = classify_images(self.model, batch.column("bytes").to_pylist(), self.policy,
                                       self.model_batch_size, self.frames, names=paths, max_pixels=self.max_pixels)
             rows = [{"doc_id": r.source, "path": r.source, **self._row(r)} for r in results]

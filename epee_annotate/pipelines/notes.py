@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from ..policy_settings import setting_keys
+from . import storage
 from .errors import SettingError
 from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
 from .sources import LINE_NO, RAW_LINE, READ_ERROR, SOURCE_FILE, parse_json_line
@@ -85,6 +86,10 @@ class PipelineSource:
                                "options", "overrides")
         for name in ("pipeline", "config", "checkpoint"):
             path = getattr(self, name)
+            if path and storage.is_uri(path):  # each actor fetches it itself (storage.fetch)
+                if not storage.exists(path):
+                    raise FileNotFoundError(f"{path!r} does not exist")
+                continue
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path!r} does not exist")
             if path:  # Ray workers may run in another directory
@@ -112,7 +117,8 @@ class PipelineSource:
             nlp.add_pipe("epee_textcat", name=self.task_name,
                          config={"checkpoint": str(self.checkpoint), "scope": self.scope, **settings})
             return nlp
-        cfg_path = Path(self.pipeline) / "config.cfg" if self.pipeline else Path(self.config)
+        pipeline = storage.fetch(self.pipeline) if self.pipeline else None
+        cfg_path = Path(pipeline) / "config.cfg" if pipeline else Path(storage.fetch(self.config))
         # Dict values are assigned after loading: as spaCy overrides they would be merged into
         # the saved section (a saved policy {"budget": 2} plus a new {"entropy": 0.3} ...).
         scalars = {k: v for k, v in self.overrides.items() if not isinstance(v, dict)}
@@ -132,8 +138,8 @@ class PipelineSource:
         if not self.pipeline:
             return load_model_from_config(config, auto_fill=True)
         # What spacy.load does for a directory, with our edited config.
-        nlp = load_model_from_config(config, meta=get_model_meta(Path(self.pipeline)))
-        return nlp.from_disk(self.pipeline, overrides=scalars)
+        nlp = load_model_from_config(config, meta=get_model_meta(Path(pipeline)))
+        return nlp.from_disk(pipeline, overrides=scalars)
 
 
 def epee_components(nlp) -> list:

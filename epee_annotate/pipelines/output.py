@@ -1,4 +1,7 @@
-"""All-or-nothing output directories: write into a hidden sibling, move into place at the end."""
+"""All-or-nothing local output directories: write into a hidden sibling, move into place at the end.
+
+Object storage has no rename: see ``publish`` for its staging prefix and ``_SUCCESS`` manifest.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +18,9 @@ from .errors import OutputExistsError, SettingError
 def check_output(out: str | Path, overwrite: bool) -> Path:
     """Resolve ``out``; refuse an existing path unless ``overwrite`` (checked before any work)."""
     text = str(out)
-    if "://" in text:
-        raise SettingError(f"output must be a local (or mounted shared) directory, got {text!r}", "out")
-    path = Path(out).expanduser().resolve()
+    if "://" in text and not text.startswith("file://"):  # object storage: see publish.check_job_output
+        raise SettingError(f"{text!r} is a URI; object-storage outputs go through publish.check_job_output", "out")
+    path = Path(text[len("file://"):] if text.startswith("file://") else text).expanduser().resolve()
     if path.exists() and not overwrite:
         raise OutputExistsError(f"output {str(path)!r} already exists", "overwrite")
     if path.exists() and not path.is_dir():
@@ -47,17 +50,22 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
-        if out.exists():
-            if not overwrite:  # someone else created it while we ran
-                raise FileExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}")
-            old = out.parent / f".{out.name}.old-{tag}"
-            os.replace(out, old)
-            os.replace(staging, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
+        move_into_place(staging, out, overwrite, tag)
     except FileExistsError:
         raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def move_into_place(staging: Path, out: Path, overwrite: bool, tag: str) -> None:
+    """Rename ``staging`` to ``out`` (replacing it when ``overwrite``); same filesystem, so atomic."""
+    if out.exists():
+        if not overwrite:  # someone else created it while we ran
+            raise FileExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}")
+        old = out.parent / f".{out.name}.old-{tag}"
+        os.replace(out, old)
+        os.replace(staging, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, out)

@@ -68,27 +68,32 @@ class ActorSettings:
             return ds.map_batches(fn, **kwargs, **self.map_batches_args())
 
 
-    @property
-    def cpus_needed(self) -> float:
-        """CPUs the job needs in the cluster: every actor's, plus ``IO_CPUS`` for reading and writing."""
-        return self.num_actors * self.cpus_per_actor + IO_CPUS
+    def cpus_needed(self, extra: float = 0) -> float:
+        """CPUs the job needs in the cluster: every actor's, ``IO_CPUS`` for reading and writing, and ``extra``.
+
+        ``extra``: other actors the job runs (a resumed run's checkpoint filter, one CPU).
+        """
+        return self.num_actors * self.cpus_per_actor + IO_CPUS + extra
 
 
-def local_cpus(settings: ActorSettings) -> int:
+def local_cpus(settings: ActorSettings, extra: float = 0) -> int:
     """Logical CPUs for an embedded Ray: the machine's cores, but always room for readers/writers."""
-    return max(os.cpu_count() or 1, math.ceil(settings.cpus_needed))
+    return max(os.cpu_count() or 1, math.ceil(settings.cpus_needed(extra)))
 
 
-def check_cluster_fits(settings: ActorSettings, resources: dict[str, float]) -> None:
+def check_cluster_fits(settings: ActorSettings, resources: dict[str, float], extra_cpus: float = 0) -> None:
     """Refuse, naming what is needed, a pool that would starve the reader or never start.
 
-    ``resources`` is ``ray.cluster_resources()``: the whole cluster, not what is free now.
+    ``resources`` is ``ray.cluster_resources()``: the whole cluster, not what is free now;
+    ``extra_cpus`` as in ``ActorSettings.cpus_needed``.
     """
     have_cpus = float(resources.get("CPU", 0.0))
-    if have_cpus + 1e-9 < settings.cpus_needed:
+    needed = settings.cpus_needed(extra_cpus)
+    if have_cpus + 1e-9 < needed:
+        also = f" plus {extra_cpus:g} CPU for the checkpoint filter" if extra_cpus else ""
         raise SettingError(
             f"the actor pool needs {settings.num_actors} x {settings.cpus_per_actor:g} CPU for the actors "
-            f"plus {IO_CPUS} CPU for reading and writing = {settings.cpus_needed:g} CPUs, but the Ray cluster "
+            f"plus {IO_CPUS} CPU for reading and writing{also} = {needed:g} CPUs, but the Ray cluster "
             f"has {have_cpus:g}; use fewer actors or fewer CPUs per actor, or add nodes",
             "num_actors", "cpus_per_actor",
         )
@@ -165,7 +170,7 @@ def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
 
 @contextmanager
 def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False,
-                verbose: bool = False) -> Iterator[str]:
+                verbose: bool = False, extra_cpus: float = 0) -> Iterator[str]:
     """Use the running Ray, join ``address``/RAY_ADDRESS, or start an embedded local Ray; yield which."""
     import ray
 
@@ -182,7 +187,7 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
             mode = f"cluster {address}"
         else:
             # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
-            ray.init(num_cpus=local_cpus(settings), include_dashboard=False, log_to_driver=worker_logs,
+            ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False, log_to_driver=worker_logs,
                      logging_level=level)
             mode = "local"
     try:

@@ -31,6 +31,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from ..file_checks import unreadable_reason
+from . import storage
 from .errors import SettingError
 
 NOTE_FORMATS = {
@@ -50,7 +51,11 @@ def expand_paths(specs: Sequence[str], keep) -> list[str]:
     job can report them (see ``unreadable_inputs``); ``keep`` must not open them.
     """
     found: list[str] = []
+    remote: list[str] = []
     for spec in specs:
+        if storage.is_uri(spec):  # object storage: same rules, through pyarrow.fs
+            remote += storage.list_files(str(spec), keep)
+            continue
         spec = os.path.expanduser(str(spec))
         if os.path.isdir(spec):
             for root, dirs, files in os.walk(spec):
@@ -66,7 +71,7 @@ def expand_paths(specs: Sequence[str], keep) -> list[str]:
             found.append(spec)
         else:
             raise FileNotFoundError(f"input {spec!r} does not exist")
-    unique = sorted({os.path.abspath(p) for p in found})
+    unique = sorted({os.path.abspath(p) for p in found} | set(remote))
     if not unique:
         raise FileNotFoundError(f"no input files found in {list(specs)}")
     return unique
@@ -76,9 +81,14 @@ def _visible(path: str) -> bool:
     return not os.path.basename(path).startswith((".", "_"))
 
 
+def input_problem(path: str) -> str | None:
+    """Why a listed input cannot be read, or None; object-storage listings hold only existing objects."""
+    return None if storage.is_uri(path) else unreadable_reason(path)
+
+
 def unreadable_inputs(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """(readable files, {unreadable file: reason}); each unreadable one becomes an error row."""
-    problems = {path: reason for path in files if (reason := unreadable_reason(path)) is not None}
+    problems = {path: reason for path in files if (reason := input_problem(path)) is not None}
     return [path for path in files if path not in problems], problems
 
 
@@ -88,7 +98,7 @@ def note_format(path: str) -> str | None:
     if fmt == "json":
         # Many exports (PHEE included) are JSON Lines named .json.
         try:
-            with open(path, "rb") as handle:
+            with storage.open_input(path) as handle:
                 head = handle.read(4096).removeprefix(UTF8_BOM).lstrip(b" \t\r\n")
         except OSError:  # unreadable: reported as an error row, its format does not matter
             return "jsonl"
@@ -102,7 +112,7 @@ def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[s
         raise SettingError(f"the format must be one of {sorted(set(NOTE_FORMATS.values()))}, got {fmt!r}", "fmt")
     files = expand_paths(specs, lambda p: _visible(p) and (fmt is not None or note_format(p) is not None))
     if fmt is None:
-        readable = [f for f in files if unreadable_reason(f) is None] or files
+        readable = [f for f in files if input_problem(f) is None] or files
         formats = {note_format(f) for f in readable}
         if None in formats:
             unknown = [f for f in readable if note_format(f) is None][:3]
@@ -136,7 +146,8 @@ def csv_header(path: str, delimiter: str) -> list[str]:
 
     try:
         # errors="replace": the reader decodes ahead, and invalid UTF-8 below the header is a row's error.
-        with open(path, "rb") as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace", newline="") as text:
+        with storage.open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace",
+                                                                newline="") as text:
             return next(csv.reader(text, delimiter=delimiter), [])
     except csv.Error:  # its message may quote the row
         raise ValueError(f"{path}: not a readable CSV file (malformed header row)") from None
@@ -168,13 +179,13 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
         import pyarrow.parquet as pq
 
         for path in files:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(storage.open_input(path))
             missing = [c for c in needed if c not in schema.names]
             if missing:
                 raise ValueError(f"{path}: column(s) {missing} not found; columns are {schema.names}")
-        first = pq.read_schema(files[0])
+        first = pq.read_schema(storage.open_input(files[0]))
         for path in files[1:]:
-            schema = pq.read_schema(path)
+            schema = pq.read_schema(storage.open_input(path))
             differ = [c for c in keep_columns if schema.field(c).type != first.field(c).type]
             if differ:
                 raise ValueError(f"{path}: column(s) {differ} have other types than in {files[0]}; "
@@ -197,15 +208,21 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
     import ray.data
 
     columns = list(columns)
+    filesystem = storage.filesystem_of(list(files))
+    files = storage.ray_paths(list(files))
     if fmt in ("csv", "tsv"):
-        source = CsvNotesDatasource(list(files), columns=columns, delimiter="\t" if fmt == "tsv" else ",")
+        source = CsvNotesDatasource(list(files), columns=columns, delimiter="\t" if fmt == "tsv" else ",",
+                                    filesystem=filesystem)
         return ray.data.read_datasource(source, override_num_blocks=num_blocks)
     if fmt == "jsonl":
-        return ray.data.read_datasource(JsonLinesDatasource(list(files)), override_num_blocks=num_blocks)
+        return ray.data.read_datasource(JsonLinesDatasource(list(files), filesystem=filesystem),
+                                        override_num_blocks=num_blocks)
     if fmt == "json":
-        return ray.data.read_json(list(files), override_num_blocks=num_blocks).select_columns(columns)
+        return ray.data.read_json(list(files), override_num_blocks=num_blocks,
+                                  filesystem=filesystem).select_columns(columns)
     if fmt == "parquet":
-        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks)
+        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks,
+                                     filesystem=filesystem)
     raise ValueError(f"unknown notes format {fmt!r}")
 
 
@@ -350,7 +367,8 @@ def read_image_files(files: Sequence[str], num_blocks: int | None = None):
     """Ray dataset of (bytes, path) rows, one per file."""
     import ray.data
 
-    return ray.data.read_binary_files(list(files), include_paths=True, override_num_blocks=num_blocks)
+    return ray.data.read_binary_files(storage.ray_paths(list(files)), include_paths=True,
+                                      override_num_blocks=num_blocks, filesystem=storage.filesystem_of(list(files)))
 
 
 def npz_table(path: str, split: str) -> pa.Table:

@@ -24,7 +24,10 @@ def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: lis
     """The written dataset (or some columns of it) as one table."""
     import pyarrow.dataset as pads
 
-    dataset = pads.dataset(str(dataset_dir), format="parquet", partitioning="hive" if partitioned else None)
+    from .storage import resolve
+
+    filesystem, path = resolve(dataset_dir)
+    dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning="hive" if partitioned else None)
     table = dataset.to_table(columns=columns)
     if partitioned and "task" in table.column_names and pa.types.is_dictionary(table.schema.field("task").type):
         table = table.set_column(table.schema.get_field_index("task"), "task", table.column("task").cast(pa.string()))
@@ -124,7 +127,16 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
 
 
 def write_summary(summary: dict[str, Any], dataset_dir: str | Path) -> None:
-    """``_summary.json`` and ``_summary.png`` inside the dataset directory."""
+    """``_summary.json`` and ``_summary.png`` inside the dataset directory (local or object storage)."""
+    from .storage import is_uri, upload_dir
+
+    if is_uri(dataset_dir):  # written locally, then uploaded
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="epee-summary-") as local:
+            write_summary(summary, local)
+            upload_dir(local, str(dataset_dir))
+        return
     directory = Path(dataset_dir)
     (directory / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     plot_summary(summary, directory / SUMMARY_PNG)
