@@ -116,7 +116,7 @@ def test_policy_settings(ckpt):
     doc = nlp("rash after the first dose")
     layers = {r["task"]: r["exit_layer"] for r in doc_annotations(doc)}
     # "a" exits where the core's EPEE(0.3, 2) run on the same input exits (at most at layer 2: patience 2).
-    [expected] = epee.model.predict([doc.text], EPEE(entropy=0.3, patience=2))
+    [expected] = epee.multi_exit_model.predict([doc.text], EPEE(entropy=0.3, patience=2))
     assert expected.exit_layer <= 2
     assert layers == {"a": expected.exit_layer, "b": 4, "c": 1}
 
@@ -128,7 +128,7 @@ def test_sentence_results_match_direct_predictions(ckpt):
     component = nlp.add_pipe("epee_pv_event", config={"checkpoint": ckpt["pv"]})
     doc = nlp(NOTES[0])
     sents = list(doc.sents)
-    expected = component.model.predict([s.text for s in sents], component.policy)
+    expected = component.multi_exit_model.predict([s.text for s in sents], component.policy)
     assert len(sents) == 2
     for sent, pred in zip(sents, expected):
         assert sent._.epee_label == pred.label in PV_EVENT_LABELS
@@ -144,7 +144,7 @@ def test_doc_scope_sets_cats(ckpt):
     nlp = spacy.blank("en")
     component = nlp.add_pipe("epee_textcat", config={"checkpoint": ckpt["pv"], "scope": "doc"})
     doc = nlp(NOTES[1])
-    pred = component.model.predict([NOTES[1]], component.policy)[0]
+    pred = component.multi_exit_model.predict([NOTES[1]], component.policy)[0]
     assert set(doc.cats) == set(PV_EVENT_LABELS)
     assert sum(doc.cats.values()) == pytest.approx(1.0, abs=1e-5)
     assert doc._.epee_label == pred.label and doc._.epee_exit_layer == pred.exit_layer
@@ -168,7 +168,7 @@ def test_mentions_are_marked_in_their_sentence(ckpt):
         sent = ent.sent
         inputs.append(mark_mention(sent.text, ent.start_char - sent.start_char, ent.end_char - sent.start_char))
     assert inputs[0] == "the patient takes <e1>fish oil</e1> and vitamin e daily."
-    expected = component.model.predict(inputs, component.policy)
+    expected = component.multi_exit_model.predict(inputs, component.policy)
     for ent, pred in zip(ents, expected):
         assert ent._.epee_label == pred.label in SUPPLEMENT_STATUS_LABELS
         assert ent._.epee_probs == pytest.approx(pred.probs, abs=1e-5)
@@ -202,7 +202,7 @@ def test_relations_pair_mentions_within_sentences(ckpt):
     assert [(r["head"].text, r["tail"].text) for r in relations] == [
         ("aspirin", "warfarin"), ("aspirin", "coumadin"), ("warfarin", "coumadin")]
     sent = text[: text.index(".") + 1]
-    expected = component.model.predict(
+    expected = component.multi_exit_model.predict(
         [{"text": sent, "head": (r["head_start"], r["head_end"]), "tail": (r["tail_start"], r["tail_end"])}
          for r in relations], component.policy)
     for record, pred in zip(relations, expected):
@@ -235,8 +235,8 @@ def test_pipe_makes_one_model_call_per_batch(ckpt, monkeypatch):
     nlp.add_pipe("sentencizer")
     component = nlp.add_pipe("epee_pv_event", config={"checkpoint": ckpt["pv"]})
     calls = []
-    original = component.model.predict
-    monkeypatch.setattr(component.model, "predict", lambda inputs, *a, **k: calls.append(len(inputs)) or
+    original = component.multi_exit_model.predict
+    monkeypatch.setattr(component.multi_exit_model, "predict", lambda inputs, *a, **k: calls.append(len(inputs)) or
                         original(inputs, *a, **k))
     docs = list(nlp.pipe(NOTES * 2, batch_size=8))
     assert len(docs) == 8 and calls == [12]  # 8 docs, 12 sentences, one call

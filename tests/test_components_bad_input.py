@@ -71,14 +71,14 @@ def test_long_sentence_keeps_the_marked_mention(nlp):
     items = component.collect(doc)
     assert [doc.text[i.start:i.end] for i in items] == ["fish oil", "ginkgo biloba"]
     assert items[0].clipped is True  # a 400-token sentence does not fit 64 tokens
-    encoded = component.model.encode([i.input for i in items])
+    encoded = component.multi_exit_model.encode([i.input for i in items])
     for item, row in zip(items, encoded):
         assert MENTION_MARKERS[0] in item.input and MENTION_MARKERS[1] in item.input
         assert row.truncated is False  # the window was chosen before encoding: the core cuts nothing
 
 
 def test_mention_window_unit(nlp):
-    tokenizer = nlp.get_pipe("epee_supplement_status").model.preprocessor
+    tokenizer = nlp.get_pipe("epee_supplement_status").multi_exit_model.preprocessor
     text = "word " * 500 + "fish oil" + " word" * 500
     start = text.index("fish oil")
     marked, cut = mention_input(text, start, start + 8, tokenizer, room=20)

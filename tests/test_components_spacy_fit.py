@@ -260,3 +260,15 @@ def test_evaluate_scores_pairs_from_gold_records(clinical_checkpoints, tmp_path)
     assert nlp.evaluate([example(pairs)])["epee_ddi_acc"] == 1.0
     wrong = [{**pairs[0], "label": next(l for l in labels if l != pairs[0]["label"])}, *pairs[1:]]
     assert nlp.evaluate([example(wrong)])["epee_ddi_acc"] == pytest.approx(2 / 3)
+
+
+def test_spacys_protocol_checks_do_not_load_the_checkpoint(tmp_path):
+    # spaCy's add_pipe checks components against ListenedToComponent with hasattr on every protocol
+    # attribute, in a per-process random order; a lazy ``model`` property used to load the checkpoint
+    # there (flaky failures in add_pipe and spacy.load).
+    import spacy.ty
+
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("epee_pv_event", config={"checkpoint": str(tmp_path / "not-there-yet")})
+    assert not isinstance(component, spacy.ty.ListenedToComponent)
+    assert component._model is None

@@ -142,8 +142,12 @@ class EpeeComponent:
 
     # ----- model ---------------------------------------------------------------------------
     @property
-    def model(self) -> MultiExitModel:
-        """The multi-exit model, loaded on first use."""
+    def multi_exit_model(self) -> MultiExitModel:
+        """The multi-exit model, loaded on first use.
+
+        Not named ``model``: spaCy checks every component against its ``ListenedToComponent``
+        protocol with ``hasattr``, which would load (or fail to load) the checkpoint in ``add_pipe``.
+        """
         if self._model is None:
             self._model = self._load(self.checkpoint)
         return self._model
@@ -168,7 +172,7 @@ class EpeeComponent:
     @property
     def policy(self) -> ExitPolicy:
         """The exit policy in use: the configured one, else the checkpoint's default."""
-        return self._policy if self._policy is not None else self.model.default_policy
+        return self._policy if self._policy is not None else self.multi_exit_model.default_policy
 
     @property
     def labels(self) -> list[str]:
@@ -202,7 +206,7 @@ class EpeeComponent:
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
-        predictions = self.model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
+        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
         failed = sum(not p.ok for p in predictions)
         if failed:
             logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))
@@ -258,7 +262,7 @@ class EpeeComponent:
             if item.kind == "doc":
                 set_result(doc, record)
                 if prediction.ok:
-                    doc.cats.update(zip(self.model.labels, record["probs"]))
+                    doc.cats.update(zip(self.multi_exit_model.labels, record["probs"]))
             elif item.span is not None:
                 set_result(item.span, record)
         replace_task_records(doc, self.name, records)
@@ -276,8 +280,8 @@ class EpeeComponent:
         """Write a full copy of the checkpoint into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path / CHECKPOINT_DIR)
-        info = {"checkpoint_id": self.model.checkpoint_id, "task": self.model.task, "labels": self.model.labels}
+        self.multi_exit_model.save_pretrained(path / CHECKPOINT_DIR)
+        info = {"checkpoint_id": self.multi_exit_model.checkpoint_id, "task": self.multi_exit_model.task, "labels": self.multi_exit_model.labels}
         (path / SETTINGS_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:

@@ -73,7 +73,7 @@ class RelationClassifier(EpeeComponent):
 
     def _item(self, text: str, base: int, end: int, head: Span, tail: Span) -> Item:
         head_chars, tail_chars = (head.start_char, head.end_char), (tail.start_char, tail.end_char)
-        pair, clipped = self.model.encoder.relation_input(text, head_chars, tail_chars, base, end)
+        pair, clipped = self.multi_exit_model.encoder.relation_input(text, head_chars, tail_chars, base, end)
         return Item(pair, "pair", head.start_char, tail.end_char, head=head_chars, tail=tail_chars, clipped=clipped)
 
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:

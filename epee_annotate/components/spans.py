@@ -31,7 +31,7 @@ class SpanClassifier(EpeeComponent):
     def collect(self, doc: Doc) -> list[Item]:
         # doc.text is rebuilt from the tokens on every access: read it once per doc.
         text = doc.text
-        encoder = self.model.encoder
+        encoder = self.multi_exit_model.encoder
         mentions = self.mentions(doc)
         items = []
         for span, (lo, hi) in zip(mentions, sentence_bounds(doc, mentions, len(text))):

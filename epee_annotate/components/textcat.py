@@ -28,7 +28,7 @@ class TextClassifier(EpeeComponent):
 
     def collect(self, doc: Doc) -> list[Item]:
         # Cutting very long text here keeps tokenisation cheap; the core keeps the first tokens anyway.
-        text, encoder = doc.text, self.model.encoder
+        text, encoder = doc.text, self.multi_exit_model.encoder
         if self.scope == "doc":
             if not has_content(text):
                 return []

@@ -153,7 +153,7 @@ def component_info(nlp) -> list[dict[str, Any]]:
     """Checkpoint identity, labels and policy of every EPEE component (loads their models)."""
     info = []
     for pipe in epee_components(nlp):
-        model = pipe.model
+        model = pipe.multi_exit_model
         info.append({
             "task": pipe.name, "factory": type(pipe).__name__, "checkpoint_id": model.checkpoint_id,
             "checkpoint_task": model.task, "labels": list(model.labels), "num_layers": model.num_layers,
