@@ -56,6 +56,18 @@ def _trim_right_padding(state: LayerState) -> LayerState:
                    token_mask=state.token_mask[:, :width], extras=extras)
 
 
+def _exit_step(backbone: Backbone, heads: nn.ModuleList, index: int, state: LayerState, policy: ExitPolicy,
+               policy_state: torch.Tensor) -> tuple[LayerState, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Layer ``index`` and its exit on ``state``: (new state, probabilities, which rows leave, policy state)."""
+    num_layers = backbone.num_layers
+    state = backbone.run_layer(index, state)
+    probs = heads[index](backbone.features(index, state)).float().softmax(-1)
+    leave, policy_state = policy.step(index + 1, num_layers, probs, policy_state)
+    if index + 1 == num_layers:
+        leave = torch.ones_like(leave)
+    return state, probs, leave, policy_state
+
+
 @torch.inference_mode()
 def run_early_exit(
     backbone: Backbone,
@@ -76,13 +88,9 @@ def run_early_exit(
         exit_layer = torch.full((size,), num_layers, dtype=torch.long, device=device)
         probs_out: torch.Tensor | None = None
         for index in range(num_layers):
-            state = backbone.run_layer(index, state)
-            probs = heads[index](backbone.features(index, state)).float().softmax(-1)
+            state, probs, leave, policy_state = _exit_step(backbone, heads, index, state, policy, policy_state)
             if probs_out is None:
                 probs_out = torch.empty(size, probs.size(-1), dtype=torch.float32, device=device)
-            leave, policy_state = policy.step(index + 1, num_layers, probs, policy_state)
-            if index + 1 == num_layers:
-                leave = torch.ones_like(leave)
             if leave.any():
                 rows = active[leave]
                 exit_layer[rows] = index + 1
@@ -124,13 +132,10 @@ def run_early_exit_regrouped(
             stays = []
             for start in range(0, active.numel(), batch_size):
                 rows = active[start : start + batch_size]
-                state = backbone.run_layer(index, _trim_right_padding(window.select(rows)))
-                probs = heads[index](backbone.features(index, state)).float().softmax(-1)
+                state, probs, leave, policy_state[rows] = _exit_step(
+                    backbone, heads, index, _trim_right_padding(window.select(rows)), policy, policy_state[rows])
                 if probs_out is None:
                     probs_out = torch.empty(size, probs.size(-1), dtype=torch.float32, device=device)
-                leave, policy_state[rows] = policy.step(index + 1, num_layers, probs, policy_state[rows])
-                if index + 1 == num_layers:
-                    leave = torch.ones_like(leave)
                 exit_layer[rows[leave]] = index + 1
                 probs_out[rows[leave]] = probs[leave]
                 # Columns past this group's width are padding for its rows: masked, never pooled.
