@@ -111,14 +111,14 @@ def check_resumable_ids(ds, keys, limit: int = 5) -> int:
     missing = ids.null_count
     if missing:
         reasons = [p for p in table.column("problem").to_pylist() if p][:limit]
-        raise ResumeError(f"--resume keys documents by id, but {missing} input record(s) have no usable id "
-                          f"(e.g. {'; '.join(reasons)}); fix them or run without --resume")
+        raise ResumeError(f"resuming keys documents by id, but {missing} input record(s) have no usable id "
+                          f"(e.g. {'; '.join(reasons)}); fix them or do not resume")
     counts = pc.value_counts(ids)
     repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
     if len(repeated):
         examples = _describe(repeated.field("values").to_pylist()[:limit])
-        raise ResumeError(f"--resume keys documents by id, but {len(repeated)} id(s) occur more than once "
-                          f"in the input (e.g. {examples}); make the ids unique or run without --resume")
+        raise ResumeError(f"resuming keys documents by id, but {len(repeated)} id(s) occur more than once "
+                          f"in the input (e.g. {examples}); make the ids unique or do not resume")
     return len(ids)
 
 
