@@ -175,14 +175,20 @@ def test_calibrate_checkpoint_stores_policy(tmp_path, model_factory):
     assert loaded.config.weights_sha256 == weights_hash  # only epee_config.json was rewritten
 
 
-def test_cli_calibrate_then_evaluate_other_part(tmp_path, model_factory, capsys):
+def saved_model_with_own_labels(tmp_path, model_factory, n: int, seed: int):
+    """A tiny BERT checkpoint in tmp_path/model and dev.jsonl labelled with its own full-depth answers."""
     model = model_factory("bert")
     directory = tmp_path / "model"
     model.save_pretrained(directory)
-    texts = make_texts(60, seed=11)
+    texts = make_texts(n, seed=seed)
     labels = [p.label for p in model.predict(texts, policy=full_depth())]
     data = tmp_path / "dev.jsonl"
     data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    return directory, data
+
+
+def test_cli_calibrate_then_evaluate_other_part(tmp_path, model_factory, capsys):
+    directory, data = saved_model_with_own_labels(tmp_path, model_factory, 60, seed=11)
     split = ["--calibration-fraction", "0.5", "--seed", "1"]
     record = tmp_path / "calibration.json"
     assert main(["calibrate", str(directory), "--data", str(data), "--max-disagreement", "0.2",
@@ -337,14 +343,8 @@ def test_note_when_every_setting_meets_the_goal():
 
 
 def test_cli_calibrate_out_copy_and_guard_refusal(tmp_path, model_factory, capsys):
-    model = model_factory("bert")
-    directory = tmp_path / "model"
-    model.save_pretrained(directory)
+    directory, data = saved_model_with_own_labels(tmp_path, model_factory, 40, seed=5)
     (directory / "training_state").mkdir()  # optimizer state of a kept run: never copied
-    texts = make_texts(40, seed=5)
-    labels = [p.label for p in model.predict(texts, policy=full_depth())]
-    data = tmp_path / "dev.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
     copy = tmp_path / "calibrated"
     args = ["calibrate", str(directory), "--data", str(data), "--max-drop", "0.05"]
     assert main(args + ["--out", str(copy)]) == 0
@@ -379,13 +379,7 @@ def test_calibrate_beem_families(table):
 
 
 def test_cli_calibrate_beem_round_trips_through_checkpoint(tmp_path, model_factory, capsys):
-    model = model_factory("bert")
-    directory = tmp_path / "model"
-    model.save_pretrained(directory)
-    texts = make_texts(40, seed=12)
-    labels = [p.label for p in model.predict(texts, policy=full_depth())]
-    data = tmp_path / "dev.jsonl"
-    data.write_text("".join(json.dumps({"text": t, "label": y}) + "\n" for t, y in zip(texts, labels)))
+    directory, data = saved_model_with_own_labels(tmp_path, model_factory, 40, seed=12)
     assert main(["calibrate", str(directory), "--data", str(data), "--max-drop", "0.1", "--family", "beem-accuracy",
                  "--calibration-fraction", "0.5", "--in-sample", "--guard-drop", "1"]) == 0
     loaded = MultiExitModel.from_pretrained(directory)
