@@ -15,6 +15,7 @@ gap comes from overhead or from the batches' shapes.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from collections import defaultdict
 from contextlib import contextmanager
@@ -29,6 +30,8 @@ from epee_annotate.cli.common import add_policy_arguments, policy_from_args
 from epee_annotate.data.load import load_examples
 from epee_annotate.policies import ExitPolicy, full_depth
 
+from .machine_load import busy_processes
+
 
 class PhaseTimer:
     """Wall-clock seconds per named phase, by wrapping the engine's building blocks."""
@@ -36,6 +39,7 @@ class PhaseTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.layer_row_tokens = 0
+        self.layer_calls = 0
 
     @contextmanager
     def phase(self, name: str):
@@ -81,6 +85,7 @@ def instrumented(model: MultiExitModel, timer: PhaseTimer):
 
     def run_layer(index, state):
         timer.layer_row_tokens += state.hidden.size(0) * state.hidden.size(1)
+        timer.layer_calls += 1
         with timer.phase("layers"):
             return originals["run_layer"](index, state)
 
@@ -129,7 +134,7 @@ def profile_policy(model: MultiExitModel, inputs: list[Any], policy: ExitPolicy,
         total, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     accounted = sum(timer.seconds.values())
     return {"total": total, "cpu": cpu, "phases": dict(timer.seconds, rest=total - accounted),
-            "layer_row_tokens": timer.layer_row_tokens,
+            "layer_row_tokens": timer.layer_row_tokens, "layer_calls": timer.layer_calls,
             "mean_exit_layer": sum(p.exit_layer for p in predictions) / len(predictions)}
 
 
@@ -154,6 +159,8 @@ def main() -> None:
     parser.add_argument("--int8", action="store_true", help="quantize the backbone's Linear layers first")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default); 1 is steadier on a crowded machine")
+    parser.add_argument("--busy", type=int, default=0,
+                        help="start N busy-looping processes for the run, to measure a shared machine")
     add_policy_arguments(parser)
     args = parser.parse_args()
 
@@ -166,17 +173,18 @@ def main() -> None:
     examples = load_examples(args.data, fmt, model.task, split=args.split)
     inputs = [e.input for e in examples][: args.docs]
     policy = policy_from_args(args) or model.default_policy
-    policies = {"full depth": full_depth(), policy.describe(): policy}
-    model.predict(inputs[: args.batch_size], policy=full_depth(), batch_size=args.batch_size)  # warm-up
-    best: dict[str, dict[str, Any]] = {}
-    for _ in range(args.repeats):
-        for name, p in policies.items():
-            result = profile_policy(model, inputs, p, args.batch_size)
-            if name not in best or result["total"] < best[name]["total"]:
-                best[name] = result
+    runs = {"full depth": full_depth(), policy.describe(): policy}
+    with busy_processes(args.busy):
+        model.predict(inputs[: args.batch_size], policy=full_depth(), batch_size=args.batch_size)  # warm-up
+        best: dict[str, dict[str, Any]] = {}
+        for _ in range(args.repeats):
+            for name, p in runs.items():
+                result = profile_policy(model, inputs, p, args.batch_size)
+                if name not in best or result["total"] < best[name]["total"]:
+                    best[name] = result
     base = best["full depth"]
     print(f"{len(inputs)} inputs, batch {args.batch_size}, best of {args.repeats}, torch threads "
-          f"{torch.get_num_threads()} (2-core shared machine: ratios only)")
+          f"{torch.get_num_threads()}, {args.busy} busy processes, {os.cpu_count()} cores")
     phases = sorted({k for r in best.values() for k in r["phases"]})
     print(f"{'':34s}" + "".join(f"{n[:28]:>30s}" for n in best))
     for phase in phases:
@@ -185,16 +193,18 @@ def main() -> None:
     print(f"{'process CPU time':34s}" + "".join(f"{1e3 * r['cpu']:27.1f} ms" for r in best.values()))
     print(f"{'mean exit layer':34s}" + "".join(f"{r['mean_exit_layer']:30.2f}" for r in best.values()))
     print(f"{'layer row-tokens':34s}" + "".join(f"{r['layer_row_tokens']:30d}" for r in best.values()))
+    print(f"{'layer calls':34s}" + "".join(f"{r['layer_calls']:30d}" for r in best.values()))
     for name, r in best.items():
         if r is base:
             continue
         layer_speedup = model.num_layers / r["mean_exit_layer"]
         print(f"\n{name}: layer speed-up {layer_speedup:.2f}, row-token speed-up "
-              f"{base['layer_row_tokens'] / r['layer_row_tokens']:.2f}, layer-time speed-up "
+              f"{base['layer_row_tokens'] / r['layer_row_tokens']:.2f}, layer-call speed-up "
+              f"{base['layer_calls'] / r['layer_calls']:.2f}, layer-time speed-up "
               f"{base['phases']['layers'] / r['phases']['layers']:.2f}, wall speed-up {base['total'] / r['total']:.2f}, "
               f"CPU-time speed-up {base['cpu'] / r['cpu']:.2f}")
     if args.operators:
-        for name, p in policies.items():
+        for name, p in runs.items():
             print(f"\n== torch.profiler, {name} ==")
             print(operator_table(model, inputs, p, args.batch_size, args.operators))
 

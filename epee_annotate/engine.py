@@ -5,12 +5,11 @@ active, so a batch pays for the layers its rows actually use rather than waiting
 slowest row. Right padding that no active row needs any more is trimmed too. Text is grouped
 into length buckets first so padding does not eat the savings.
 
-Compaction alone still runs every layer a batch's slowest row needs, on ever smaller batches:
-when a few rows of every batch go deep, the layer *calls* hardly drop, and each call carries a
-fixed cost (operator dispatch, thread barriers: large on a busy machine) that small batches no
-longer hide. ``run_early_exit_regrouped`` takes a window of several length-sorted batches and,
-at every layer, regroups the rows still running into full batches, so the number of layer calls
-follows the rows that are left.
+A batch still runs every layer its slowest row needs, on ever smaller batches. Measured on a
+quiet machine that costs nothing extra: wall-clock speed-up follows the layer speed-up
+(docs/evaluation.md, "Where the time goes"). Regrouping the survivors of several batches into
+full batches per layer was tried and measured slower in every setting (more padding, more
+copies), so the engine keeps one batch at a time.
 """
 
 from __future__ import annotations
@@ -56,18 +55,6 @@ def _trim_right_padding(state: LayerState) -> LayerState:
                    token_mask=state.token_mask[:, :width], extras=extras)
 
 
-def _exit_step(backbone: Backbone, heads: nn.ModuleList, index: int, state: LayerState, policy: ExitPolicy,
-               policy_state: torch.Tensor) -> tuple[LayerState, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Layer ``index`` and its exit on ``state``: (new state, probabilities, which rows leave, policy state)."""
-    num_layers = backbone.num_layers
-    state = backbone.run_layer(index, state)
-    probs = heads[index](backbone.features(index, state)).float().softmax(-1)
-    leave, policy_state = policy.step(index + 1, num_layers, probs, policy_state)
-    if index + 1 == num_layers:
-        leave = torch.ones_like(leave)
-    return state, probs, leave, policy_state
-
-
 @torch.inference_mode()
 def run_early_exit(
     backbone: Backbone,
@@ -88,7 +75,11 @@ def run_early_exit(
         exit_layer = torch.full((size,), num_layers, dtype=torch.long, device=device)
         probs_out: torch.Tensor | None = None
         for index in range(num_layers):
-            state, probs, leave, policy_state = _exit_step(backbone, heads, index, state, policy, policy_state)
+            state = backbone.run_layer(index, state)
+            probs = heads[index](backbone.features(index, state)).float().softmax(-1)
+            leave, policy_state = policy.step(index + 1, num_layers, probs, policy_state)
+            if index + 1 == num_layers:
+                leave = torch.ones_like(leave)
             if probs_out is None:
                 probs_out = torch.empty(size, probs.size(-1), dtype=torch.float32, device=device)
             if leave.any():
@@ -101,49 +92,6 @@ def run_early_exit(
                 active = active[stay]
                 policy_state = policy_state[stay]
                 state = _trim_right_padding(state.select(stay))
-    return ExitResult(exit_layer, probs_out)
-
-
-@torch.inference_mode()
-def run_early_exit_regrouped(
-    backbone: Backbone,
-    heads: nn.ModuleList,
-    batch: dict[str, torch.Tensor],
-    policy: ExitPolicy,
-    batch_size: int,
-    autocast_dtype: torch.dtype | None = None,
-) -> ExitResult:
-    """``run_early_exit`` over a window of rows in length order, regrouping survivors into full batches per layer.
-
-    ``batch`` holds several batches' rows, longest first (as ``length_buckets`` orders them), padded to
-    the longest; each layer runs on consecutive groups of ``batch_size`` rows still active, each
-    trimmed to its own longest row, and writes the new hidden states back into the window.
-    """
-    num_layers = backbone.num_layers
-    device = next(iter(batch.values())).device
-    with autocast_context(device, autocast_dtype):
-        window = backbone.embed(batch)
-        size = window.hidden.size(0)
-        active = torch.arange(size, device=device)
-        policy_state = policy.init_state(size, device)
-        exit_layer = torch.full((size,), num_layers, dtype=torch.long, device=device)
-        probs_out: torch.Tensor | None = None
-        for index in range(num_layers):
-            stays = []
-            for start in range(0, active.numel(), batch_size):
-                rows = active[start : start + batch_size]
-                state, probs, leave, policy_state[rows] = _exit_step(
-                    backbone, heads, index, _trim_right_padding(window.select(rows)), policy, policy_state[rows])
-                if probs_out is None:
-                    probs_out = torch.empty(size, probs.size(-1), dtype=torch.float32, device=device)
-                exit_layer[rows[leave]] = index + 1
-                probs_out[rows[leave]] = probs[leave]
-                # Columns past this group's width are padding for its rows: masked, never pooled.
-                window.hidden[rows, : state.hidden.size(1)] = state.hidden.to(window.hidden.dtype)
-                stays.append(rows[~leave])
-            active = torch.cat(stays)
-            if active.numel() == 0:
-                break
     return ExitResult(exit_layer, probs_out)
 
 

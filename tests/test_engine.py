@@ -120,25 +120,3 @@ def test_beem_engine_matches_replay(model_factory):
     assert 1 < np.mean(replayed) < model.num_layers  # mixed exits, so compaction is exercised
     predictions = model.predict(texts, policy=policy, batch_size=16)
     assert [p.exit_layer for p in predictions] == replayed
-
-
-def test_regrouping_cuts_layer_calls_and_keeps_decisions(model_factory):
-    model = model_factory("bert")
-    texts = make_texts(96, seed=8)
-    policy = EPEE(entropy=0.6, patience=2)
-    target = model.backbone.layers
-    counts = {}
-    for window in (1, 8):
-        calls, handles = count_layer_rows(model)
-        try:
-            predictions = model.predict(texts, policy=policy, batch_size=8, window_batches=window)
-        finally:
-            for handle in handles:
-                handle.remove()
-        counts[window] = (len(calls), sum(calls), [(p.label, p.exit_layer) for p in predictions])
-    assert len(target) == model.num_layers
-    assert counts[8][2] == counts[1][2]  # same answers and exits
-    assert counts[8][1] == counts[1][1]  # same row-layers computed
-    assert counts[8][0] < counts[1][0]  # fewer, fuller layer calls
-    with pytest.raises(ValueError, match="window_batches"):
-        model.predict(texts[:2], window_batches=0)

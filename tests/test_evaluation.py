@@ -154,6 +154,33 @@ def test_evaluate_model_matches_real_predictions(model_factory):
     assert timing["selected"]["exit_layer_match"] > 0.9
 
 
+def test_time_policies_pairs_policies_batch_by_batch(model_factory, monkeypatch):
+    """Every bucket runs under every policy in each repeat, in a rotating order; exits are the real ones."""
+    model = model_factory("bert")
+    texts = make_texts(20, seed=3)
+    policies = {"epee": EPEE(0.6, 2), "entropy": EntropyExit(0.5)}
+    expected = {name: [p.exit_layer for p in model.predict(texts, policy=policy, batch_size=8)]
+                for name, policy in {"full_depth": full_depth(), **policies}.items()}
+    calls = []
+    real_predict = model.predict
+
+    def recording_predict(items, policy=None, batch_size=32, **kwargs):
+        calls.append((policy.describe(), len(items)))
+        return real_predict(items, policy=policy, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(model, "predict", recording_predict)
+    timing = time_policies(model, texts, policies, batch_size=8, repeats=2)
+    timed_calls = calls[1:]  # after the warm-up call
+    assert len(timed_calls) == 2 * 3 * 3  # repeats x buckets (8 + 8 + 4) x policies
+    assert sorted(n for _, n in timed_calls[::3]) == [4, 4, 8, 8, 8, 8]
+    firsts = [name for name, _ in timed_calls[::3]]
+    assert len(set(firsts)) == 3  # the order rotates, so no policy always runs first
+    for name, entry in timing.items():
+        assert entry["mean_exit_layer"] == pytest.approx(sum(expected[name]) / len(texts))
+        assert 0 < entry["seconds"] <= min(entry["seconds_runs"])  # a sum of per-bucket minima
+    assert timing["full_depth"]["wall_speedup"] == 1.0
+
+
 def test_time_policies_rejects_zero_repeats(model_factory):
     with pytest.raises(ValueError, match="repeats"):
         time_policies(model_factory("bert"), ["pain"], {}, repeats=0)
