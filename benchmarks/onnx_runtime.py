@@ -77,18 +77,24 @@ def session(path: str | Path, threads: int | None = None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Spinning threads outlive each run and slowed the next torch run in the same process 3x
+    # (PHEE, batch size 1: 15 -> 50 ms); the benchmark interleaves methods, so no spinning.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def runner(model: MultiExitModel, ort_session) -> Callable[[Sequence[Any], int], list[np.ndarray]]:
     """``run(inputs, batch_size)``: encode and bucket exactly like ``model.predict``, then run the session."""
 
+    # The exporter drops inputs the graph never reads (pool_index under mean pooling).
+    names = [i.name for i in ort_session.get_inputs()]
+
     def run(inputs: Sequence[Any], batch_size: int) -> list[np.ndarray]:
         rows = model.encode(inputs)
         out = []
         for group in model.batches(rows, batch_size):
             batch = model.encoder.collate([rows[i] for i in group], "right")
-            feeds = {name: batch[name].numpy().astype(np.int64) for name in ("input_ids", "attention_mask", "pool_index")}
+            feeds = {name: batch[name].numpy().astype(np.int64) for name in names}
             out.append(ort_session.run(["probs"], feeds)[0])
         return out
 

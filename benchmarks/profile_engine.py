@@ -146,13 +146,24 @@ def operator_table(model: MultiExitModel, inputs: list[Any], policy: ExitPolicy,
     return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Phase-by-phase profile of early exit vs full depth")
+def add_checkpoint_data_arguments(parser: argparse.ArgumentParser, docs: int) -> None:
+    """CHECKPOINT, --data/--format/--split and --docs: the inputs these engine benchmarks run on."""
     parser.add_argument("checkpoint")
     parser.add_argument("--data", required=True)
-    parser.add_argument("--format", default=None)
+    parser.add_argument("--format", default=None, help="default: from the file name (npz, jsonl, else phee)")
     parser.add_argument("--split", default=None)
-    parser.add_argument("--docs", type=int, default=400)
+    parser.add_argument("--docs", type=int, default=docs)
+
+
+def load_inputs(args: argparse.Namespace, model: MultiExitModel) -> list[Any]:
+    """The first --docs inputs of --data, read as the model's task."""
+    fmt = args.format or ("npz" if args.data.endswith(".npz") else "jsonl" if args.data.endswith(".jsonl") else "phee")
+    return [e.input for e in load_examples(args.data, fmt, model.task, split=args.split)][: args.docs]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Phase-by-phase profile of early exit vs full depth")
+    add_checkpoint_data_arguments(parser, docs=400)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--operators", type=int, default=15, help="rows of the torch.profiler table (0: none)")
@@ -169,9 +180,7 @@ def main() -> None:
     model = MultiExitModel.from_pretrained(args.checkpoint)
     if args.int8:
         model.quantize_dynamic()
-    fmt = args.format or ("npz" if args.data.endswith(".npz") else "jsonl" if args.data.endswith(".jsonl") else "phee")
-    examples = load_examples(args.data, fmt, model.task, split=args.split)
-    inputs = [e.input for e in examples][: args.docs]
+    inputs = load_inputs(args, model)
     policy = policy_from_args(args) or model.default_policy
     runs = {"full depth": full_depth(), policy.describe(): policy}
     with busy_processes(args.busy):

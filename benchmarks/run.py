@@ -13,15 +13,18 @@ One run, same inputs for every method:
   over the same fine-tuned backbone with only the last classifier (text), or the model's own
   full forward + last head (relations, images), and for text the same checkpoint's full depth
   in ONNX Runtime, fp32 and dynamic int8 (skipped without the ``onnx`` extra);
-- batch size 1 (mean and p95 latency) and batched throughput (median of repeats, with spread),
-  warm-up excluded; methods alternate within each repeat so load drift hits all alike;
+- batch size 1 (mean and p95 latency) and batched throughput (sum of each length bucket's fastest
+  run, with the repeats' spread), warm-up excluded; methods alternate bucket by bucket so load
+  drift hits all alike;
 - layer speed-up (EPEE paper Eq. 5, as M / mean exit layer) next to the measured wall-clock
   speed-up over full depth, and their ratio.
 
     python -m benchmarks.run [--phee runs/phee_minilm] [--ddi runs/ddi_minilm] [--ddi3 runs/ddi3_minilm]
         [--vit runs/pneumonia_vit] [--only PHEE,...]
 
-Writes benchmarks/results/results.{json,md,png} and the README's results section.
+Writes benchmarks/results/results.{json,md,png} and the README's results section. A task this run
+skips (no checkpoint, or not in --only) keeps its rows from the previous results.json, marked with
+the run they came from.
 """
 
 from __future__ import annotations
@@ -33,7 +36,6 @@ import tempfile
 import os
 import platform
 import re
-import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -49,6 +51,7 @@ from epee_annotate.data import split_by_group
 from epee_annotate.data.load import load_examples
 from epee_annotate.evaluation import ExitTable, beem_grid, find_negative_label
 from epee_annotate.policies import ExitPolicy
+from epee_annotate.timing import time_paired
 
 from . import onnx_runtime
 
@@ -133,8 +136,12 @@ def timed(fn: Callable[[], Any]) -> float:
 
 
 def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Sequence[Any], single: int,
-            batch_size: int, repeats: int) -> dict[str, dict[str, float]]:
-    """Batch-size-1 latency over ``single`` inputs and batched throughput over all, methods interleaved."""
+            batch_size: int, repeats: int, buckets: Sequence[Sequence[int]]) -> dict[str, dict[str, float]]:
+    """Batch-size-1 latency over ``single`` inputs and batched throughput over all, methods interleaved.
+
+    Batched timing is paired bucket by bucket (``timing.time_paired``); the spread comes from each
+    repeat's total.
+    """
     for run in runners.values():  # warm-up
         run(inputs[:batch_size], batch_size)
         if single:
@@ -143,19 +150,17 @@ def measure(runners: dict[str, Callable[[Sequence[Any], int], Any]], inputs: Seq
     for item in inputs[:single]:
         for name, run in runners.items():
             latency[name].append(timed(lambda: run([item], 1)))
-    batched: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            batched[name].append(timed(lambda: run(inputs, batch_size)))
+    times = time_paired({name: (lambda bucket, run=run: run([inputs[i] for i in bucket], batch_size))
+                         for name, run in runners.items()}, buckets, repeats)
     out = {}
     for name in runners:
-        seconds = statistics.median(batched[name])
+        seconds = times[name].seconds
         out[name] = {
             "bs1_mean_ms": 1e3 * float(np.mean(latency[name])) if single else None,
             "bs1_p95_ms": 1e3 * float(np.percentile(latency[name], 95)) if single else None,
             "throughput": len(inputs) / seconds,
-            "throughput_min": len(inputs) / max(batched[name]),
-            "throughput_max": len(inputs) / min(batched[name]),
+            "throughput_min": len(inputs) / max(times[name].repeat_seconds),
+            "throughput_max": len(inputs) / min(times[name].repeat_seconds),
         }
     return out
 
@@ -228,7 +233,8 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         if model.backbone.mean_pooling:
             # A stock sequence classifier pools [CLS]; this model mean-pools, so only the timing compares.
             pipeline_note = "HF pipeline: stock BertForSequenceClassification (CLS pooler), timing only"
-    timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats)
+    buckets = model.batches(model.encode(inputs), args.batch_size)
+    timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats, buckets)
 
     full = timing["full depth (last exit)"]
     quality.update(rows)
@@ -268,6 +274,27 @@ def versus_fastest_full_depth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "metric_change_vs_fp32_last_exit": best[metric] - reference[metric]}
 
 
+def earlier_tasks(path: Path, measured: set[str]) -> list[dict[str, Any]]:
+    """Tasks of a previous results.json that this run did not measure, each marked with its run."""
+    if not path.is_file():
+        return []
+    previous = json.loads(path.read_text())
+    kept = []
+    for task in previous.get("tasks", []):
+        if task["task"] not in measured:
+            task.setdefault("earlier_run", {"command": previous.get("command"), "machine": previous.get("machine")})
+            kept.append(task)
+    return kept
+
+
+def earlier_memory(path: Path) -> str:
+    """The previous run's actor-memory line, marked as such (it is measured by benchmarks.batch_jobs)."""
+    if not path.is_file():
+        return ""
+    memory = json.loads(path.read_text()).get("memory", "")
+    return memory if not memory or "earlier run" in memory else f"{memory} (earlier run)"
+
+
 # ----- output ------------------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
@@ -285,10 +312,12 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [f"Machine: {results['machine']}. Command: `{results['command']}`.", ""]
     for task in results["tasks"]:
         metric = task["rows"][0]["metric"]
+        earlier = task.get("earlier_run")
+        source = f"; **not re-run: from an earlier run**, `{earlier['command']}`, {earlier['machine']}" if earlier else ""
         lines += [
-            f"**{task['task']}** ({task['report_examples']} report examples for quality, {task['timed_examples']} timed)",
+            f"**{task['task']}** ({task['report_examples']} report examples for quality, {task['timed_examples']} timed{source})",
             "",
-            f"| method | {metric} | macro-F1 | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (min-max) | wall speed-up batched (ratio) |",
+            f"| method | {metric} | macro-F1 | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (repeats' range) | wall speed-up batched (ratio) |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in task["rows"]:
@@ -392,7 +421,8 @@ def main() -> None:
         start = time.perf_counter()
         results["tasks"].append(run_task(task, args))
         print(f"[{task.name}] done in {time.perf_counter() - start:.0f} s")
-    results["memory"] = args.memory
+    results["tasks"] += earlier_tasks(args.out / "results.json", {t["task"] for t in results["tasks"]})
+    results["memory"] = args.memory or earlier_memory(args.out / "results.json")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     text = markdown(results)

@@ -21,11 +21,11 @@ import torch
 
 from epee_annotate import MultiExitModel
 from epee_annotate.cli.common import add_policy_arguments, policy_from_args
-from epee_annotate.data.load import load_examples
 from epee_annotate.evaluation import time_policies
 from epee_annotate.policies import ExitPolicy, full_depth
 
 from .machine_load import busy_processes
+from .profile_engine import add_checkpoint_data_arguments, load_inputs
 
 
 def whole_run_speedup(model: MultiExitModel, inputs: list[Any], policy: ExitPolicy, batch_size: int,
@@ -47,11 +47,7 @@ def paired_speedup(model: MultiExitModel, inputs: list[Any], policy: ExitPolicy,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Spread of measured speed-ups: whole runs vs batch-paired timing")
-    parser.add_argument("checkpoint")
-    parser.add_argument("--data", required=True)
-    parser.add_argument("--format", default=None)
-    parser.add_argument("--split", default=None)
-    parser.add_argument("--docs", type=int, default=200)
+    add_checkpoint_data_arguments(parser, docs=200)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trials", type=int, default=4)
@@ -64,8 +60,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model = MultiExitModel.from_pretrained(args.checkpoint)
-    fmt = args.format or ("npz" if args.data.endswith(".npz") else "jsonl" if args.data.endswith(".jsonl") else "phee")
-    inputs = [e.input for e in load_examples(args.data, fmt, model.task, split=args.split)][: args.docs]
+    inputs = load_inputs(args, model)
     policy = policy_from_args(args) or model.default_policy
     exits = [p.exit_layer for p in model.predict(inputs, policy=policy, batch_size=args.batch_size)]
     print(f"{len(inputs)} inputs, {policy.describe()}, layer speed-up {model.num_layers * len(exits) / sum(exits):.2f}, "

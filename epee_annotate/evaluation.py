@@ -15,7 +15,6 @@ for a few chosen policies (``time_policies``).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -26,6 +25,7 @@ from .metrics import classification_metrics
 from .policies import (
     BEEM, EPEE, EntropyExit, ExitPolicy, PatienceExit, cost_weights, full_depth, normalized_entropy, simulate,
 )
+from .timing import time_paired
 from .vocab import METRICS
 
 # Normalized entropy of a confident binary answer is small (p=0.99 -> 0.08), so the low end is dense.
@@ -284,52 +284,37 @@ def time_policies(
 ) -> dict[str, dict[str, Any]]:
     """Time the real early-exit ``model.predict`` for each named policy (full depth always included).
 
-    Timing is paired batch by batch: every length bucket is run under each policy in turn (the
-    order rotating with each repeat), and a policy's time is the sum over buckets of its fastest
-    run of that bucket. On a shared machine, load that comes and goes within seconds then hits
-    every policy alike, instead of whichever whole run it overlapped (benchmarks/timing_noise.py
-    measures both ways). CPU time of this process (all threads) is kept the same way.
+    Paired batch by batch (``timing.time_paired``): each of the length buckets ``predict`` forms is
+    one ``predict`` call per policy and repeat; CPU time of this process (all threads) is kept too.
     """
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     policies = {"full_depth": full_depth(), **policies}
-    names = list(policies)
     inputs = list(inputs)
-    # The buckets ``predict`` itself would form; each is one ``predict`` call below.
-    groups = model.batches(model.encode(inputs), batch_size)
+    buckets = model.batches(model.encode(inputs), batch_size)
     # One small warm-up call so the first timed policy does not pay for lazy initialisation.
     model.predict(inputs[: min(len(inputs), batch_size)], policy=full_depth(), batch_size=batch_size)
-    best = {name: [float("inf")] * len(groups) for name in names}
-    best_cpu = {name: [float("inf")] * len(groups) for name in names}
-    runs = {name: [0.0] * repeats for name in names}
-    exit_layers = {name: [model.num_layers] * len(inputs) for name in names}
-    with tqdm(total=repeats * len(groups), desc="timing", unit="batch", disable=not progress) as bar:
-        for repeat in range(repeats):
-            for g, group in enumerate(groups):
-                items = [inputs[i] for i in group]
-                shift = (repeat + g) % len(names)
-                for name in names[shift:] + names[:shift]:
-                    _synchronize(model)
-                    start, start_cpu = time.perf_counter(), time.process_time()
-                    predictions = model.predict(items, policy=policies[name], batch_size=batch_size)
-                    _synchronize(model)
-                    seconds, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-                    best[name][g] = min(best[name][g], seconds)
-                    best_cpu[name][g] = min(best_cpu[name][g], cpu)
-                    runs[name][repeat] += seconds
-                    for i, prediction in zip(group, predictions):
-                        exit_layers[name][i] = prediction.exit_layer
-                bar.update()
+    exit_layers = {name: [model.num_layers] * len(inputs) for name in policies}
+
+    def runner(policy: ExitPolicy):
+        return lambda bucket: model.predict([inputs[i] for i in bucket], policy=policy, batch_size=batch_size)
+
+    def record(name: str, bucket: Sequence[int], predictions) -> None:
+        for i, prediction in zip(bucket, predictions):
+            exit_layers[name][i] = prediction.exit_layer
+
+    times = time_paired({name: runner(policy) for name, policy in policies.items()}, buckets, repeats,
+                        on_result=record, synchronize=lambda: _synchronize(model), progress=progress)
     out: dict[str, dict[str, Any]] = {}
     for name, policy in policies.items():
-        seconds = sum(best[name])
+        seconds = times[name].seconds
         exits = torch.tensor(exit_layers[name])
         entry: dict[str, Any] = {
             "policy": policy.to_dict(),
             "name": policy.describe(),
             "seconds": seconds,
-            "seconds_runs": runs[name],
-            "cpu_seconds": sum(best_cpu[name]),
+            "seconds_runs": times[name].repeat_seconds,
+            "cpu_seconds": times[name].cpu_seconds,
             "items_per_second": len(inputs) / seconds if seconds > 0 else float("inf"),
             "mean_exit_layer": float(exits.float().mean()),
         }

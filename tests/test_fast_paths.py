@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from conftest import make_texts
-from epee_annotate import EPEE, BudgetedExit
+from epee_annotate import EPEE, BudgetedExit, MultiExitModel
 
 
 def test_int8_quantizes_backbone_linears_and_keeps_early_exit(model_factory, tmp_path):
@@ -51,12 +51,17 @@ def test_cli_evaluate_int8(model_factory, tmp_path):
     assert json.loads((tmp_path / "r" / "report.json").read_text())["full_depth"]["accuracy"] >= 0.8
 
 
-def test_onnx_baseline_matches_last_exit(model_factory, tmp_path):
+@pytest.mark.parametrize("pooling", ["positions", "mean"])
+def test_onnx_baseline_matches_last_exit(model_factory, tmp_path, pooling):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from benchmarks import onnx_runtime
+    from epee_annotate.testing import tiny_backbone_dir
 
     model = model_factory("bert")
+    if pooling == "mean":  # the exported graph then has no pool_index input (MiniLM checkpoints pool so)
+        base = tiny_backbone_dir("bert", tmp_path / "base")
+        model = MultiExitModel.from_base(base, task="text", labels=["neg", "pos"], dropout=0.0, pooling="mean").eval()
     paths = onnx_runtime.export(model, tmp_path)
     texts = make_texts(30, seed=6)
     reference = np.array([p.probs for p in model.predict(texts, policy=BudgetedExit(0), batch_size=8)])
