@@ -6,8 +6,8 @@ slowest row. Right padding that no active row needs any more is trimmed too. Tex
 into length buckets first so padding does not eat the savings.
 
 A batch still runs every layer its slowest row needs, on ever smaller batches. Measured on a
-quiet machine that costs nothing extra: wall-clock speed-up follows the layer speed-up
-(docs/evaluation.md, "Where the time goes"). Regrouping the survivors of several batches into
+quiet machine that costs next to nothing: layer time follows the rows x tokens actually computed,
+not the number of layer calls (docs/evaluation.md, "Where the time goes"). Regrouping the survivors of several batches into
 full batches per layer was tried and measured slower in every setting (more padding, more
 copies), so the engine keeps one batch at a time.
 """
