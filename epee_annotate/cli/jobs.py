@@ -7,7 +7,7 @@ import logging
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from .common import add_policy_arguments
+from .common import add_policy_arguments, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
 FLAGS = {
@@ -63,8 +63,8 @@ def _options(args: argparse.Namespace):
                            args.max_task_retries)
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
-        model_batch_size=args.model_batch_size, address=args.address, entropy=args.entropy,
-        patience=args.patience, budget=args.budget, autocast=args.autocast,
+        model_batch_size=args.model_batch_size, address=args.address, policy=policy_settings_from_args(args),
+        autocast=args.autocast,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
@@ -80,7 +80,10 @@ def _with_flags(build: Callable[[], Any]) -> Any:
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
     except SettingError as error:
-        flags = ", ".join(FLAGS.get(name, name) for name in error.settings)
+        from ..policies import settings
+
+        known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}
+        flags = ", ".join(known.get(name, name) for name in error.settings)
         raise ValueError(f"{error} (see {flags})" if flags else str(error)) from None
 
 

@@ -29,8 +29,7 @@ from spacy.util import minibatch
 
 from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
-from ..policies import ExitPolicy
-from ..policy_settings import resolve_policy
+from ..policies import ExitPolicy, resolve_policy
 from ..prediction import Prediction
 from ..vocab import AUTOCAST_MODES
 from .extensions import register_extensions, replace_task_records, set_result
@@ -102,10 +101,7 @@ class EpeeComponent:
         name: str,
         checkpoint: str | None,
         policy: dict[str, Any] | None = None,
-        entropy: float | None = None,
-        patience: int | None = None,
-        budget: int | None = None,
-        beem: float | None = None,
+        policy_settings: dict[str, Any] | None = None,
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
@@ -126,8 +122,9 @@ class EpeeComponent:
         self.nlp = nlp
         self.name = name
         self.checkpoint = str(checkpoint)
-        # Flat settings (spaCy config overrides reach each one) or a saved policy dict with "name".
-        self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget, "beem": beem}, policy)
+        # Flat settings (spaCy config overrides reach each one; see policies.registry) or a saved
+        # policy dict with "name".
+        self._policy = resolve_policy(policy_settings, policy)
         self.batch_size = int(batch_size)
         self.device = device
         self.autocast = autocast

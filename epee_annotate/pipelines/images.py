@@ -18,15 +18,14 @@ import pyarrow as pa
 
 from ..imaging.classify import ImagePrediction, classify_decoded, classify_images
 from ..imaging.reading import MAX_PIXELS, DecodedImage
-from ..policies import ExitPolicy
-from ..policy_settings import resolve_policy
+from ..policies import ExitPolicy, resolve_policy
 from ..vocab import DICOM_COLUMNS
 from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table
 
 
 def job_policy(knobs: dict[str, Any] | None, default: ExitPolicy) -> ExitPolicy:
-    """``--entropy/--patience/--budget`` as a policy (``policy_settings.resolve_policy``), else ``default``."""
-    policy = resolve_policy(knobs, prefix="--")
+    """The job's policy settings as a policy (``policies.resolve_policy``), else ``default``."""
+    policy = resolve_policy(knobs)
     return default if policy is None else policy
 
 

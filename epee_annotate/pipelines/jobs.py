@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .. import __version__
-from ..policy_settings import given_settings, policy_overrides, resolve_policy
+from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from . import storage
 from .errors import SettingError
@@ -40,9 +40,8 @@ class JobOptions:
     batch_size: int = 64  # inputs per actor call (and per nlp.pipe batch)
     model_batch_size: int = 32  # model inputs per forward pass
     address: str | None = None
-    entropy: float | None = None
-    patience: int | None = None
-    budget: int | None = None
+    # Exit-policy settings (flat keys of the policy registry; empty: each checkpoint's default).
+    policy: dict[str, Any] = field(default_factory=dict)
     autocast: str | None = None
     partition_by_task: bool = False
     include_text: bool = False
@@ -66,12 +65,18 @@ class JobOptions:
                                "autocast")
         if self.actor_start_timeout_s <= 0:
             raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
-        resolve_policy(self.policy_knobs, prefix="--")  # conflicting policy flags: one clear error, both jobs
+        unknown = sorted(set(self.policy) - set(setting_keys()))
+        if unknown:
+            raise SettingError(f"unknown exit-policy settings {unknown}; known: {', '.join(setting_keys())}", "policy")
+        try:
+            resolve_policy(self.policy)  # conflicting settings: one clear error, both jobs
+        except PolicySettingError as error:
+            raise SettingError(str(error), *given_settings(self.policy)) from None
 
     @property
     def policy_knobs(self) -> dict[str, Any] | None:
         """The policy settings given (None: each checkpoint's default)."""
-        return given_settings(asdict(self)) or None
+        return given_settings(self.policy) or None
 
     def parameters(self) -> dict[str, Any]:
         """Job parameters for the output metadata."""

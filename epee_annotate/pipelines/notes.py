@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from ..policy_settings import setting_keys
+from ..policies import setting_keys
 from . import storage
 from .errors import SettingError
 from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
@@ -108,7 +108,7 @@ class PipelineSource:
         from .. import components  # noqa: F401  (registers the epee_* factories)
 
         # None means "keep the pipeline's value", except for policy keys: a job's policy replaces the whole
-        # saved one (policy_settings.policy_overrides), so its unset keys must reach the config as null.
+        # saved one (policies.policy_overrides), so its unset keys must reach the config as null.
         policy_keys = {"policy", *setting_keys()}
         settings = {k: v for k, v in settings.items() if v is not None or k in policy_keys}
         if self.checkpoint:
