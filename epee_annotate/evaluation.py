@@ -328,7 +328,7 @@ def evaluate_table(
         "negative_label": table.negative_label,
         "metric": metric,
         "metric_source": metric_source(requested, training_metric, metric),
-        "metric_names": table.metric_names,
+        "metric_names": [metric, *(m for m in table.metric_names if m != metric)],  # the main metric first
         "gold_counts": dict(zip(table.labels, torch.bincount(table.gold, minlength=len(table.labels)).tolist())),
         "budgeted": budgeted(table),
         "full_depth": table.evaluate(full_depth()),

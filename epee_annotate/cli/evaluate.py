@@ -204,8 +204,8 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     warnings = []
     missing = sorted(set(model.labels) - set(gold))
     if missing:
-        warnings.append(f"labels of the checkpoint absent from this data: {missing} (their F1 is undefined and "
-                        "they count only if predicted)")
+        warnings.append(f"labels of the checkpoint absent from this data: {missing} (macro-F1 averages over all "
+                        "the checkpoint's labels, so each counts with F1 0)")
     fingerprint = data_fingerprint(inputs, path=path, format=fmt, split=split, fraction=fraction, seed=args.seed,
                                    part=part, holdout=holdout)
     return inputs, gold, fingerprint, warnings
@@ -291,8 +291,8 @@ def _print_summary(report: dict[str, Any]) -> None:
     metric = report["metric"]
     timing = (report.get("timing") or {}).get("policies", {})
     full = report["full_depth"]
-    names = [metric, *(m for m in report["metric_names"] if m != metric)]
-    print(f"metric: {metric} ({report.get('metric_source', 'chosen')})")
+    names = report["metric_names"]  # the main metric first
+    print(f"metric: {metric} ({report['metric_source']})")
     print(f"n={report['n']}  last exit: " + "  ".join(f"{m} {full[m]:.4f}" for m in names))
     if "selected" in report:
         row = report["selected"]
