@@ -247,30 +247,15 @@ def test_annotate_images_beem_runs_beem(local_ray, image_checkpoint, tmp_path):
 
 
 # ----- a new policy is one module and one registry line --------------------------------------------
-NEW_POLICY = '''
-from dataclasses import dataclass
-from typing import ClassVar
-from epee_annotate.policies.base import ExitPolicy
-from epee_annotate.policies.spec import Family, PolicySpec, Setting
-
-LAYER = Setting("fixed_layer", int, "every input exits at layer L", "L", 1, None)
-
-@dataclass(frozen=True)
-class FixedLayer(ExitPolicy):
-    layer: int = 1
-    name: ClassVar[str] = "fixed_layer"
-    def step(self, layer, num_layers, probs, state):
-        import torch
-        return torch.full((probs.size(0),), layer >= self.layer, dtype=torch.bool), state
-
-SPEC = PolicySpec("fixed_layer", "fixed layer", (LAYER,), lambda s: FixedLayer(s["fixed_layer"]), (FixedLayer,),
-                  (Family("fixed_layer", "fixed layer", "tab:red", "x",
-                          lambda g: [[FixedLayer(m) for m in range(g.num_layers, 0, -1)]]),))
-'''
+def docs_policy_example() -> str:
+    """The "Writing a new exit policy" example of docs/evaluation.md, as written there."""
+    text = (REPO / "docs" / "evaluation.md").read_text()
+    section = text[text.index("## Writing a new exit policy"):]
+    return section[section.index("```python\n") + len("```python\n"):section.index("```\n", 10)]
 
 
 def test_a_new_policy_is_one_module_and_one_registry_line(tmp_path):
-    (tmp_path / "my_policy.py").write_text(textwrap.dedent(NEW_POLICY))
+    (tmp_path / "my_policy.py").write_text(docs_policy_example())
     script = textwrap.dedent("""
         import my_policy
         from epee_annotate.policies import registry
@@ -289,6 +274,9 @@ def test_a_new_policy_is_one_module_and_one_registry_line(tmp_path):
             assert "--fixed-layer" in {f for a in sub[command]._actions for f in a.option_strings}, command
         assert JobOptions(out="x", policy={"fixed_layer": 1}).policy_knobs == {"fixed_layer": 1}
         assert "fixed_layer" in [f.name for f in families()]
+        import torch
+        from epee_annotate.policies import simulate
+        assert simulate(my_policy.FixedLayer(2), torch.rand(5, 4, 3).softmax(-1)).tolist() == [2] * 5
         try:
             resolve_policy({"fixed_layer": 1, "budget": 2})
         except ValueError as error:
@@ -300,3 +288,25 @@ def test_a_new_policy_is_one_module_and_one_registry_line(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={"PYTHONPATH": f"{tmp_path}:{REPO}", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_docs_settings_table_is_the_registry():
+    from epee_annotate.policies import settings_table
+
+    assert settings_table() in (REPO / "docs" / "components.md").read_text()
+
+
+def test_set_examples_in_annotate_notes_help_run_as_written(clinical_checkpoints):
+    import re
+
+    from epee_annotate.pipelines.notes import PipelineSource, parse_overrides
+
+    (action,) = [a for a in subcommands()["annotate-notes"]._actions if "--set" in a.option_strings]
+    config, *examples = re.findall(r"--config (\S+?):|(\S+=\S+)", action.help)
+    assert config[0] == "configs/pv_event.cfg" and len(examples) == 2
+    overrides = [example for _, example in examples]
+    # The example's checkpoint path is the demo's; point it at a tiny one, keep everything else as written.
+    overrides[0] = overrides[0].split("=")[0] + "=" + clinical_checkpoints["pv"]
+    nlp = PipelineSource(config=str(REPO / config[0]), overrides=parse_overrides(overrides)).load({})
+    pipe = nlp.get_pipe("epee_pv_event")
+    assert pipe.checkpoint == clinical_checkpoints["pv"] and pipe.policy == resolve_policy({"entropy": 0.3})

@@ -143,7 +143,8 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", default=None,
                         help="shortcut: blank English + sentencizer + epee_textcat on this checkpoint")
     source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. components.pv_event.checkpoint=runs/phee_minilm (repeatable)")
+                        help="config override (repeatable), e.g. with --config configs/pv_event.cfg: "
+                             "paths.pv_checkpoint=runs/demo/pv_event or components.epee_pv_event.entropy=0.3")
     source.add_argument("--scope", choices=["sents", "doc"], default="sents", help="--checkpoint: per sentence or doc")
     source.add_argument("--task-name", default="textcat", help="--checkpoint: component (task) name")
     _add_common(notes)

@@ -19,7 +19,7 @@ from .epee import EPEE, DEFAULT_TAUS, EntropyExit, PatienceExit, default_patienc
 from .maxprob import MaxProbExit
 from .registry import (
     REGISTRY, families, family, given_settings, grid_context, policy_from_dict, policy_overrides, resolve_policy,
-    setting_keys, settings,
+    setting_keys, settings, settings_table,
 )
 from .spec import Family, GridContext, PolicySettingError, PolicySpec, Setting
 
@@ -27,5 +27,5 @@ __all__ = [
     "BEEM", "DEFAULT_TAUS", "EPEE", "REGISTRY", "BudgetedExit", "EntropyExit", "ExitPolicy", "Family", "GridContext",
     "MaxProbExit", "PatienceExit", "PolicySettingError", "PolicySpec", "Setting", "beem_grid", "cost_weights",
     "default_patiences", "families", "family", "full_depth", "given_settings", "grid_context", "normalized_entropy",
-    "policy_from_dict", "policy_overrides", "resolve_policy", "setting_keys", "settings", "simulate",
+    "policy_from_dict", "policy_overrides", "resolve_policy", "setting_keys", "settings", "settings_table", "simulate",
 ]

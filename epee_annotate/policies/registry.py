@@ -109,6 +109,15 @@ def resolve_policy(values: Mapping[str, Any] | None = None,
     return spec.build({k: flat[k] for k in spec.keys if k in flat})
 
 
+def settings_table() -> str:
+    """The policy settings as a Markdown table (docs/components.md holds this, checked by a test)."""
+    rows = ["| setting | CLI flag | policy | range | meaning |", "|---|---|---|---|---|"]
+    for spec in REGISTRY:
+        for s in spec.settings:
+            rows.append(f"| `{s.key}` | `{s.flag} {s.metavar}` | {spec.title} | {s.range_text()} | {s.help} |")
+    return "\n".join(rows)
+
+
 def policy_overrides(values: Mapping[str, Any] | None) -> dict[str, Any]:
     """Component settings that replace a pipeline's whole policy with the given one ({} when none is given).
 
