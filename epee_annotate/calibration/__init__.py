@@ -7,7 +7,7 @@ tests and limits, ``selection`` the fixed-sequence procedure, ``result`` the sta
 """
 
 from .bounds import (
-    accuracy_drop_upper, binomial_pvalue, clopper_pearson_lower, clopper_pearson_upper, disagreement_for_f1_drop,
+    binomial_pvalue, clopper_pearson_lower, clopper_pearson_upper, disagreement_for_f1_drop,
     empirical_bernstein_upper, examples_to_certify, f1_drop_bound,
 )
 from .checkpoint import calibrate_checkpoint, check_dev_overlap, checkpoint_exit_accuracies, copy_checkpoint
@@ -24,7 +24,7 @@ from .selection import fixed_sequence
 
 __all__ = [
     "DEFAULT_GUARD_DROP", "GOALS", "CalibrationGoal", "CalibrationResult", "DevOverlapError", "GuardError",
-    "SameSplitError", "Statement", "UncertifiableGoalError", "accuracy_drop_upper", "binomial_pvalue", "calibrate",
+    "SameSplitError", "Statement", "UncertifiableGoalError", "binomial_pvalue", "calibrate",
     "calibrate_checkpoint", "candidates", "check_dev_overlap", "check_split", "checkpoint_exit_accuracies",
     "class_masses", "clopper_pearson_lower", "clopper_pearson_upper", "copy_checkpoint", "data_fingerprint",
     "dev_fingerprint", "dev_overlap", "disagreement_for_f1_drop", "empirical_bernstein_upper",

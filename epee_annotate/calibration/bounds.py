@@ -60,17 +60,6 @@ def examples_to_certify(target: float, alpha: float) -> int:
     return math.ceil(math.log(alpha) / math.log1p(-target))
 
 
-def accuracy_drop_upper(hurt: int, helped: int, n: int, confidence: float) -> float:
-    """Upper bound on the accuracy drop p_hurt - p_helped from the discordant pairs of a paired comparison.
-
-    ``hurt``: rows the reference gets right and the policy wrong; ``helped``: the reverse.
-    Bounding p_hurt above and p_helped below, each with error (1 - confidence) / 2, bounds the
-    drop with ``confidence`` (union bound).
-    """
-    half = 1.0 - (1.0 - confidence) / 2.0
-    return clopper_pearson_upper(hurt, n, half) - clopper_pearson_lower(helped, n, half)
-
-
 def empirical_bernstein_upper(values: Sequence[float] | np.ndarray, low: float, high: float,
                               confidence: float) -> float:
     """Upper confidence limit on the mean of i.i.d. values in [low, high] (Maurer & Pontil 2009, Thm 4)."""
