@@ -462,3 +462,29 @@ def test_cli_calibrate_beem_round_trips_through_checkpoint(tmp_path, model_facto
     report = json.loads((out / "report.json").read_text())
     assert report["selected"]["policy"]["name"] == "beem" and report["dynamic"]["beem"]
     assert (out / "frontier.png").is_file()
+
+
+def test_evaluate_and_calibrate_name_the_same_metric_and_last_exit_value(tmp_path, model_factory, capsys):
+    directory, data = saved_model_with_own_labels(tmp_path, model_factory, 40, seed=21)
+    config = json.loads((directory / "epee_config.json").read_text())
+    config["training"] = {"metric": "macro_f1"}  # as `train --metric macro_f1` records it
+    (directory / "epee_config.json").write_text(json.dumps(config))
+    record = tmp_path / "record.json"
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-disagreement", "0.2", "--dry-run",
+                 "--json", str(record)]) == 0
+    calibrated = capsys.readouterr().out
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(tmp_path / "r"), "--no-timing",
+                 "--no-plots"]) == 0
+    evaluated = capsys.readouterr().out
+    stored, report = json.loads(record.read_text()), json.loads((tmp_path / "r" / "report.json").read_text())
+    assert stored["goal"]["metric"] == report["metric"] == "macro_f1" == report["metric_names"][0]
+    assert stored["reference"]["macro_f1"] == pytest.approx(report["full_depth"]["macro_f1"])
+    for printed in (calibrated, evaluated):  # named first, with where it came from
+        assert printed.startswith("metric: macro_f1 (the checkpoint's: training selected its epoch on it)")
+    # --metric overrides it the same way in both.
+    assert main(["calibrate", str(directory), "--data", str(data), "--max-disagreement", "0.2", "--dry-run",
+                 "--metric", "accuracy"]) == 0
+    assert capsys.readouterr().out.startswith("metric: accuracy (given)")
+    assert main(["evaluate", str(directory), "--data", str(data), "--report", str(tmp_path / "r"), "--no-timing",
+                 "--no-plots", "--metric", "accuracy"]) == 0
+    assert capsys.readouterr().out.startswith("metric: accuracy (given)")
