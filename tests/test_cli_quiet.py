@@ -74,10 +74,11 @@ def test_notes_job_output_is_the_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert any(line.startswith("notes job: 6 inputs") for line in result.stdout.splitlines()), lines
-    noise = [line for line in lines if not line.startswith(("notes job:", "time:", "  textcat:"))
+    noise = [line for line in lines if not line.startswith(("notes job:", "time:", "  textcat:", "dataset:"))
              and "Total Progress" not in line]
     assert noise == [], noise
-    assert len(lines) <= 3 + 2  # the summary plus at most a progress line or two
+    assert f"dataset: {tmp_path / 'out' / 'annotations'}" in result.stdout.splitlines()
+    assert len(lines) <= 4 + 2  # the summary plus at most a progress line or two
 
 
 def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it():

@@ -1,9 +1,10 @@
 """The two batch jobs: read (Ray Data) -> annotate (actor pool) -> write Parquet -> summary.
 
 ``run_notes_job`` and ``run_images_job`` are what the ``annotate-notes`` / ``annotate-images``
-commands call. Every input yields at least one row; the dataset appears at ``out`` only when
-the whole job succeeded (see ``publish.job_output``: a rename locally, a staging prefix and a
-``_SUCCESS`` manifest on object storage). ``--resume`` continues an interrupted job (``resume``).
+commands call; they return the run summary (a dict) and print nothing. Every input yields at
+least one row; the output appears at ``out`` only when the whole job succeeded, with the rows
+in ``out/annotations/`` and the ``_SUCCESS`` manifest and summary beside it (``publish``).
+``resume`` continues an interrupted job (``resume`` module).
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from . import storage
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .publish import Staging, check_job_output, job_output
+from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
 from .runtime import ActorSettings, bound_actor_start, check_cluster_fits, configure_progress, ray_session
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
-from .summary import format_summary, summarize, write_summary
+from .summary import summarize, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -116,19 +117,8 @@ def _threads(actors: ActorSettings) -> int:
     return max(1, int(actors.cpus_per_actor))
 
 
-def _write(ds, staging: Staging, schema: pa.Schema, options: JobOptions) -> None:
-    """Write with the explicit schema; an input with no rows still gets one (empty) file with it."""
-    partition = ["task"] if options.partition_by_task else None
-    rows_per_file = None if partition else options.rows_per_file
-    filesystem, path = storage.resolve(staging.data)
-    ds.write_parquet(path, filesystem=filesystem, schema=schema, partition_cols=partition,
-                     min_rows_per_file=rows_per_file)
-    if not (storage.exists(staging.data) and storage.list_files(staging.data, lambda p: p.endswith(".parquet"))):
-        import pyarrow.parquet as pq
-
-        filesystem.create_dir(path, recursive=True)
-        pq.write_table(rows_to_table([], schema).replace_schema_metadata(schema.metadata), f"{path}/empty.parquet",
-                       filesystem=filesystem)
+def _partition(options: JobOptions) -> list[str]:
+    return ["task"] if options.partition_by_task else []
 
 
 def _start(options: JobOptions) -> None:
@@ -153,16 +143,10 @@ def _with_unreadable(ds, rows: list[dict[str, Any]], schema: pa.Schema):
 UNREADABLE_PART = "unreadable-{i}.parquet"  # fixed name: a resumed run rewrites it, never adds a copy
 
 
-def _write_unreadable(rows: list[dict[str, Any]], staging: Staging, schema: pa.Schema, options: JobOptions) -> None:
+def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Schema, options: JobOptions) -> None:
     """The unreadable-file error rows as their own part (resume: Ray does not checkpoint a union)."""
-    import pyarrow.dataset as pads
-
-    filesystem, path = storage.resolve(staging.data)
     table = rows_to_table(rows, schema).replace_schema_metadata(schema.metadata)
-    # Partitioned as Ray's write_parquet does it (pyarrow's write_dataset, hive flavor).
-    pads.write_dataset(table, path, format="parquet", filesystem=filesystem,
-                       partitioning=["task"] if options.partition_by_task else None, partitioning_flavor="hive",
-                       basename_template=UNREADABLE_PART, existing_data_behavior="overwrite_or_ignore")
+    sink.write_table(table, MAIN_DATASET, UNREADABLE_PART, _partition(options))
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
@@ -176,16 +160,17 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     from .resume import checkpoint_config
 
     pipeline_started = time.perf_counter()
-    with job_output(options.out, options.overwrite, options.resume) as staging:
+    write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
+    with job_output(options.out, options.overwrite, options.resume) as sink:
         try:
-            if not staging.checkpoint:
-                _write(_with_unreadable(ds, unreadable, schema), staging, schema, options)
+            if not sink.checkpoint:
+                sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
             else:
                 if ds is not None:  # the dataset's own context: its write plans the checkpointing
-                    ds.context.checkpoint_config = checkpoint_config(keys, staging.checkpoint)
-                    _write(ds, staging, schema, options)
+                    ds.context.checkpoint_config = checkpoint_config(keys, sink.checkpoint)
+                    sink.write_ray(ds, MAIN_DATASET, **write)
                 if unreadable:
-                    _write_unreadable(unreadable, staging, schema, options)
+                    _write_unreadable(unreadable, sink, schema, options)
         except GetTimeoutError as error:
             raise TimeoutError(
                 f"the {options.actors.num_actors} annotation actor(s) did not start within "
@@ -195,11 +180,10 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
             ) from error
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
-        summary = summarize(staging.data, options.partition_by_task, timings, job)
-        summary["output"] = staging.out
-        write_summary(summary, staging.data)
-        staging.extra["rows"] = summary["rows"]
-    print(format_summary(summary), flush=True)
+        summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
+        summary["output"] = sink.out
+        summary["dataset"] = sink.location(MAIN_DATASET)
+        write_summary(summary, sink)
     return summary
 
 
