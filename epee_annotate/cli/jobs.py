@@ -90,9 +90,12 @@ def _split_columns(value: str | None) -> list[str]:
 
 
 def _log_level(args: argparse.Namespace) -> None:
-    """Job logs (INFO) only with --verbose; warnings always."""
+    """Job logs (INFO) only with --verbose; warnings always. Ray as quiet as asked (``quiet``)."""
+    from .quiet import quiet_ray
+
     if not args.verbose:
         logging.getLogger("epee_annotate").setLevel(logging.WARNING)
+    quiet_ray(args.verbose)
 
 
 def run_notes(args: argparse.Namespace) -> int:

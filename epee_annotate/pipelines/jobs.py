@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -24,7 +25,7 @@ from . import storage
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
-from .runtime import ActorSettings, bound_actor_start, check_cluster_fits, configure_progress, ray_session
+from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
 from .summary import summarize, write_summary
 
@@ -121,13 +122,16 @@ def _partition(options: JobOptions) -> list[str]:
     return ["task"] if options.partition_by_task else []
 
 
-def _start(options: JobOptions) -> None:
-    """Checks and settings once Ray is up: the pool must fit the cluster, its start must be bounded."""
-    import ray
+@contextmanager
+def _job_on_ray(options: JobOptions) -> Iterator[str]:
+    """Ray for one job (see ``runtime``): the pool must fit the cluster, its start is bounded; yields Ray's mode."""
+    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
+                     options.extra_cpus) as mode:
+        import ray
 
-    check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
-    configure_progress(options.progress, options.verbose)
-    bound_actor_start(options.actor_start_timeout_s)
+        check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
+        with job_data_context(options.progress, options.verbose, options.actor_start_timeout_s):
+            yield mode
 
 
 def _with_unreadable(ds, rows: list[dict[str, Any]], schema: pa.Schema):
@@ -211,11 +215,9 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                    "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)},
         "parameters": options.parameters(),
     })
-    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
-                     options.extra_cpus) as mode:
+    with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
-        _start(options)
         keys = NoteKeys(columns)
         ds = None
         if files:
@@ -261,10 +263,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         listed = resolve_image_inputs(job.inputs)
         files, unreadable = unreadable_inputs(listed)
         inputs_meta = {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
-    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
-                     options.extra_cpus) as mode:
+    with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
-        _start(options)
         ds = None
         if job.npz:
             ds, label_field = read_npz(storage.fetch(job.npz), job.split)  # the driver reads it whole anyway
