@@ -12,6 +12,7 @@ from spacy.language import Language
 from .clinical import DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_LABEL, SUPPLEMENT_STATUS_LABELS, supplement_rules
 from .extensions import RESULT_ATTRS
 from .relations import RelationClassifier
+from .scoring import score_weights
 from .spans import SpanClassifier
 from .textcat import TextClassifier
 
@@ -43,7 +44,8 @@ def _settings(checkpoint: Optional[str], entropy: Optional[float], patience: Opt
             "none_label": none_label, **extra}
 
 
-@Language.factory("epee_textcat", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
+@Language.factory("epee_textcat", default_score_weights=score_weights("epee_textcat"),
+                  default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
 def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
                  patience: Optional[int], budget: Optional[int], beem: Optional[float],
                  policy: Optional[Dict[str, Any]], batch_size: int,
@@ -54,7 +56,8 @@ def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str
                                                               batch_size, device, autocast, min_confidence, none_label))
 
 
-@Language.factory("epee_span_classifier", default_config={**COMMON, "spans_key": None, "span_labels": None,
+@Language.factory("epee_span_classifier", default_score_weights=score_weights("epee_span_classifier"),
+                  default_config={**COMMON, "spans_key": None, "span_labels": None,
                                                           "rules": None},
                   assigns=SPAN_ASSIGNS, requires=["doc.ents"])
 def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], spans_key: Optional[str],
@@ -72,7 +75,8 @@ def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], sp
                                       min_confidence, none_label))
 
 
-@Language.factory("epee_relation_classifier", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
+@Language.factory("epee_relation_classifier", default_score_weights=score_weights("epee_relation_classifier"),
+                  default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
                                                               "span_labels": None, "rules": None},
                   assigns=PAIR_ASSIGNS, requires=["doc.ents"])
 def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int,
@@ -88,7 +92,8 @@ def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str]
                                           min_confidence, none_label))
 
 
-@Language.factory("epee_supplement_status", default_config={**COMMON, "match_rules": True, "spans_key": None,
+@Language.factory("epee_supplement_status", default_score_weights=score_weights("epee_supplement_status"),
+                  default_config={**COMMON, "match_rules": True, "spans_key": None,
                                                             "span_labels": [SUPPLEMENT_LABEL]},
                   assigns=SPAN_ASSIGNS)
 def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], match_rules: bool,
@@ -108,7 +113,8 @@ def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], 
                                       min_confidence, none_label, expected_labels=SUPPLEMENT_STATUS_LABELS))
 
 
-@Language.factory("epee_ddi", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
+@Language.factory("epee_ddi", default_score_weights=score_weights("epee_ddi"),
+                  default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
                                               "span_labels": None, "lexicon": None},
                   assigns=PAIR_ASSIGNS)
 def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_doc: int, spans_key: Optional[str],
@@ -128,7 +134,8 @@ def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_
                                           min_confidence, none_label, expected_labels=DDI_LABELS))
 
 
-@Language.factory("epee_pv_event", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
+@Language.factory("epee_pv_event", default_score_weights=score_weights("epee_pv_event"),
+                  default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
 def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
                   patience: Optional[int], budget: Optional[int], beem: Optional[float],
                   policy: Optional[Dict[str, Any]], batch_size: int,

@@ -134,3 +134,10 @@ class MentionSource:
     def from_disk(self, path: Path) -> None:
         if (path / RULES_FILE).is_file():
             self._rules, self._matcher = path / RULES_FILE, None
+
+    def rules_data(self) -> list[dict[str, Any]]:
+        """The rules as JSON-ready dicts (empty without rules)."""
+        return rules_to_dicts(self.matcher.rules) if self.matcher is not None else []
+
+    def set_rules_data(self, data: Sequence[dict[str, Any]]) -> None:
+        self._rules, self._matcher = (rules_from_dicts(data) if data else None), None
