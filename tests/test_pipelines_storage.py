@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from epee_annotate.pipelines import storage
+from epee_annotate import storage
 from epee_annotate.pipelines.errors import SettingError
 from epee_annotate.pipelines.publish import (
     MAIN_DATASET, MARKER, DatasetNotReady, job_output, read_manifest, read_published,

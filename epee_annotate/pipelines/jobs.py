@@ -21,7 +21,7 @@ import pyarrow as pa
 from .. import __version__
 from ..policy_settings import given_settings, policy_overrides, resolve_policy
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from . import storage
+from .. import storage
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from . import storage
+from .. import storage
 from .errors import OutputExistsError, SettingError
 from .output import check_output, move_into_place, staged_output
 

@@ -28,7 +28,7 @@ def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: lis
     """The written dataset (or some columns of it) as one table."""
     import pyarrow.dataset as pads
 
-    from .storage import resolve
+    from ..storage import resolve
 
     filesystem, path = resolve(dataset_dir)
     dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning="hive" if partitioned else None)

@@ -1,5 +1,8 @@
 """Decode DICOM, raster (PNG/JPEG/TIFF/BMP) and MedMNIST .npz files into float arrays.
 
+Core layer: the model's image encoder decodes file inputs with it (``inputs.to_unit_array``), and
+the imaging and data readers build on it (``epee_annotate.imaging`` re-exports its public names).
+
 Decoding, plus an optional early downscale: the final resize and model normalisation happen
 downstream. Every image comes back as float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3)
 for colour.
@@ -67,8 +70,8 @@ from pydicom.datadict import tag_for_keyword
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
-from ..file_checks import unreadable_reason
-from ..vocab import DICOM_COLUMNS, FRAME_MODES
+from .file_checks import unreadable_reason
+from .vocab import DICOM_COLUMNS, FRAME_MODES
 
 __all__ = ["MAX_PIXELS", "DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
 
