@@ -200,6 +200,31 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
 
 def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str], limits: _Limits) -> list[DecodedImage]:
     """Decode a DICOM Part 10 file following the module's documented rules."""
+    ds = _read_dicom_header(stream)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):
+        raise ImageReadError(f"unsupported DICOM photometric interpretation {photometric[:24]!r}")
+    _check_decoder(ds)
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    decoded_frames = 1 if frames == "middle" else n_frames
+    limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
+                 else f"DICOM image ({decoded_frames} frames)")
+    stack, indices = _dicom_frames(ds, frames, n_frames)
+    shown = _dicom_display(ds, stack, photometric, frames)
+    for img in shown if frames != "mip" else shown[None]:
+        _check_not_constant(img)
+    metadata = _metadata(ds, extra_tags)
+    factor = limits.factor(int(ds.Rows), int(ds.Columns))
+    if frames == "mip":
+        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
+    return [
+        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
+        for i, img in zip(indices, shown)
+    ]
+
+
+def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
+    """The parsed file, refused unless it is a complete image object with pixel data and a size."""
     try:
         ds = pydicom.dcmread(stream)
     except Exception as exc:  # pydicom raises many types (EOFError, struct.error, ...) on damaged headers
@@ -212,15 +237,11 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         raise ImageReadError("DICOM has no pixel data (a non-image object such as a structured report, or truncated)")
     if not int(ds.get("Rows") or 0) or not int(ds.get("Columns") or 0):
         raise ImageReadError("zero-size DICOM image (Rows or Columns is 0 or missing)")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):
-        raise ImageReadError(f"unsupported DICOM photometric interpretation {photometric[:24]!r}")
-    _check_decoder(ds)
+    return ds
 
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    decoded_frames = 1 if frames == "middle" else n_frames
-    limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
-                 else f"DICOM image ({decoded_frames} frames)")
+
+def _dicom_frames(ds: pydicom.Dataset, frames: str, n_frames: int) -> tuple[np.ndarray, list[int]]:
+    """The stored frames to decode (only the middle one for frames="middle") and their indices."""
     try:
         if frames == "middle" and n_frames > 1:
             stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
@@ -232,28 +253,19 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         raise _pixel_data_error(ds, exc) from exc
     if stack.size == 0:
         raise ImageReadError("zero-size DICOM image (no pixels decoded)")
+    return stack, indices
 
+
+def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, frames: str) -> np.ndarray:
+    """Stored values -> display values in [0, 1] (VOI for monochrome, LUT for palette colour)."""
     if photometric in _MONO:
         per_frame = frames != "mip"
         shown = np.stack([_display_mono(f, ds) for f in stack]) if per_frame else _display_mono(stack, ds)
-        if photometric == "MONOCHROME1":
-            shown = 1.0 - shown
-    elif photometric == "PALETTE COLOR":
+        return 1.0 - shown if photometric == "MONOCHROME1" else shown
+    if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(stack, ds)
-        shown = rgb / np.iinfo(rgb.dtype).max
-    else:
-        shown = np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
-    for img in shown if frames != "mip" else shown[None]:
-        _check_not_constant(img)
-
-    metadata = _metadata(ds, extra_tags)
-    factor = limits.factor(int(ds.Rows), int(ds.Columns))
-    if frames == "mip":
-        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
-    return [
-        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
-        for i, img in zip(indices, shown)
-    ]
+        return rgb / np.iinfo(rgb.dtype).max
+    return np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
 
 
 def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:

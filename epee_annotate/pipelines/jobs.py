@@ -191,10 +191,17 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     return summary
 
 
+def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any], options: JobOptions,
+              **more: Any) -> dict[str, Any]:
+    """The provenance every output records in its schema metadata (``schema.job_metadata``)."""
+    return {"package_version": __version__, "job": job, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "components": components, **more, "inputs": inputs, "parameters": options.parameters()}
+
+
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
-    from .resume import NoteKeys, check_resumable_ids
-    from .sources import note_passthrough_fields, read_notes, resolve_note_inputs, unreadable_inputs
+    from .resume import NoteKeys
+    from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
     started = time.perf_counter()
     options = job.options
@@ -207,44 +214,48 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                 "device": options.actors.device, "autocast": options.autocast}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
-    schema = output_schema("notes", passthrough, options.include_text)
-    schema = with_job_metadata(schema, {
-        "package_version": __version__, "job": "notes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "components": components, "pipeline": job.source.describe(),
-        "inputs": {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
-                   "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)},
-        "parameters": options.parameters(),
-    })
+    inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
+              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
+    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
+                               _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
         keys = NoteKeys(columns)
-        ds = None
-        if files:
-            if options.resume:
-                check_resumable_ids(read_notes(fmt, files, columns.read_columns), keys)
-            ds = options.actors.map_batches(
-                read_notes(fmt, files, columns.read_columns),
-                job.annotator,
-                fn_constructor_kwargs={
-                    "source": job.source, "columns": columns, "settings": settings,
-                    "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
-                    "include_text": options.include_text, "threads": _threads(options.actors),
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
+        ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s)
 
 
+def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
+                     schema: pa.Schema):
+    """The notes read and annotated on the actor pool (a lazy Ray Dataset); ids checked first when resuming."""
+    from .resume import check_resumable_ids
+    from .sources import read_notes
+
+    options = job.options
+    if options.resume:
+        check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns), keys)
+    return options.actors.map_batches(
+        read_notes(columns.fmt, files, columns.read_columns),
+        job.annotator,
+        fn_constructor_kwargs={
+            "source": job.source, "columns": columns, "settings": settings,
+            "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
+            "include_text": options.include_text, "threads": _threads(options.actors),
+        },
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+    )
+
+
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
-    from .images import ImageAnnotator, job_policy, load_image_model
+    from .images import job_policy, load_image_model
     from ..imaging.classify import DECODE_ERROR_PREFIX
     from .resume import PathKeys
-    from .sources import read_image_files, read_npz, resolve_image_inputs, unreadable_inputs
+    from .sources import read_image_files, read_npz
 
     started = time.perf_counter()
     options = job.options
@@ -254,18 +265,10 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     check_job_output(options.out, options.overwrite, options.resume)
     model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
     policy = job_policy(options.policy_knobs, model.default_policy)
-    passthrough: list[pa.Field] = []
-    files: list[str] = []
-    unreadable: dict[str, str] = {}
-    if job.npz:
-        inputs_meta = {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
-    else:
-        listed = resolve_image_inputs(job.inputs)
-        files, unreadable = unreadable_inputs(listed)
-        inputs_meta = {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
+    files, unreadable, inputs = _image_inputs(job)
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
-        ds = None
+        ds, passthrough = None, []
         if job.npz:
             ds, label_field = read_npz(storage.fetch(job.npz), job.split)  # the driver reads it whole anyway
             passthrough = [label_field]
@@ -273,32 +276,46 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             ds = read_image_files(files)
         # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
         keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
-        logger.info("images job: %s, Ray %s", inputs_meta, mode)
-        schema = with_job_metadata(output_schema("images", passthrough), {
-            "package_version": __version__, "job": "images", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "components": [{
-                "task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
-                "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
-                "policy_config": policy.to_dict(),
-            }],
-            "inputs": inputs_meta,
-            "parameters": options.parameters(),
-        })
-        checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
+        logger.info("images job: %s, Ray %s", inputs, mode)
+        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
+                     "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
+                     "policy_config": policy.to_dict()}
+        schema = with_job_metadata(output_schema("images", passthrough),
+                                   _metadata("images", [component], inputs, options))
         if ds is not None:
-            ds = options.actors.map_batches(
-                ds,
-                ImageAnnotator,
-                fn_constructor_kwargs={
-                    "checkpoint": checkpoint, "schema": schema.remove_metadata(),
-                    "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-                    "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
-                    "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
-                    "path_prefix": keys.prefix,
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
+            ds = _annotated_images(job, ds, schema, keys.prefix)
         errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
                    "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s)
+
+
+def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """(readable files, unreadable file -> reason, inputs metadata); no files for an npz archive."""
+    from .sources import resolve_image_inputs, unreadable_inputs
+
+    if job.npz:
+        return [], {}, {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
+    listed = resolve_image_inputs(job.inputs)
+    files, unreadable = unreadable_inputs(listed)
+    return files, unreadable, {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
+
+
+def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
+    """``ds`` classified on the actor pool (a lazy Ray Dataset)."""
+    from .images import ImageAnnotator
+
+    options = job.options
+    checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
+    return options.actors.map_batches(
+        ds,
+        ImageAnnotator,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint, "schema": schema.remove_metadata(),
+            "task_name": job.task_name, "policy_knobs": options.policy_knobs,
+            "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
+            "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+            "path_prefix": path_prefix,
+        },
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+    )
