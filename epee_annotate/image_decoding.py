@@ -64,12 +64,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.datadict import tag_for_keyword
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
+try:  # the imaging extra: raster images decode without it, DICOM files need it (_require_pydicom)
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+except ImportError as _error:
+    if (_error.name or "").split(".")[0] != "pydicom":
+        raise
+    pydicom = None
+
+from .extras import missing
 from .file_checks import unreadable_reason
 from .vocab import DICOM_COLUMNS, FRAME_MODES
 
@@ -133,6 +140,8 @@ def read_image(
     """
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    if extra_tags:
+        _require_pydicom()
     for keyword in extra_tags:
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"unknown DICOM keyword in extra_tags: {keyword!r}")
@@ -198,8 +207,14 @@ def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.
     return images, labels.astype(np.int64)
 
 
+def _require_pydicom() -> None:
+    if pydicom is None:
+        raise missing("pydicom", "decoding DICOM")
+
+
 def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str], limits: _Limits) -> list[DecodedImage]:
     """Decode a DICOM Part 10 file following the module's documented rules."""
+    _require_pydicom()
     ds = _read_dicom_header(stream)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):

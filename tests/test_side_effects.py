@@ -79,3 +79,57 @@ def test_a_job_from_python_prints_nothing_and_keeps_the_process_state(tmp_path, 
     assert not ray.is_initialized()  # the job stopped the Ray it started
     before.assert_unchanged()
     assert capsys.readouterr().out == ""
+
+
+# ----- optional dependencies ---------------------------------------------------------------------
+MISSING = """
+import sys
+for name in ("ray", "pydicom", "medspacy"):
+    sys.modules[name] = None  # import fails as if the extra were not installed
+"""
+
+
+def run_without_extras(code: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-c", MISSING + code], capture_output=True, text=True, timeout=300,
+                          env=env)
+
+
+def test_text_components_run_without_the_extras_and_each_missing_extra_is_one_line(tmp_path):
+    from epee_annotate.testing import tiny_model
+
+    tiny_model("bert", tmp_path / "ckpt", labels=("neg", "pos")).save_pretrained(tmp_path / "ckpt")
+    import numpy as np
+    from PIL import Image
+
+    Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).save(tmp_path / "x.png")
+    dicom = b"\0" * 128 + b"DICM" + b"\0" * 64
+    code = f"""
+import spacy
+from epee_annotate.cli import main
+from epee_annotate.components import build_drug_lexicon
+from epee_annotate.extras import MissingExtraError
+from epee_annotate.image_decoding import read_image
+
+nlp = spacy.blank("en")
+nlp.add_pipe("sentencizer")
+nlp.add_pipe("epee_textcat", config={{"checkpoint": {str(tmp_path / "ckpt")!r}}})
+docs = list(nlp.pipe(["rash after the dose. no nausea.", "fine"]))
+print("text ok", sum(len(d._.epee_annotations) for d in docs))
+print("png ok", read_image({str(tmp_path / "x.png")!r})[0].pixels.shape)
+for call in (lambda: read_image({dicom!r}), lambda: build_drug_lexicon(["aspirin"])):
+    try:
+        call()
+    except MissingExtraError as error:
+        print(error)
+sys.exit(main(["annotate-notes", "notes.jsonl", "--checkpoint", "x", "--out", {str(tmp_path / "out")!r}]))
+"""
+    result = run_without_extras(code)
+    lines = result.stdout.splitlines()
+    assert lines[:2] == ["text ok 3", "png ok (8, 8)"], result.stderr[-2000:]
+    assert lines[2] == "decoding DICOM needs pydicom, which is not installed: pip install 'epee-annotate[imaging]' (or [all])"
+    assert lines[3].startswith("a drug lexicon needs medspacy") and "'epee-annotate[clinical]'" in lines[3]
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "epee-annotate annotate-notes: error: annotate-notes needs ray, which is not installed: "
+        "pip install 'epee-annotate[ray]' (or [all])"]

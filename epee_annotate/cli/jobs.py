@@ -95,7 +95,7 @@ def _log_level(args: argparse.Namespace) -> None:
 
     if not args.verbose:
         logging.getLogger("epee_annotate").setLevel(logging.WARNING)
-    quiet_ray(args.verbose)
+    quiet_ray(args.verbose, args.command)
 
 
 def run_notes(args: argparse.Namespace) -> int:

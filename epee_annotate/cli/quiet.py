@@ -22,7 +22,7 @@ class _TotalProgressOnly(logging.Filter):
         return record.getMessage().startswith("Total Progress")
 
 
-def quiet_ray(verbose: bool) -> None:
+def quiet_ray(verbose: bool, command: str = "a batch job") -> None:
     """Set this process's Ray logging for a job: everything with ``verbose``, else warnings-free and one progress line."""
     if not verbose:
         # Read by Ray when the driver's core worker starts (ray.init) and when Ray Data is first
@@ -31,7 +31,9 @@ def quiet_ray(verbose: bool) -> None:
         # wrong; real failures still raise in the driver.
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
         os.environ.setdefault("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", str(QUIET_LOG_INTERVAL_S))
-    import ray.data  # noqa: F401  (importing Ray configures its loggers: set levels after that)
+    from ..extras import require
+
+    require("ray.data", command)  # importing Ray configures its loggers: set levels after that
 
     progress_logger = logging.getLogger(PROGRESS_LOGGER)
     for old in [f for f in progress_logger.filters if isinstance(f, _TotalProgressOnly)]:

@@ -22,6 +22,7 @@ from .. import __version__
 from ..policy_settings import given_settings, policy_overrides, resolve_policy
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
+from ..extras import require
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
@@ -198,6 +199,12 @@ def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any]
             "components": components, **more, "inputs": inputs, "parameters": options.parameters()}
 
 
+def _check_job(options: JobOptions) -> None:
+    """What can be refused before any slow work: Ray missing, an output that may not be written."""
+    require("ray.data", "a batch job")
+    check_job_output(options.out, options.overwrite, options.resume)
+
+
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
     from .resume import NoteKeys
@@ -205,7 +212,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
 
     started = time.perf_counter()
     options = job.options
-    check_job_output(options.out, options.overwrite, options.resume)  # refuse before any slow work
+    _check_job(options)
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
@@ -262,7 +269,9 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     if options.resume and job.npz:
         raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
                            "resume", "npz")
-    check_job_output(options.out, options.overwrite, options.resume)
+    _check_job(options)
+    if not job.npz:  # fail at once, not per DICOM file on the workers
+        require("pydicom", "the images job on image files")
     model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
     policy = job_policy(options.policy_knobs, model.default_policy)
     files, unreadable, inputs = _image_inputs(job)
