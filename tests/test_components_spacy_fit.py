@@ -68,6 +68,86 @@ def test_to_bytes_refuses_clearly(clinical_checkpoints):
     assert nlp.to_bytes(exclude=["epee_pv_event"])  # the rest of the pipeline still serialises
 
 
+# ----- spaCy Pipe: error handlers, score weights, exclude ---------------------------------------------
+def test_components_are_spacy_pipes_and_the_error_handler_gets_the_failing_doc(clinical_checkpoints, monkeypatch):
+    from spacy.pipeline import Pipe
+
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"]})
+    assert isinstance(component, Pipe)
+    collect = type(component).collect
+
+    def collect_or_fail(self, doc):
+        if "poison" in doc.text:
+            raise RuntimeError("cannot classify this note")
+        return collect(self, doc)
+
+    monkeypatch.setattr(type(component), "collect", collect_or_fail)
+    texts = ["rash after the dose.", "a poison note.", "nausea on day two.", "poison again."]
+    with pytest.raises(RuntimeError, match="cannot classify"):  # spaCy's default handler re-raises
+        list(nlp.pipe(texts, batch_size=4))
+    failed = []
+    nlp.set_error_handler(lambda name, proc, docs, error: failed.append((name, [d.text for d in docs], str(error))))
+    docs = list(nlp.pipe(texts, batch_size=4))  # one batch: the failure is isolated doc by doc
+    assert [d.text for d in docs] == ["rash after the dose.", "nausea on day two."]
+    assert all(doc_annotations(d) for d in docs)
+    assert failed == [("epee_pv_event", ["a poison note."], "cannot classify this note"),
+                      ("epee_pv_event", ["poison again."], "cannot classify this note")]
+    recorded = []
+    component.set_error_handler(lambda name, proc, docs, error: recorded.extend(docs))
+    assert len(list(nlp.pipe(texts, batch_size=2))) == 2 and [d.text for d in recorded] == texts[1::2]
+
+
+def test_factories_declare_score_weights_that_evaluate_reports(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"], "scope": "doc"})
+    weights = nlp.config["training"]["score_weights"]
+    assert weights["epee_pv_event_f"] == 1.0 and weights["epee_pv_event_acc"] == 0.0
+    text = "rash after the first dose."
+    predicted = nlp(text)
+    reference = nlp.make_doc(text)
+    reference._.epee_annotations = predicted._.epee_annotations  # gold = prediction: perfect scores
+    scores = nlp.evaluate([Example(nlp.make_doc(text), reference)])
+    assert {key for key in weights if scores.get(key) is not None} == set(weights)
+    nlp.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]})
+    combined = nlp.config["training"]["score_weights"]
+    assert combined["epee_pv_event_f"] == combined["epee_supplement_status_f"] == 0.5
+
+
+def test_serialisation_honours_exclude(clinical_checkpoints, tmp_path):
+    from epee_annotate.components import build_drug_lexicon, write_rules
+
+    write_rules(build_drug_lexicon(["aspirin", "warfarin"]), tmp_path / "drugs.json")
+    nlp = spacy.blank("en")
+    ddi = nlp.add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"],
+                                           "lexicon": str(tmp_path / "drugs.json")})
+    ddi.to_disk(tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["checkpoint", "epee_component.json", "rules.json"]
+    ddi.to_disk(tmp_path / "rules_only", exclude=["checkpoint"])
+    assert sorted(p.name for p in (tmp_path / "rules_only").iterdir()) == ["rules.json"]
+    ddi.to_disk(tmp_path / "weights_only", exclude=["rules"])
+    assert "rules.json" not in {p.name for p in (tmp_path / "weights_only").iterdir()}
+
+    other = spacy.blank("en").add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"]})
+    other.from_disk(tmp_path / "rules_only", exclude=["checkpoint"])  # no copy there: the configured one stays
+    assert other.checkpoint == clinical_checkpoints["ddi"] and other.adds_mentions
+    other.from_disk(tmp_path / "full", exclude=["rules"])
+    assert other.checkpoint == str(tmp_path / "full" / "checkpoint")
+    with pytest.raises(ValueError, match="no saved checkpoint"):
+        other.from_disk(tmp_path / "rules_only")
+
+    data = ddi.to_bytes(exclude=["checkpoint"])  # the rules travel, the weights stay where they are
+    fresh = spacy.blank("en").add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"]})
+    assert not fresh.adds_mentions
+    fresh.from_bytes(data, exclude=["checkpoint"])
+    assert fresh.adds_mentions and fresh.checkpoint == clinical_checkpoints["ddi"]
+    text = "aspirin with warfarin"
+    assert doc_annotations(fresh(fresh.nlp.make_doc(text))) == doc_annotations(ddi(nlp.make_doc(text)))
+    assert ddi.to_bytes(exclude=["checkpoint", "rules"]) != data
+    with pytest.raises(NotImplementedError, match="exclude"):
+        fresh.from_bytes(data)
+
+
 def test_evaluate_scores_doc_cats(clinical_checkpoints):
     nlp = spacy.blank("en")
     nlp.add_pipe("epee_textcat", config={"checkpoint": clinical_checkpoints["pv"], "scope": "doc"})

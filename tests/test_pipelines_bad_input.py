@@ -126,15 +126,17 @@ def test_the_models_error_reaches_the_error_column():
     assert row["status"] == "error" and row["error"] == "input is empty after encoding"
 
 
-def test_the_wait_for_the_actor_pool_is_bounded(monkeypatch):
+def test_the_wait_for_the_actor_pool_is_bounded_for_the_job_only(monkeypatch):
     from ray.data import DataContext
 
     from epee_annotate.pipelines.jobs import JobOptions
-    from epee_annotate.pipelines.runtime import bound_actor_start
+    from epee_annotate.pipelines.runtime import job_data_context
 
     context = DataContext.get_current()
     monkeypatch.setattr(context, "wait_for_min_actors_s", -1)  # Ray Data's default: wait forever
-    bound_actor_start(JobOptions(out="x").actor_start_timeout_s)
-    assert context.wait_for_min_actors_s == 600
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    with job_data_context(False, False, JobOptions(out="x").actor_start_timeout_s):
+        assert context.wait_for_min_actors_s == 600 and context.enable_progress_bars is False
+    assert context.wait_for_min_actors_s == -1 and context.enable_progress_bars is True  # the caller's again
     with pytest.raises(ValueError, match="must be > 0"):
         JobOptions(out="x", actor_start_timeout_s=0)

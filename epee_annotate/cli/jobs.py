@@ -24,8 +24,9 @@ FLAGS = {
 def _add_common(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True,
-                     help="output dataset: a directory or a URI (s3://, gs://, abfs://, hdfs://); published "
-                          "whole at the end, with a _SUCCESS manifest")
+                     help="output location: a directory or a URI (s3://, gs://, abfs://, hdfs://); published "
+                          "whole at the end: the rows in OUT/annotations/, a _SUCCESS manifest and the "
+                          "summary beside them")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     out.add_argument("--partition-by-task", action="store_true", help="hive-partition the output by task")
     out.add_argument("--rows-per-file", type=int, default=100_000, help="minimum rows per Parquet file")
@@ -92,9 +93,12 @@ def _split_columns(value: str | None) -> list[str]:
 
 
 def _log_level(args: argparse.Namespace) -> None:
-    """Job logs (INFO) only with --verbose; warnings always."""
+    """Job logs (INFO) only with --verbose; warnings always. Ray as quiet as asked (``quiet``)."""
+    from .quiet import quiet_ray
+
     if not args.verbose:
         logging.getLogger("epee_annotate").setLevel(logging.WARNING)
+    quiet_ray(args.verbose, args.command)
 
 
 def run_notes(args: argparse.Namespace) -> int:
@@ -102,14 +106,14 @@ def run_notes(args: argparse.Namespace) -> int:
     from ..pipelines.jobs import NotesJob, run_notes_job
     from ..pipelines.notes import PipelineSource, parse_overrides
 
-    def run() -> None:
+    def run() -> dict[str, Any]:
         source = PipelineSource(pipeline=args.pipeline, config=args.config, checkpoint=args.checkpoint,
                                 overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
-        run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
-                               text_column=args.text_column, keep_columns=_split_columns(args.keep_columns),
-                               fmt=args.format))  # prints and writes its own summary
+        return run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args),
+                                      id_column=args.id_column, text_column=args.text_column,
+                                      keep_columns=_split_columns(args.keep_columns), fmt=args.format))
 
-    _with_flags(run)
+    _print_summary(_with_flags(run))
     return 0
 
 
@@ -117,10 +121,16 @@ def run_images(args: argparse.Namespace) -> int:
     _log_level(args)
     from ..pipelines.jobs import ImagesJob, run_images_job
 
-    _with_flags(lambda: run_images_job(ImagesJob(
+    _print_summary(_with_flags(lambda: run_images_job(ImagesJob(
         checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz, split=args.split,
-        frames=args.frames, task_name=args.task_name)))  # prints and writes its own summary
+        frames=args.frames, task_name=args.task_name))))
     return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from ..pipelines.summary import format_summary
+
+    print(format_summary(summary), flush=True)
 
 
 def register(subparsers) -> None:

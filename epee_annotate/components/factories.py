@@ -21,6 +21,7 @@ from ..policies import setting_keys, settings
 from .clinical import DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_LABEL, SUPPLEMENT_STATUS_LABELS, supplement_rules
 from .extensions import RESULT_ATTRS
 from .relations import RelationClassifier
+from .scoring import score_weights
 from .spans import SpanClassifier
 from .textcat import TextClassifier
 
@@ -66,7 +67,8 @@ def _factory(name: str, build: Callable[..., Any], settings_: Dict[str, tuple], 
     factory.__doc__ = doc
     factory.__name__ = factory.__qualname__ = "make_" + name.removeprefix("epee_")
     defaults = {key: default for key, (_, default) in spec.items()}
-    return Language.factory(name, default_config=defaults, **registration)(factory)
+    return Language.factory(name, default_config=defaults, default_score_weights=score_weights(name),
+                            **registration)(factory)
 
 
 def _with(cls: type, **fixed: Any) -> Callable[..., Any]:

@@ -17,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..imaging.classify import ImagePrediction, classify_decoded, classify_images
-from ..imaging.reading import MAX_PIXELS, DecodedImage
+from ..image_decoding import MAX_PIXELS, DecodedImage
 from ..policies import ExitPolicy, resolve_policy
 from ..vocab import DICOM_COLUMNS
 from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table

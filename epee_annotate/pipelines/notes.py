@@ -28,8 +28,8 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
+from .. import storage
 from ..policies import setting_keys
-from . import storage
 from .errors import SettingError
 from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
 from .sources import LINE_NO, RAW_LINE, READ_ERROR, SOURCE_FILE, parse_json_line

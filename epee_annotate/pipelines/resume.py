@@ -87,7 +87,7 @@ _CLASSES: tuple | None = None
 
 def checkpoint_config(keys, checkpoint_path: str):
     """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``)."""
-    from . import storage
+    from .. import storage
 
     global _CLASSES
     if _CLASSES is None:  # Ray is imported only when a job runs

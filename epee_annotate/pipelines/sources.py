@@ -31,7 +31,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from ..file_checks import unreadable_reason
-from . import storage
+from .. import storage
 from .errors import SettingError
 
 NOTE_FORMATS = {
