@@ -16,7 +16,7 @@ LAYER_NAMES = ["core", "data/inputs", "components/workflows", "pipelines", "cli"
 # Top-level module or package of epee_annotate -> its layer.
 LAYERS = {
     "": CORE,  # the package itself: __version__ and lazy exports
-    **dict.fromkeys(["vocab", "policies", "policy_settings", "prediction", "backbones", "heads", "engine",
+    **dict.fromkeys(["vocab", "policies", "prediction", "backbones", "heads", "engine",
                      "checkpoint", "model", "inputs", "image_decoding", "storage", "extras", "progress", "file_checks",
                      "metrics", "timing", "offline", "testing"], CORE),
     "data": INPUTS, "imaging": INPUTS,
