@@ -209,8 +209,9 @@ def test_check_split_refuses_the_calibration_data(tmp_path):
     rest = data_fingerprint(texts[2:], path=data, format="jsonl", fraction=0.5, seed=0, part="report")
     assert check_split(record, rest) is None  # the complementary part is fine
     whole = data_fingerprint(texts, path=data, format="jsonl")
-    with pytest.raises(SameSplitError, match="--calibration-fraction 0.5 --seed 0\)"):
+    with pytest.raises(SameSplitError, match="fraction 0.5, seed 0\\)") as refused:
         check_split(record, whole)
+    assert "--" not in str(refused.value) and refused.value.part == {"fraction": 0.5, "seed": 0}  # no CLI flags
     other_seed = data_fingerprint(texts[1:3], path=data, format="jsonl", fraction=0.5, seed=1, part="report")
     with pytest.raises(SameSplitError):
         check_split(record, other_seed)
@@ -223,7 +224,7 @@ def test_check_split_refuses_the_calibration_data(tmp_path):
                                      holdout=dev)}
     assert check_split(held, data_fingerprint(texts[2:], path=data, format="ddi", fraction=0.5, seed=0,
                                               part="report", holdout=dev)) is None
-    with pytest.raises(SameSplitError, match="--dev-fraction 0.2 --dev-seed 42"):
+    with pytest.raises(SameSplitError, match="dev fraction 0.2, dev seed 42"):
         check_split(held, data_fingerprint(texts[2:], path=data, format="ddi", fraction=0.5, seed=0, part="report"))
     assert "WARNING" in check_split(record, whole, allow_same_split=True)
     assert check_split(None, whole) is None
@@ -277,7 +278,8 @@ def test_cli_calibrate_then_evaluate_other_part(tmp_path, model_factory, capsys)
     out = tmp_path / "report"
     # The whole file overlaps the calibration part: refused, then allowed with a loud warning.
     assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing"]) == 2
-    assert "calibrated on the same data file" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "calibrated on the same data file" in err and "pass --calibration-fraction 0.5 --seed 1" in err
     assert main(["evaluate", str(directory), "--data", str(data), "--report", str(out), "--no-timing",
                  "--allow-same-split"]) == 0
     assert "WARNING" in capsys.readouterr().err

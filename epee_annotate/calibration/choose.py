@@ -271,8 +271,8 @@ def _choose(goal: CalibrationGoal, found: Candidates, reference: dict[str, Any],
                    f"{rows[best][worst]:.4f}; " + ", ".join(f"{m} {reference[m]:.4f} -> {rows[best][m]:.4f}"
                                                             for m in names) + ")")
         if not goal.force:
-            raise GuardError(message + ". Nothing was stored: relax the goal, raise --guard-drop, or pass --force")
-        notes.append(message + "; stored anyway because of --force")
+            raise GuardError(message + ". Nothing was stored: relax the goal, raise the guard, or force the choice")
+        notes.append(message + "; stored anyway because the choice was forced")
         guarded, forced = ok, True
     elif len(guarded) < len(ok):
         notes.append(f"{len(ok) - len(guarded)} of the {len(ok)} settings that met the goal were excluded by the "
@@ -316,7 +316,7 @@ def _no_faster_note(goal: CalibrationGoal, risk: Risk | None, found: Candidates,
             + (f" (the best candidate had {fewest} of {n})" if fewest is not None else "")
             + "; full depth was kept. "
             + (f"With no disagreements at all it would take at least {needed} examples; " if needed else "")
-            + "calibrate on more data, accept a larger value, or choose in-sample with --in-sample")
+            + "calibrate on more data, accept a larger value, or choose in-sample")
 
 
 def _degenerate_notes(goal: CalibrationGoal, chosen: dict[str, Any], reference: dict[str, Any], feasible: int,
@@ -326,7 +326,7 @@ def _degenerate_notes(goal: CalibrationGoal, chosen: dict[str, Any], reference: 
     if goal.in_sample:
         notes.append("in-sample choice: the goal was met on the calibration examples themselves, which says "
                      "nothing about new data (a setting at the edge of the goal often misses it on a test set); "
-                     "drop --in-sample for a choice bounded on new data")
+                     "choose without in_sample for a choice bounded on new data")
     if feasible == size and size > 1:
         notes.append(f"every one of the {size} grid settings met the goal, so the goal did not constrain the choice "
                      "(the fastest/best setting on the grid was taken); a stricter goal or a wider grid may be "

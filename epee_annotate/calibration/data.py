@@ -23,7 +23,11 @@ ITEM_HASH_BYTES = 6  # 48-bit salted digests: a chance overlap among 10^5 x 10^5
 
 
 class SameSplitError(ValueError):
-    """Evaluation data overlaps the data the checkpoint was calibrated on."""
+    """Evaluation data overlaps the data the checkpoint was calibrated on; ``part`` describes its calibration part."""
+
+    def __init__(self, message: str, part: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.part = part or {}
 
 
 def split_examples(examples: Sequence[T], fraction: float, seed: int = 0) -> tuple[list[T], list[T]]:
@@ -145,7 +149,7 @@ def check_split(
 ) -> str | None:
     """Refuse (or, when allowed, return a warning for) evaluation on the checkpoint's calibration data."""
     cal = (calibration or {}).get("data") or {}
-    problem = None
+    problem, part = None, None
     if cal.get("inputs_sha256") and cal["inputs_sha256"] == fingerprint.get("inputs_sha256"):
         problem = "the evaluation examples are exactly the examples this checkpoint was calibrated on"
     elif cal.get("file_sha256") and cal.get("file_sha256") == fingerprint.get("file_sha256") \
@@ -157,16 +161,15 @@ def check_split(
         if not complementary:
             problem = "this checkpoint was calibrated on the same data file"
             if cal.get("part") == "calibration":
-                options = f"--calibration-fraction {cal.get('fraction')} --seed {cal.get('seed')}"
-                if cal.get("holdout"):
-                    holdout = cal["holdout"]
-                    options += f" --dev-fraction {holdout['dev_fraction']} --dev-seed {holdout['dev_seed']}"
-                problem += f" (its calibration part: {options}); pass the same options to evaluate on the other part"
+                part = {"fraction": cal.get("fraction"), "seed": cal.get("seed"), **(cal.get("holdout") or {})}
+                problem += (f" (its calibration part: fraction {part['fraction']}, seed {part['seed']}"
+                            + (f", dev fraction {part['dev_fraction']}, dev seed {part['dev_seed']}"
+                               if cal.get("holdout") else "") + "); evaluate on the other part of that split")
     if problem is None:
         return None
     if not allow_same_split:
         raise SameSplitError(f"{problem}. Numbers on calibration data are optimistic; use held-out data "
-                             "(or --allow-same-split to override)")
+                             "(or allow the same split explicitly)", part)
     message = f"WARNING: {problem}; the reported numbers are optimistic (calibration data reused)"
     log.warning(message)
     return message

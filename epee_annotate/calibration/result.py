@@ -120,7 +120,7 @@ class CalibrationResult:
             f"  disagreement with full depth: {m['disagreement']:.4f} ({m['disagreement_count']}/{self.n})",
             f"guarantee: {self.guarantee()}",
             f"guard: no reported metric may drop more than {self.goal.guard:g} in-sample"
-            + (" (overridden by --force)" if self.forced else ""),
+            + (" (overridden: forced)" if self.forced else ""),
         ]
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -234,6 +234,23 @@ def _check_labels(gold: list[str], labels: list[str]) -> None:
     raise ValueError(f"labels unseen in the checkpoint: {unseen[:10]}; checkpoint labels: {labels}")
 
 
+def _check_split(calibration, fingerprint, allow: bool) -> str | None:
+    """``calibration.check_split`` with this command line's options as advice."""
+    from ..calibration import SameSplitError, check_split
+
+    try:
+        return check_split(calibration, fingerprint, allow)
+    except SameSplitError as error:
+        part = error.part
+        advice = "--allow-same-split overrides"
+        if part:
+            options = f"--calibration-fraction {part['fraction']} --seed {part['seed']}"
+            if "dev_fraction" in part:
+                options += f" --dev-fraction {part['dev_fraction']} --dev-seed {part['dev_seed']}"
+            advice = f"pass {options} to evaluate on the other part; {advice}"
+        raise SameSplitError(f"{error} ({advice})", part) from None
+
+
 def _negative_label(args, model) -> str | None:
     from ..evaluation import find_negative_label
 
@@ -247,7 +264,6 @@ def _negative_label(args, model) -> str | None:
 # ----- evaluate -----------------------------------------------------------------------------------------
 def run_evaluate(args) -> int:
     """The ``evaluate`` subcommand."""
-    from ..calibration import check_split
     from ..evaluation import evaluate_model
     from ..reports import write_report
     from .common import policy_from_args
@@ -258,7 +274,7 @@ def run_evaluate(args) -> int:
     model = _load_model(args)
     negative = _negative_label(args, model)
     inputs, gold, fingerprint, warnings = _load_data(args, model, part="report")
-    same = check_split(model.config.calibration, fingerprint, args.allow_same_split)
+    same = _check_split(model.config.calibration, fingerprint, args.allow_same_split)
     if same:
         warnings.insert(0, same)
         print(same, file=sys.stderr)
@@ -345,7 +361,8 @@ def run_calibrate(args) -> int:
             allow_dev_overlap=args.allow_dev_overlap,
         )
     except GuardError as error:
-        print(f"epee-annotate calibrate: {error}", file=sys.stderr)
+        print(f"epee-annotate calibrate: {error} (--guard-drop G raises the guard, --force forces the choice)",
+              file=sys.stderr)
         return 3
     print(result.summary())
     if args.json:
