@@ -129,7 +129,7 @@ def test_encoding_is_declared_once_and_refused_where_it_cannot_apply(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("id,text,label\n1,caf\xe9 au lait,a\n".encode("latin-1"))
     [utf8] = read_file(str(path))
-    assert utf8.message == "latin.csv line 2: field 2 is not valid utf-8 (byte 3)"
+    assert utf8.message == "latin.csv line 2: field 2 is not valid UTF-8 (byte 3)"
     [latin] = read_file(str(path), options=ReadOptions(encoding="latin-1"))
     assert latin.data["text"] == "caf\xe9 au lait"
     [example] = load_examples(path, "csv", "text", encoding="latin-1")

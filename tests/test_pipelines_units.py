@@ -123,7 +123,7 @@ def test_parse_object_errors_never_quote_content():
             parse_object(raw, len(raw))
         assert "secretword" not in str(info.value)
     [bad] = extract_notes(_block(b"\xff\xfe secretword\n", "jsonl"), NoteColumns("jsonl"))
-    assert bad.error == "in.jsonl line 1: not valid utf-8 (byte 0)"
+    assert bad.error == "in.jsonl line 1: not valid UTF-8 (byte 0)"
 
 
 def test_extract_notes_jsonl_gives_one_outcome_per_line():
@@ -146,7 +146,8 @@ def test_extract_notes_csv_decodes_per_row():
     notes = extract_notes(block, NoteColumns("csv", keep_columns=("pid",)))
     assert notes[0].text == "fine" and notes[0].keep == {"pid": "p"}
     assert notes[1].doc_id is None and "missing id" in notes[1].error
-    assert notes[2].doc_id is None and notes[2].error == "in.csv line 4: field 2 is not valid utf-8 (byte 4)"
+    assert notes[2].doc_id == "c" and notes[2].error == "in.csv line 4: field 2 is not valid UTF-8 (byte 4)"
+    assert notes[2].keep == {"pid": "r"}  # an error record keeps the fields that could be read
 
 
 def test_crash_once_kills_the_process_once(tmp_path):

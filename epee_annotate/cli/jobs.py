@@ -6,6 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
+from ..formats import BAD_RECORD_MODES
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .common import add_policy_arguments
 
@@ -17,7 +18,8 @@ FLAGS = {
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
-    "include_text": "--include-text", "resume": "--resume",
+    "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
+    "on_bad_record": "--on-bad-record",
 }
 
 
@@ -104,7 +106,8 @@ def run_notes(args: argparse.Namespace) -> int:
                                 overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
         run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
                                text_column=args.text_column, keep_columns=_split_columns(args.keep_columns),
-                               fmt=args.format))  # prints and writes its own summary
+                               fmt=args.format, encoding=args.encoding,
+                               on_bad_record=args.on_bad_record))  # prints and writes its own summary
 
     _with_flags(run)
     return 0
@@ -122,13 +125,20 @@ def run_images(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``annotate-notes`` and ``annotate-images`` subcommands."""
+    from ..pipelines.sources import NOTE_FORMATS
+
     notes = subparsers.add_parser(
         "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
         description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",
     )
-    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) or Parquet")
-    notes.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"], default=None,
+    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) "
+                       "(also .gz/.bz2/.zst) or Parquet; with --format also .txt notes, PHEE or DDI XML")
+    notes.add_argument("--format", choices=NOTE_FORMATS, default=None,
                        help="input format (default: from the file names)")
+    notes.add_argument("--encoding", default="utf-8", help="text encoding of the inputs (default utf-8; a "
+                       "byte-order mark is dropped)")
+    notes.add_argument("--on-bad-record", choices=BAD_RECORD_MODES, default="permissive",
+                       help="a malformed record: one error row (permissive), or stop the job (failfast)")
     notes.add_argument("--id-column", default="id", help="column/field with the note id")
     notes.add_argument("--text-column", default="text", help="column/field with the note text")
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")

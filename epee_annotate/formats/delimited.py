@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
 from .records import ReadOptions, Record, bad, select
-from .text import text_stream, undecodable
+from .text import BINARY, is_binary, text_stream, undecodable
 
 FIELD_LIMIT = 2**31 - 1
 
@@ -74,17 +74,22 @@ def read_delimited(stream: BinaryIO, source: str, options: ReadOptions, delimite
         except csv.Error as error:  # e.g. a quote left open until the end of the file
             yield bad(source, where, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({_fault(error)})")
             continue
-        if not row or row == [""]:
+        if not row:
             continue  # blank line
+        if any(is_binary(value) for value in row):
+            yield bad(source, where, BINARY)
+            return
         if len(row) != len(header):
             yield bad(source, where, f"wrong number of fields (expected {len(header)}, found {len(row)})")
             continue
-        problem = next((f"field {i + 1} is {p}" for i, p in enumerate(undecodable(v, options) for v in row)
-                        if p is not None), None)
-        if problem is not None:
-            yield bad(source, where, problem)
+        data = dict(zip(header, row))
+        problems = [(i, p) for i, p in enumerate(undecodable(v, options) for v in row) if p is not None]
+        if problems:
+            i, problem = problems[0]
+            readable = {name: value for j, (name, value) in enumerate(data.items()) if j not in dict(problems)}
+            yield bad(source, where, f"field {i + 1} is {problem}", select(readable, options.columns))
             continue
-        yield Record(source, where, select(dict(zip(header, row)), options.columns))
+        yield Record(source, where, select(data, options.columns))
 
 
 def _fault(error: csv.Error) -> str:

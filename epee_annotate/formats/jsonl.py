@@ -6,7 +6,7 @@ import json
 from typing import Any, BinaryIO, Iterator
 
 from .records import ReadOptions, Record, bad, select
-from .text import decode, text_stream, undecodable
+from .text import BINARY, decode, is_binary, text_stream, undecodable
 
 
 def parse_object(text: str, size: int) -> dict[str, Any]:
@@ -36,6 +36,9 @@ def read_jsonl(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[
         if not line.strip():
             continue
         where = f"line {number}"
+        if is_binary(line):
+            yield bad(source, where, BINARY)
+            return
         problem = undecodable(line, options)
         if problem is not None:
             yield bad(source, where, problem)

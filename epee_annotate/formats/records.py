@@ -49,7 +49,7 @@ class Record:
 
     source: str  # the file (path or URI) it came from
     where: str = ""  # position in the file: "line 3", "row 7", "sentence d1.s0", "" for the whole file
-    data: dict[str, Any] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # an error record may keep the fields it could read
     error: str | None = None
 
     @property
@@ -64,9 +64,9 @@ class Record:
         return None if self.error is None else f"{self.position}: {self.error}"
 
 
-def bad(source: str, where: str, reason: str) -> Record:
-    """An error record (``reason`` must not quote the data)."""
-    return Record(source, where, {}, reason)
+def bad(source: str, where: str, reason: str, data: dict[str, Any] | None = None) -> Record:
+    """An error record (``reason`` must not quote the data; ``data``: fields that could be read, e.g. the id)."""
+    return Record(source, where, data or {}, reason)
 
 
 def apply_mode(records: Iterable[Record], options: ReadOptions) -> Iterator[Record]:

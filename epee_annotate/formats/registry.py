@@ -43,7 +43,6 @@ class Format:
     text: bool = False  # decodes text, so it takes ``encoding``
     compressible: bool = False  # .gz/.bz2/.zst of it are read too
     options: tuple[str, ...] = ()  # format options the reader takes (npz: split)
-    fields: tuple[str, ...] = ()  # the fields of its records when fixed by the format
 
 
 FORMATS: dict[str, Format] = {f.name: f for f in (
@@ -52,12 +51,12 @@ FORMATS: dict[str, Format] = {f.name: f for f in (
     Format("csv", read_csv, (".csv",), text=True, compressible=True),
     Format("tsv", read_tsv, (".tsv",), text=True, compressible=True),
     Format("parquet", read_parquet, (".parquet", ".pq")),
-    Format("txt", read_txt, (".txt",), text=True, compressible=True, fields=("id", "text")),
-    Format("phee", read_phee, (), text=True, compressible=True, fields=("id", "text", "event_types")),
-    Format("ddi", read_ddi, (".xml",), fields=("id", "document", "text", "entities", "pairs")),
-    Format("npz", read_npz, (".npz",), options=("split",), fields=("id", "image", "label")),
-    Format("image", read_binary, RASTER_EXTENSIONS, fields=("path", "bytes")),
-    Format("dicom", read_binary, DICOM_EXTENSIONS, fields=("path", "bytes")),
+    Format("txt", read_txt, (".txt",), text=True, compressible=True),
+    Format("phee", read_phee, (), text=True, compressible=True),
+    Format("ddi", read_ddi, (".xml",)),
+    Format("npz", read_npz, (".npz",), options=("split",)),
+    Format("image", read_binary, RASTER_EXTENSIONS),
+    Format("dicom", read_binary, DICOM_EXTENSIONS),
 )}
 
 

@@ -2,6 +2,8 @@
 
 Every text format (JSON Lines, JSON, CSV/TSV, PHEE, plain text) decodes through here, so a file
 with a UTF-8 byte-order mark or in a declared encoding reads the same for training and for jobs.
+A NUL character ends a text file with one error record (``BINARY``): binary content would
+otherwise make a stream of junk records.
 A UTF-8 BOM is dropped when the encoding is UTF-8 (UTF-16/32 codecs drop their own). Bytes that
 do not decode make the record they sit in an error record ("not valid utf-8 (byte 5)"), never the
 whole file.
@@ -26,7 +28,8 @@ def codec(options: ReadOptions) -> str:
 
 
 def encoding_name(options: ReadOptions) -> str:
-    return codecs.lookup(options.encoding).name
+    """The encoding's canonical name as messages give it ("UTF-8", "ISO8859-1")."""
+    return codecs.lookup(options.encoding).name.upper()
 
 
 def decode(raw: bytes, options: ReadOptions, first: bool = False) -> str:
@@ -44,6 +47,14 @@ def text_stream(binary: BinaryIO, options: ReadOptions) -> TextIO:
     CSV quoting sees the line ends as they are.
     """
     return io.TextIOWrapper(binary, encoding=codec(options), errors="surrogateescape", newline="")
+
+
+BINARY = "binary content (a NUL byte): not a text file; the rest of the file was not read"
+
+
+def is_binary(value: str) -> bool:
+    """True for text holding a NUL character, which no text record holds: the file is binary from here on."""
+    return "\x00" in value
 
 
 def undecodable(value: str, options: ReadOptions) -> str | None:

@@ -1,8 +1,9 @@
 """Ray Data batch jobs: EHR exports and image archives -> Parquet (see docs/batch_jobs.md).
 
 Modules: ``jobs`` (``run_notes_job``, ``run_images_job`` and their option dataclasses),
-``notes`` / ``images`` (the per-actor annotators), ``sources`` (readers), ``schema`` (the
-explicit output schema and its metadata), ``output`` (all-or-nothing output directories),
+``notes`` / ``images`` (the per-actor annotators), ``sources`` (a Ray Data adapter over the
+``formats`` readers), ``schema`` (the explicit output schema and its metadata), ``output``
+(all-or-nothing output directories),
 ``summary`` (run summary), ``runtime`` (Ray session, actor pool settings, resource checks),
 ``errors`` (setting errors the command line maps to its flags).
 Importing this package is cheap: Ray is imported only when a job runs.

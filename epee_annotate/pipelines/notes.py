@@ -255,12 +255,12 @@ def _note_input(record: dict[str, Any], error: str | None, where: str, columns: 
                 as_strings: bool) -> NoteInput:
     """The NoteInput of one parsed record; ``error`` is a read error found earlier."""
     keep = {c: _keep_value(record.get(c), as_strings) for c in columns.keep_columns}
-    if error is not None:
-        return NoteInput(None, None, keep, error)
     try:
         doc_id = _doc_id(record.get(columns.id_column))
     except ValueError as problem:
-        return NoteInput(None, None, keep, f"{where}{problem}")
+        return NoteInput(None, None, keep, error or f"{where}{problem}")
+    if error is not None:  # a read error: the record's id, when it could be read, says which note
+        return NoteInput(doc_id, None, keep, error)
     if doc_id is None:
         return NoteInput(None, None, keep, f"{where}missing id (column {columns.id_column!r})")
     if columns.text_column not in record:

@@ -37,10 +37,6 @@ TYPED_FORMATS = ("parquet",)  # records keep the file's column types instead of 
 ROWS_PER_BLOCK = 2048
 
 
-def _visible(path: str) -> bool:
-    return filesystem.visible(path)
-
-
 def unreadable_inputs(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """(readable files, {unreadable file: reason}); each unreadable one becomes an error row."""
     problems = {path: reason for path in files if (reason := filesystem.problem(path)) is not None}
@@ -57,10 +53,10 @@ def note_format(path: str) -> str | None:
 def _keeps(fmt: str | None):
     """Which listed files a job with format ``fmt`` reads (None: any file whose name says a note format)."""
     if fmt is None:
-        return lambda p: _visible(p) and note_format(p) is not None
+        return lambda p: filesystem.visible(p) and note_format(p) is not None
     if fmt in FOLDER_FORMATS:  # a folder of notes may hold other files
-        return lambda p: _visible(p) and format_of(p, (fmt,)) == fmt
-    return _visible
+        return lambda p: filesystem.visible(p) and format_of(p, (fmt,)) == fmt
+    return filesystem.visible
 
 
 def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[str, list[str]]:
@@ -89,7 +85,7 @@ def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
     """Image files: raster and DICOM extensions, plus extension-less files (common for DICOM)."""
     def keep(path: str) -> bool:
         name = os.path.basename(path)
-        return _visible(path) and name.upper() != "DICOMDIR" and format_of(path, IMAGE_FORMATS) is not None
+        return filesystem.visible(path) and name.upper() != "DICOMDIR" and format_of(path, IMAGE_FORMATS) is not None
 
     return filesystem.expand(specs, keep)
 
@@ -147,7 +143,7 @@ def records_block(records: Iterable[Record], columns: Sequence[str] | None, sche
     errors = [r.message for r in records]
     block: dict[str, pa.Array] = {}
     if schema is None:
-        encoded = [_json(r.data) if r.error is None else None for r in records]
+        encoded = [_json(r.data) for r in records]  # error records keep what they could read (e.g. the id)
         for i, text in enumerate(encoded):
             if text is None and errors[i] is None:
                 errors[i] = f"{records[i].position}: record cannot be passed on (not JSON encodable)"

@@ -12,6 +12,11 @@ from ..filesystem import (  # noqa: F401  (re-exported)
     exists, fetch, filesystem_of, is_uri, join, list_files, open_input, ray_paths, resolve, scheme, to_location,
 )
 
+__all__ = [
+    "delete_tree", "exists", "fetch", "filesystem_of", "is_uri", "join", "list_files", "open_input", "ray_paths",
+    "resolve", "scheme", "to_location", "upload_dir",
+]
+
 
 def delete_tree(location: str) -> None:
     """Remove a directory/prefix and everything under it (missing is fine)."""
