@@ -94,6 +94,12 @@ def open_input(location: str):
     return fs.open_input_file(path)
 
 
+def is_file(location: str | os.PathLike) -> bool:
+    """True when ``location`` names a file (a local path, following symlinks, or an object)."""
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def exists(location: str) -> bool:
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound

@@ -229,3 +229,33 @@ def test_object_storage_lists_opens_and_reads_through_the_same_api(s3_server, tm
         ("1", None), (None, "a.csv line 3: wrong number of fields (expected 3, found 2)"), (3, None)]
     with filesystem.open_input("s3://formats/in/a.csv") as handle:
         assert handle.read(3) == b"\xef\xbb\xbf"
+
+
+def test_training_data_is_read_from_object_storage_like_a_local_file(s3_server, tmp_path):
+    s3_server.create_bucket(Bucket="training")
+    s3_server.put_object(Bucket="training", Key="train.csv.gz",
+                         Body=gzip.compress(b"\xef\xbb\xbftext,label\nrash,a\ncough,b\n"))
+    s3_server.put_object(Bucket="training", Key="ddi/sub/d.xml",
+                         Body=b'<document id="D1"><sentence id="s0" text="A with B."><entity id="e0" charOffset="0-0" '
+                              b'type="drug" text="A"/><entity id="e1" charOffset="7-7" type="drug" text="B"/>'
+                              b'<pair id="p0" e1="e0" e2="e1" ddi="true" type="effect"/></sentence></document>')
+    examples = load_examples("s3://training/train.csv.gz", "csv", "text")
+    assert [(e.input, e.label) for e in examples] == [("rash", "a"), ("cough", "b")]
+    [pair] = load_examples("s3://training/ddi", "ddi", "relation")
+    assert pair.label == "effect" and pair.input["head"] == (0, 1) and pair.group == "D1"
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_examples("s3://training/absent.jsonl", "jsonl", "text")
+
+
+def test_a_notes_job_refuses_reader_options_it_cannot_honour(tmp_path):
+    from epee_annotate.pipelines.errors import SettingError
+    from epee_annotate.pipelines.jobs import JobOptions, NotesJob
+    from epee_annotate.pipelines.notes import PipelineSource
+
+    source, options = PipelineSource(checkpoint=str(tmp_path)), JobOptions(out=str(tmp_path / "out"))
+    assert NotesJob(["x.csv"], source, options, encoding="latin-1").read_options.encoding == "latin-1"
+    for kwargs, setting in (({"encoding": "klingon"}, "encoding"), ({"on_bad_record": "dropmalformed"},
+                                                                     "on_bad_record")):
+        with pytest.raises(SettingError) as refused:
+            NotesJob(["x.csv"], source, options, **kwargs)
+        assert refused.value.settings == (setting,)

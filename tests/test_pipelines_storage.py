@@ -194,7 +194,7 @@ def test_notes_job_from_s3_to_s3_with_an_s3_checkpoint(local_ray, s3, text_check
     ids = table.column("doc_id").to_pylist()
     assert sorted(i for i in ids if i) == ["a0", "a1", "a2", "a3", "a4", "b0"] and ids.count(None) == 1
     (bad,) = [r for r in table.to_pylist() if r["doc_id"] is None]
-    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: line is not valid JSON")
+    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: not valid JSON")
     meta = job_metadata(table.schema)
     assert meta["pipeline"]["checkpoint"] == text_checkpoint_uri and meta["parameters"]["out"] == out
     assert meta["inputs"]["files"] == [f"{inputs}/2024/b.jsonl", f"{inputs}/a.jsonl"]
@@ -328,7 +328,7 @@ def test_resume_refuses_duplicate_and_missing_ids_up_front(local_ray, text_check
     assert "1 id(s) occur more than once in the input (e.g. '1')" in capsys.readouterr().err
     source.write_text(json.dumps({"id": 1, "text": "a"}) + "\n{broken\n")
     assert main(argv) == 2
-    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: line is not valid JSON" in capsys.readouterr().err
+    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: not valid JSON" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.glob(".out*")) == []  # refused before anything was staged
 
 

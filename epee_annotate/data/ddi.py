@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from .. import filesystem
 from ..vocab import DDI_LABELS, DDI_NEGATIVE
 from .examples import Example, SkipCounter, read_records, require_examples
 
@@ -38,16 +39,14 @@ class _BadElement(ValueError):
     """An element's attributes do not fit the corpus format."""
 
 
-def ddi_files(path: str | Path) -> list[Path]:
-    """The XML files at ``path`` (a file, or a directory searched recursively), sorted."""
-    source = Path(path)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"DDI path {str(source)!r} does not exist")
-    files = sorted(p for p in source.rglob("*.xml") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no .xml files under {str(source)!r}")
+def ddi_files(path: str | Path) -> list[str]:
+    """The XML files at ``path`` (a file, or a directory searched recursively; path or URI), sorted."""
+    location = str(path)
+    if filesystem.is_file(location):
+        return [location]
+    if not filesystem.exists(location):
+        raise FileNotFoundError(f"DDI path {location!r} does not exist")
+    files = filesystem.expand([location], lambda p: p.lower().endswith(".xml"))
     return files
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .. import filesystem
 from ..formats import HeaderError, ReadOptions, read_csv_header
 from .examples import DataError, Example, SkipCounter, read_records, require_examples
 
@@ -38,32 +39,34 @@ TABLE_FORMATS = ("jsonl", "csv", "tsv", "parquet")
 def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop",
                  columns: dict[str, str] | None = None, encoding: str = "utf-8") -> list[Example]:
     """Examples of ``task`` from a JSONL, CSV, TSV or Parquet file (``fmt``), read through ``formats``."""
-    source = Path(path)
+    source = str(path)
     columns = dict(columns or {})
     if task not in REQUIRED:
         raise ValueError(f"task must be one of {sorted(REQUIRED)}, got {task!r}")
     if fmt not in TABLE_FORMATS:
         raise ValueError(f"generic format must be one of {list(TABLE_FORMATS)}, got {fmt!r}")
-    if not source.is_file():
-        raise FileNotFoundError(f"data file {str(source)!r} does not exist")
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"data file {source!r} does not exist")
+    if task == "image" and filesystem.is_uri(source):  # the images it lists are decoded from local files
+        raise ValueError(f"an image list must be a local file, got {source!r}")
     if fmt in ("csv", "tsv"):
         _check_header(source, fmt, task, columns, encoding)
-    counter = SkipCounter(on_error, str(source))
+    counter = SkipCounter(on_error, source)
     examples = []
     for record in read_records(source, fmt, counter, encoding):
         try:
-            examples.append(_example(_rename(record.data, columns), task, source.parent))
+            examples.append(_example(_rename(record.data, columns), task, Path(source).parent))
         except RecordError as error:
             counter.bad(record.position, str(error))
     counter.finish()
-    require_examples(examples, str(source), len(counter.skipped))
+    require_examples(examples, source, len(counter.skipped))
     return examples
 
 
-def _check_header(source: Path, fmt: str, task: str, columns: dict[str, str], encoding: str) -> None:
+def _check_header(source: str, fmt: str, task: str, columns: dict[str, str], encoding: str) -> None:
     """A missing column is a file-level problem (no row could be read), so it always stops."""
     try:
-        header = read_csv_header(str(source), fmt, ReadOptions(encoding))
+        header = read_csv_header(source, fmt, ReadOptions(encoding))
     except HeaderError as error:
         raise DataError(f"{source}, line 1: cannot read the header ({error})") from None
     missing = [columns.get(c, c) for c in REQUIRED[task] if columns.get(c, c) not in header]

@@ -9,18 +9,20 @@ Inputs are the uint8 image arrays themselves.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+from .. import filesystem
 from ..formats.npz import NpzError, splits_of
 from .examples import DataError, Example, SkipCounter, read_records, require_examples
 
 PNEUMONIAMNIST_LABELS = ["normal", "pneumonia"]
 
 
-def _read_split(path: Path, split: str, encoding: str = "utf-8") -> tuple[list[np.ndarray], np.ndarray]:
+def _read_split(path: str, split: str, encoding: str = "utf-8") -> tuple[list[np.ndarray], np.ndarray]:
     """(images, labels) of one split, read through the format registry (``formats.npz``)."""
     try:
         records = list(read_records(path, "npz", SkipCounter("stop", str(path)), encoding, split=split))
@@ -43,9 +45,9 @@ def medmnist_label_names(num_classes: int, label_names: Sequence[str] | None = N
 def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[str] | None = None,
                   encoding: str = "utf-8") -> list[Example]:
     """Image examples of one split of a MedMNIST archive."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"npz file {str(source)!r} does not exist")
+    source = str(path)
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"npz file {source!r} does not exist")
     images, labels = _read_split(source, split, encoding)
     if labels.ndim == 2:
         raise DataError(f"{source}: split {split!r} is multi-label (labels {labels.shape}); single-label only")
@@ -63,5 +65,5 @@ def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[
 
 def npz_splits(path: str | Path) -> list[str]:
     """The splits (``<split>_images`` arrays) a MedMNIST-style archive holds."""
-    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+    with filesystem.open_input(str(path)) as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as archive:
         return splits_of(archive.files)

@@ -23,10 +23,12 @@ PubMed id (the part of ``id`` before the last underscore), so dev splits keep ab
 from __future__ import annotations
 
 import logging
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from .. import filesystem
 from ..vocab import PV_EVENT_LABELS
 from .examples import Example, SkipCounter, read_records, require_examples
 
@@ -64,10 +66,10 @@ def load_phee(
         raise ValueError(f"both must be 'majority', 'adverse' or 'skip', got {both!r}")
     if no_event not in ("skip", "none"):
         raise ValueError(f"no_event must be 'skip' or 'none', got {no_event!r}")
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"PHEE file {str(source)!r} does not exist")
-    counter = SkipCounter(on_error, str(source))
+    source = str(path)
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"PHEE file {source!r} does not exist")
+    counter = SkipCounter(on_error, source)
     examples, dropped = [], Counter()
     for record in read_records(source, "phee", counter, encoding):
         text, types, ident = record.data["text"], record.data["event_types"], record.data["id"]
@@ -81,6 +83,6 @@ def load_phee(
         examples.append(Example(text, label, ident, group))
     counter.finish()
     if dropped:
-        logger.info("PHEE %s: dropped %s", source.name, dict(dropped))
-    require_examples(examples, str(source), len(counter.skipped))
+        logger.info("PHEE %s: dropped %s", os.path.basename(source), dict(dropped))
+    require_examples(examples, source, len(counter.skipped))
     return examples

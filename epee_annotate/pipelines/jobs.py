@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .. import __version__
-from ..formats import ReadOptions
+from ..formats import BAD_RECORD_MODES, ReadOptions
 from ..policy_settings import given_settings, policy_overrides, resolve_policy
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from . import storage
@@ -95,10 +95,13 @@ class NotesJob:
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
 
     def __post_init__(self) -> None:
+        if self.on_bad_record not in BAD_RECORD_MODES:
+            raise SettingError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; got "
+                               f"{self.on_bad_record!r}", "on_bad_record")
         try:
             self.read_options = ReadOptions(self.encoding, self.on_bad_record)
-        except ValueError as error:
-            raise SettingError(str(error), "encoding" if "encoding" in str(error) else "on_bad_record") from None
+        except ValueError as error:  # an unknown encoding
+            raise SettingError(str(error), "encoding") from None
 
 
 @dataclass
