@@ -76,11 +76,6 @@ def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[s
     return fmt, files
 
 
-def image_format(path: str) -> str:
-    """"image" for raster extensions, else "dicom" (extension-less files included)."""
-    return format_of(path, ("image",)) or "dicom"
-
-
 def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
     """Image files: raster and DICOM extensions, plus extension-less files (common for DICOM)."""
     def keep(path: str) -> bool:
