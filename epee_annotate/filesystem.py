@@ -20,10 +20,17 @@ import os
 import posixpath
 import re
 import stat
-from typing import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import pyarrow as pa
-import pyarrow.fs as pafs
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+
+def _pyarrow_fs():
+    """``pyarrow.fs``, imported on first use: the command line builds its parser without pyarrow."""
+    import pyarrow.fs
+
+    return pyarrow.fs
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -34,6 +41,9 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI or a local path (made absolute)."""
+    import pyarrow as pa
+
+    pafs = _pyarrow_fs()
     text = str(location)
     if not is_uri(text):
         text = text[len("file://"):] if text.startswith("file://") else text
@@ -96,11 +106,13 @@ def open_input(location: str):
 
 def is_file(location: str | os.PathLike) -> bool:
     """True when ``location`` names a file (a local path, following symlinks, or an object)."""
+    pafs = _pyarrow_fs()
     fs, path = resolve(location)
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def exists(location: str) -> bool:
+    pafs = _pyarrow_fs()
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -140,6 +152,7 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
+    pafs = _pyarrow_fs()
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.File:
@@ -148,6 +161,7 @@ def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
 
 def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
     """Files (as URIs) named by a URI to a file, a directory prefix or a glob; sorted."""
+    pafs = _pyarrow_fs()
     fs, path = resolve(spec)
     prefix = scheme(spec)
     if glob.has_magic(path):
@@ -180,6 +194,7 @@ def fetch(location: str) -> str:
 
     Each Ray actor calls this itself, so no node needs the driver's files: only the URI.
     """
+    pafs = _pyarrow_fs()
     if not is_uri(location):
         return location
     location = str(location).rstrip("/")

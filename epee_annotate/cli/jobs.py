@@ -6,8 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
-from ..formats import BAD_RECORD_MODES
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
 from .common import add_policy_arguments
 
 # Library setting (SettingError.settings) -> this command line's option.
@@ -125,8 +124,6 @@ def run_images(args: argparse.Namespace) -> int:
 
 def register(subparsers) -> None:
     """Add the ``annotate-notes`` and ``annotate-images`` subcommands."""
-    from ..pipelines.sources import NOTE_FORMATS
-
     notes = subparsers.add_parser(
         "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
         description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-BAD_RECORD_MODES = ("permissive", "failfast")
+from ..vocab import BAD_RECORD_MODES
 
 
 class BadRecordError(ValueError):

@@ -23,11 +23,11 @@ import pyarrow as pa
 from .. import filesystem
 from ..formats import HeaderError, ReadOptions, Record, format_of, read_csv_header, read_stream, sniff_json
 from ..formats.registry import split_name
+from ..vocab import NOTE_FORMATS
 from .errors import SettingError
 
-# Formats a notes job reads; the first four are also recognised from file names (.json: JSON Lines or
+# A notes job reads ``NOTE_FORMATS``; these are also recognised from file names (.json: JSON Lines or
 # a JSON array, by its first character). The others are read when named (``fmt``).
-NOTE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt", "phee", "ddi")
 NAMED_NOTE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
 FOLDER_FORMATS = ("txt", "ddi")  # named: only files with their extensions are read from a folder
 IMAGE_FORMATS = ("image", "dicom")
