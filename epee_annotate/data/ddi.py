@@ -46,8 +46,7 @@ def ddi_files(path: str | Path) -> list[str]:
         return [location]
     if not filesystem.exists(location):
         raise FileNotFoundError(f"DDI path {location!r} does not exist")
-    files = filesystem.expand([location], lambda p: p.lower().endswith(".xml"))
-    return files
+    return filesystem.expand([location], lambda p: p.lower().endswith(".xml"))
 
 
 def parse_offsets(value: str | None) -> list[Span]:

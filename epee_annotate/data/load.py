@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..formats import UnsupportedFormat
+from ..formats import UnsupportedFormat, format_of
 from .ddi import DDI_LABELS, load_ddi, subsample_negatives
 from .examples import Example, sorted_labels
 from .generic import TABLE_FORMATS, load_records
@@ -49,7 +49,7 @@ def load_examples(
     ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
     ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
     ``label_names`` (npz), ``columns`` (jsonl, csv, tsv, parquet, images: standard name -> the file's
-    column). For "images", ``path`` is a CSV or JSONL list (by extension). ``encoding`` is the text
+    column). For "images", ``path`` is a CSV, TSV or JSONL list (by extension). ``encoding`` is the text
     encoding of text formats (refused by the others). Files are read through ``epee_annotate.formats``.
     """
     check_format(format, task)
@@ -60,7 +60,7 @@ def load_examples(
         return load_records(path, format, task, on_error, options.get("columns"), encoding)
     if format == "images":
         _no_options(format, options, ("columns",))
-        fmt = "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
+        fmt = format_of(str(path), ("csv", "tsv")) or "jsonl"
         return load_records(path, fmt, "image", on_error, options.get("columns"), encoding)
     if format == "phee":
         _no_options(format, options, ("both", "no_event"))
