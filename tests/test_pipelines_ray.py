@@ -392,3 +392,16 @@ def _ct_path() -> str:
     from pydicom.data import get_testdata_file
 
     return get_testdata_file("CT_small.dcm")
+
+
+def test_failfast_stops_the_job_at_the_first_bad_record_and_publishes_nothing(local_ray, text_checkpoint, tmp_path,
+                                                                              capsys):
+    source = tmp_path / "notes.jsonl"
+    source.write_bytes(b'{"id": "a", "text": "rash"}\n{"id": "b", "text": "' + CANARY.encode() + b'\n'
+                       b'{"id": "c", "text": "cough"}\n')
+    out = tmp_path / "out"
+    code = main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--on-bad-record", "failfast", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "notes.jsonl line 2: not valid JSON" in err.splitlines()[-1] and CANARY not in err

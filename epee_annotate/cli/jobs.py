@@ -83,6 +83,23 @@ def _with_flags(build: Callable[[], Any]) -> Any:
     except SettingError as error:
         flags = ", ".join(FLAGS.get(name, name) for name in error.settings)
         raise ValueError(f"{error} (see {flags})" if flags else str(error)) from None
+    except Exception as error:  # noqa: BLE001 - only a bad record is translated; the rest goes on as it was
+        bad = _bad_record(error)
+        if bad is None:
+            raise
+        raise ValueError(f"{bad} (--on-bad-record failfast)") from None
+
+
+def _bad_record(error: BaseException | None) -> str | None:
+    """The message of the ``BadRecordError`` a Ray read task raised, found in the chain Ray wraps it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "record_message", None):
+            return error.record_message
+        cause = getattr(error, "cause", None)  # Ray's task errors keep the original here
+        error = cause if isinstance(cause, BaseException) else error.__cause__
+    return None
 
 
 def _split_columns(value: str | None) -> list[str]:

@@ -20,6 +20,10 @@ from ..vocab import BAD_RECORD_MODES
 class BadRecordError(ValueError):
     """``on_bad_record="failfast"`` met a bad record; the message names file and position, never the text."""
 
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.record_message = message  # kept apart: Ray appends its retry advice to a task error's message
+
 
 @dataclass(frozen=True)
 class ReadOptions:
