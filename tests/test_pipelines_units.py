@@ -263,3 +263,9 @@ def test_output_parent_directories_are_created_but_not_through_a_file(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         check_output(tmp_path / "afile" / "out", overwrite=False)
+
+
+def test_a_lone_surrogate_escape_in_a_json_line_does_not_break_its_block():
+    block = _block(b'{"id": 1, "text": "bad \\ud800 escape"}\n{"id": 2, "text": "fine"}\n', "jsonl")
+    notes = extract_notes(block, NoteColumns("jsonl"))
+    assert [(n.doc_id, n.text) for n in notes] == [("1", "bad \ud800 escape"), ("2", "fine")]

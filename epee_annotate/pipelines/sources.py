@@ -152,8 +152,8 @@ def records_block(records: Iterable[Record], columns: Sequence[str] | None, sche
 
 
 def _json(data: dict[str, Any]) -> str | None:
-    try:
-        return json.dumps(data, ensure_ascii=False)
+    try:  # ASCII escapes: a lone surrogate from a JSON "\\ud800" escape stays encodable in an Arrow string
+        return json.dumps(data)
     except (TypeError, ValueError, RecursionError):
         return None
 
