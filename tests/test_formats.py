@@ -55,7 +55,8 @@ def test_parquet_reads_only_the_requested_columns_with_their_types(tmp_path):
     pq.write_table(pa.table({"id": [1, 2], "text": ["a", "b"], "visit": pa.array([3, 4], pa.int32())}), path,
                    row_group_size=1)
     records = list(read_file(str(path), options=ReadOptions(columns=["id", "text"])))
-    assert [(r.where, r.data) for r in records] == [("row 1", {"id": 1, "text": "a"}), ("row 2", {"id": 2, "text": "b"})]
+    assert [(r.where, r.data) for r in records] == [("row 1", {"id": 1, "text": "a"}),
+                                                    ("row 2", {"id": 2, "text": "b"})]
     (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
     [bad] = read_file(str(tmp_path / "junk.parquet"))
     assert bad.message.startswith("junk.parquet: not a readable Parquet file (")

@@ -19,7 +19,7 @@ CANARY = "canaryphrase-okapi"
 
 def _rows(data: bytes, path: str, fmt: str, columns=("id", "text")) -> pa.Table:
     """The block a job's read task makes of ``data`` (the registry's reader, then ``records_block``)."""
-    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))), columns)
+    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))))
 
 
 def _jsonl_rows(data: bytes, path: str = "/in/notes.jsonl") -> pa.Table:

@@ -107,7 +107,7 @@ def test_resolve_image_inputs_keeps_extensionless_dicom_and_skips_others(tmp_pat
 def _block(data: bytes, fmt: str, columns=("id", "text"), path: str = "/x/in.jsonl") -> pa.Table:
     import io
 
-    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))), columns)
+    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))))
 
 
 def test_json_lines_split_only_on_line_ends_not_inside_strings():

@@ -132,7 +132,7 @@ def _parquet_schema(path: str) -> pa.Schema:
         return pq.read_schema(handle)
 
 
-def records_block(records: Iterable[Record], columns: Sequence[str] | None, schema: pa.Schema | None = None) -> pa.Table:
+def records_block(records: Iterable[Record], schema: pa.Schema | None = None) -> pa.Table:
     """Records as one block (module docstring); ``schema`` types the columns of typed formats."""
     records = list(records)
     errors = [r.message for r in records]
@@ -205,10 +205,10 @@ class RecordsDatasource(_file_based_datasource()):
         for record in read_stream(f, path, fmt, self.options):
             chunk.append(record)
             if len(chunk) >= ROWS_PER_BLOCK:
-                yield records_block(chunk, self.options.columns, self.record_schema)
+                yield records_block(chunk, self.record_schema)
                 chunk = []
         if chunk:
-            yield records_block(chunk, self.options.columns, self.record_schema)
+            yield records_block(chunk, self.record_schema)
 
 
 def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_blocks: int | None = None,
