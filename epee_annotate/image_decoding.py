@@ -57,8 +57,6 @@ import io
 import os
 import re
 import warnings
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,7 +75,8 @@ except ImportError as _error:
     pydicom = None
 
 from .extras import missing
-from .file_checks import unreadable_reason
+from .filesystem import problem as unreadable_reason
+from .formats.npz import NpzError, load_split
 from .vocab import DICOM_COLUMNS, FRAME_MODES
 
 __all__ = ["MAX_PIXELS", "DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
@@ -184,27 +183,16 @@ class _Limits:
 def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Load MedMNIST f"{split}_images" (uint8 (N,H,W) or (N,H,W,3)) and f"{split}_labels" (int64).
 
-    Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K).
+    Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K). The
+    archive is read by ``formats.npz``; its faults come back as ImageReadError.
     """
     try:
-        # Open the file ourselves: np.load leaks its handle when the archive is corrupt.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            found = f"{split}_images" in keys and f"{split}_labels" in keys
-            if found:
-                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        with open(path, "rb") as fh:
+            return load_split(fh, split)
+    except OSError as exc:
         raise ImageReadError(f"cannot read npz archive ({type(exc).__name__})") from exc
-    if not found:
-        splits = sorted(k[: -len("_images")] for k in keys if k.endswith("_images"))
-        raise ImageReadError(f"split {split!r} not in npz; available splits: {splits}")
-    if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
-        raise ImageReadError(f"expected uint8 (N,H,W) or (N,H,W,3) images, got {images.dtype} {images.shape}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim not in (1, 2) or len(labels) != len(images):
-        raise ImageReadError(f"labels shape {labels.shape} does not match {len(images)} images")
-    return images, labels.astype(np.int64)
+    except NpzError as exc:
+        raise ImageReadError(str(exc)) from exc
 
 
 def _require_pydicom() -> None:

@@ -1,159 +1,21 @@
-"""Where a path points: local files or object storage (``s3://``, ``gs://``, ``abfs://``, ``hdfs://`` ...).
+"""The job output's storage operations (delete, upload) on local paths or object storage.
 
-Filesystems come from ``pyarrow.fs.FileSystem.from_uri`` (as Ray Data resolves them), so
-credentials and endpoints are read from the usual environment (``AWS_*`` incl.
-``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_*``, Hadoop's
-``CLASSPATH``); a scheme pyarrow lacks goes through fsspec (``pyarrow.fs.FSSpecHandler``).
-Listing follows the local rules of ``sources.expand_paths``: directories recursively, skipping
-names that start with ``.`` or ``_``; globs with ``*``, ``?``, ``[...]`` and ``**``.
+Reading, listing and resolving locations is the core layer's ``epee_annotate.filesystem``; its
+names are re-exported here for the pipeline modules that use both.
 """
 
 from __future__ import annotations
 
-import fnmatch
-import glob
-import os
-import posixpath
-import re
-from typing import Callable, Iterator
-
-import pyarrow as pa
 import pyarrow.fs as pafs
 
+from .filesystem import (  # noqa: F401  (re-exported)
+    exists, fetch, filesystem_of, is_uri, join, list_files, open_input, ray_paths, resolve, scheme, to_location,
+)
 
-def is_uri(location: str | os.PathLike) -> bool:
-    """True for ``scheme://...`` locations other than ``file://``."""
-    text = str(location)
-    return "://" in text and not text.startswith("file://")
-
-
-def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
-    """(filesystem, path inside it) for a URI or a local path (made absolute)."""
-    text = str(location)
-    if not is_uri(text):
-        text = text[len("file://"):] if text.startswith("file://") else text
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(text))
-    if glob.has_magic(text):  # a URI parser may reject glob characters: resolve the fixed part only
-        head, _, rest = text.partition("://")
-        parts = rest.split("/")
-        cut = next(i for i, p in enumerate(parts) if glob.has_magic(p))
-        fs, base = resolve(f"{head}://{'/'.join(parts[:cut])}")
-        return fs, "/".join([base.rstrip("/"), *parts[cut:]])
-    try:
-        return pafs.FileSystem.from_uri(text)
-    except pa.ArrowInvalid:  # a scheme pyarrow does not know: ask fsspec
-        import fsspec
-
-        protocol, path = text.split("://", 1)
-        return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(protocol))), path
-
-
-def scheme(location: str) -> str:
-    return str(location).split("://", 1)[0] if is_uri(location) else ""
-
-
-def to_location(scheme_name: str, path: str) -> str:
-    """The user-facing form of a filesystem path: ``s3://bucket/key`` or a local path."""
-    return f"{scheme_name}://{path}" if scheme_name else path
-
-
-def join(location: str, *parts: str) -> str:
-    """``location``/part/part for URIs and local paths alike."""
-    if is_uri(location):
-        return posixpath.join(str(location).rstrip("/"), *parts)
-    return os.path.join(location, *parts)
-
-
-def filesystem_of(locations: list[str]) -> pafs.FileSystem | None:
-    """The one filesystem of a job's inputs, for Ray's ``filesystem=``; None when all are local."""
-    schemes = {scheme(p) for p in locations}
-    if len(schemes) > 1:
-        raise ValueError(f"inputs mix storage kinds {sorted(s or 'local' for s in schemes)}; "
-                         "run one job per filesystem")
-    return resolve(locations[0])[0] if schemes != {""} else None
-
-
-def ray_paths(locations: list[str]) -> list[str]:
-    """Paths as Ray's readers want them next to an explicit ``filesystem=`` (no scheme)."""
-    return [resolve(p)[1] if is_uri(p) else p for p in locations]
-
-
-def open_input(location: str):
-    """A readable binary stream (seekable file for local paths and object storage)."""
-    fs, path = resolve(location)
-    return fs.open_input_file(path)
-
-
-def exists(location: str) -> bool:
-    fs, path = resolve(location)
-    return fs.get_file_info(path).type != pafs.FileType.NotFound
-
-
-def _hidden(relative: str) -> bool:
-    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
-
-
-def _glob_regex(pattern: str) -> re.Pattern:
-    """A path glob as a regex: ``*``/``?`` stay within one path segment, ``**`` spans segments."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif pattern[i] == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
-                out.append(re.escape("["))
-                i += 1
-            else:  # fnmatch's translation of one [...] class
-                out.append(fnmatch.translate(pattern[i:end + 1])[4:-3])
-                i = end + 1
-        else:
-            out.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(out) + r"\Z")
-
-
-def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
-    selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
-    for info in fs.get_file_info(selector):
-        if info.type == pafs.FileType.File:
-            yield info.path
-
-
-def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
-    """Files (as URIs) named by a URI to a file, a directory prefix or a glob; sorted."""
-    fs, path = resolve(spec)
-    prefix = scheme(spec)
-    if glob.has_magic(path):
-        parts = path.split("/")
-        static = "/".join(p for p in parts[: next(i for i, p in enumerate(parts) if glob.has_magic(p))])
-        regex = _glob_regex(path)
-        # As glob.glob: wildcards do not match names that start with "." (unless the pattern says ".").
-        dotted = "/." in path[len(static):] or path[len(static):].startswith(".")
-        matches = [to_location(prefix, f) for f in _walk_files(fs, static) if regex.match(f)
-                   and (dotted or not any(part.startswith(".") for part in f[len(static):].split("/")))]
-        matches = sorted(m for m in matches if keep(m))
-        if not matches:
-            raise FileNotFoundError(f"no input files match {spec!r}")
-        return matches
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.File:
-        return [to_location(prefix, path)]
-    if info.type == pafs.FileType.Directory:
-        base = path.rstrip("/")
-        found = [f for f in _walk_files(fs, base) if not _hidden(f[len(base):])]
-        return sorted(m for m in (to_location(prefix, f) for f in found) if keep(m))
-    raise FileNotFoundError(f"input {spec!r} does not exist")
+__all__ = [
+    "delete_tree", "exists", "fetch", "filesystem_of", "is_uri", "join", "list_files", "open_input", "ray_paths",
+    "resolve", "scheme", "to_location", "upload_dir",
+]
 
 
 def delete_tree(location: str) -> None:
@@ -167,33 +29,3 @@ def upload_dir(local_dir: str, location: str) -> None:
     """Copy a local directory's files under ``location`` (keeps relative paths)."""
     fs, path = resolve(location)
     pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
-_FETCHED: dict[str, str] = {}
-
-
-def fetch(location: str) -> str:
-    """A local copy of a remote file or directory prefix (once per process, in a temp dir); local paths as-is.
-
-    Each Ray actor calls this itself, so no node needs the driver's files: only the URI.
-    """
-    if not is_uri(location):
-        return location
-    location = str(location).rstrip("/")
-    if location not in _FETCHED:
-        import atexit
-        import shutil
-        import tempfile
-
-        fs, path = resolve(location)
-        local = tempfile.mkdtemp(prefix="epee-fetch-")
-        atexit.register(shutil.rmtree, local, True)
-        info = fs.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
-            raise FileNotFoundError(f"{location!r} does not exist")
-        target = os.path.join(local, posixpath.basename(path) or "root")
-        if info.type == pafs.FileType.Directory:
-            os.makedirs(target)  # copy_files does not create the local directory itself
-        pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        _FETCHED[location] = target
-    return _FETCHED[location]

@@ -17,7 +17,7 @@ LAYER_NAMES = ["core", "data/inputs", "components/workflows", "pipelines", "cli"
 LAYERS = {
     "": CORE,  # the package itself: __version__ and lazy exports
     **dict.fromkeys(["vocab", "policies", "prediction", "backbones", "heads", "engine",
-                     "checkpoint", "model", "inputs", "image_decoding", "storage", "extras", "progress", "file_checks",
+                     "checkpoint", "model", "inputs", "image_decoding", "storage", "filesystem", "formats", "extras", "progress",
                      "metrics", "timing", "offline", "testing"], CORE),
     "data": INPUTS, "imaging": INPUTS,
     **dict.fromkeys(["components", "training", "evaluation", "calibration", "reports", "plots"], COMPONENTS),

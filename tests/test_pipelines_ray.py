@@ -377,17 +377,17 @@ def test_no_note_text_reaches_any_output_or_log_for_any_bad_input(local_ray, tex
     ok_ids = {r["doc_id"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "ok"}
     assert ok_ids == {"bom", "fine"}  # the BOM did not spoil the first note
     errors = [r["error"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "error"]
-    assert "notes.jsonl line 2: line is nested too deeply to parse (RecursionError)" in errors
+    assert "notes.jsonl line 2: nested too deeply to parse (RecursionError)" in errors
     assert "dangling.jsonl: dangling symbolic link (its target does not exist)" in errors
     assert {"loop_a.jsonl: symbolic link loop", "loop_b.jsonl: symbolic link loop"} <= set(errors)
     assert len(errors) == 8 and jsonl_rows["number"]["error"] == "notes.jsonl line 5: text must be a string, got int"
     csv_rows = read(tmp_path / "out_csv").to_pylist()
     csv_errors = sorted(r["error"] for r in csv_rows if r["status"] == "error")
-    assert "export.csv data row 2: wrong number of fields" in csv_errors
-    assert "export.csv data row 3: text is not valid UTF-8 (byte 19)" in csv_errors
-    assert any(e.startswith("tail.csv: CSV parse error") and e.endswith("data rows 1 onward were not read")
-               for e in csv_errors)
-    assert {r["doc_id"] for r in csv_rows if r["status"] == "ok"} == {"c1", "c4"}
+    assert "export.csv line 3: wrong number of fields (expected 2, found 3)" in csv_errors
+    assert "export.csv line 4: field 2 is not valid UTF-8 (byte 19)" in csv_errors
+    assert [e for e in csv_errors if e.startswith("tail.csv")] == [
+        "tail.csv line 3: binary content (a NUL byte): not a text file; the rest of the file was not read"]
+    assert {r["doc_id"] for r in csv_rows if r["status"] == "ok"} == {"c1", "c4", "t1"}  # rows before it are kept
 
     captured = capfd.readouterr()
     everything = {
@@ -406,3 +406,16 @@ def _ct_path() -> str:
     from pydicom.data import get_testdata_file
 
     return get_testdata_file("CT_small.dcm")
+
+
+def test_failfast_stops_the_job_at_the_first_bad_record_and_publishes_nothing(local_ray, text_checkpoint, tmp_path,
+                                                                              capsys):
+    source = tmp_path / "notes.jsonl"
+    source.write_bytes(b'{"id": "a", "text": "rash"}\n{"id": "b", "text": "' + CANARY.encode() + b'\n'
+                       b'{"id": "c", "text": "cough"}\n')
+    out = tmp_path / "out"
+    code = main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--on-bad-record", "failfast", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "notes.jsonl line 2: not valid JSON" in err.splitlines()[-1] and CANARY not in err

@@ -49,7 +49,7 @@ def keys(client, prefix: str) -> list[str]:
 
 # ----- listing ----------------------------------------------------------------------------
 def test_listing_and_globbing_match_local_rules(s3, tmp_path):
-    from epee_annotate.pipelines.sources import expand_paths
+    from epee_annotate.filesystem import expand as expand_paths
 
     tree = tmp_path / "export"
     for name in ("a.jsonl", "sub/b.jsonl", "sub/deep/c.jsonl", "sub/x.csv", ".hidden/d.jsonl", "_tmp/e.jsonl",
@@ -205,7 +205,7 @@ def test_notes_job_from_s3_to_s3_with_an_s3_checkpoint(local_ray, s3, text_check
     ids = table.column("doc_id").to_pylist()
     assert sorted(i for i in ids if i) == ["a0", "a1", "a2", "a3", "a4", "b0"] and ids.count(None) == 1
     (bad,) = [r for r in table.to_pylist() if r["doc_id"] is None]
-    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: line is not valid JSON")
+    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: not valid JSON")
     meta = job_metadata(table.schema)
     assert meta["pipeline"]["checkpoint"] == text_checkpoint_uri and meta["parameters"]["out"] == out
     assert meta["inputs"]["files"] == [f"{inputs}/2024/b.jsonl", f"{inputs}/a.jsonl"]
@@ -218,8 +218,9 @@ def test_notes_job_from_s3_to_s3_with_an_s3_checkpoint(local_ray, s3, text_check
 
 @pytest.mark.ray
 def test_csv_notes_are_read_from_s3_with_per_row_errors(local_ray, s3, tmp_path):
-    """harden's CSV reader (header check, raw-bytes rows, wrong-field-count rows) on object storage."""
-    from epee_annotate.pipelines.sources import LINE_NO, READ_ERROR, note_passthrough_fields, read_notes
+    """The registry's CSV reader (header check, per-row errors) on object storage, through Ray's read tasks."""
+    from epee_annotate.pipelines.notes import NoteColumns, extract_notes
+    from epee_annotate.pipelines.sources import note_passthrough_fields, read_notes
 
     source = tmp_path / "notes.csv"
     source.write_bytes("id,text,site\n1,rash,a\n2,nausea,b,extra\n3,\"multi\nline\",c\n".encode())
@@ -227,10 +228,13 @@ def test_csv_notes_are_read_from_s3_with_per_row_errors(local_ray, s3, tmp_path)
     assert note_passthrough_fields("csv", [uri], "id", "text", ["site"]) == [pa.field("site", pa.string())]
     with pytest.raises(ValueError, match="not found in its header row"):
         note_passthrough_fields("csv", [uri], "id", "note", [])
-    rows = sorted(read_notes("csv", [uri], ["id", "text", "site"]).take_all(), key=lambda r: r[LINE_NO])
-    assert [(r["id"], r["text"], r[LINE_NO]) for r in rows] == [(b"1", b"rash", 1), (None, None, 2),
-                                                                 (b"3", b"multi\nline", 3)]
-    assert rows[1][READ_ERROR] == "notes.csv data row 2: wrong number of fields"
+    columns = NoteColumns("csv", keep_columns=("site",))
+    block = pa.Table.from_pylist(read_notes("csv", [uri], columns.read_columns).take_all())  # one file: in order
+    notes = extract_notes(block, columns)
+    assert [(n.doc_id, n.text, n.keep, n.error) for n in notes] == [
+        ("1", "rash", {"site": "a"}, None),
+        (None, None, {"site": None}, "notes.csv line 3: wrong number of fields (expected 3, found 4)"),
+        ("3", "multi\nline", {"site": "c"}, None)]
 
 
 def _write_pngs(directory: Path) -> None:
@@ -337,7 +341,7 @@ def test_resume_refuses_duplicate_and_missing_ids_up_front(local_ray, text_check
     assert "1 id(s) occur more than once in the input (e.g. '1')" in capsys.readouterr().err
     source.write_text(json.dumps({"id": 1, "text": "a"}) + "\n{broken\n")
     assert main(argv) == 2
-    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: line is not valid JSON" in capsys.readouterr().err
+    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: not valid JSON" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.glob(".out*")) == []  # refused before anything was staged
 
 

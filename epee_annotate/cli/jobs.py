@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
 from .common import add_policy_arguments, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
@@ -17,7 +17,8 @@ FLAGS = {
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
-    "include_text": "--include-text", "resume": "--resume",
+    "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
+    "on_bad_record": "--on-bad-record",
 }
 
 
@@ -86,6 +87,23 @@ def _with_flags(build: Callable[[], Any]) -> Any:
         known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}
         flags = ", ".join(known.get(name, name) for name in error.settings)
         raise ValueError(f"{error} (see {flags})" if flags else str(error)) from None
+    except Exception as error:  # noqa: BLE001 - only a bad record is translated; the rest goes on as it was
+        bad = _bad_record(error)
+        if bad is None:
+            raise
+        raise ValueError(f"{bad} (--on-bad-record failfast)") from None
+
+
+def _bad_record(error: BaseException | None) -> str | None:
+    """The message of the ``BadRecordError`` a Ray read task raised, found in the chain Ray wraps it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "record_message", None):
+            return error.record_message
+        cause = getattr(error, "cause", None)  # Ray's task errors keep the original here
+        error = cause if isinstance(cause, BaseException) else error.__cause__
+    return None
 
 
 def _split_columns(value: str | None) -> list[str]:
@@ -111,7 +129,8 @@ def run_notes(args: argparse.Namespace) -> int:
                                 overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
         return run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args),
                                       id_column=args.id_column, text_column=args.text_column,
-                                      keep_columns=_split_columns(args.keep_columns), fmt=args.format))
+                                      keep_columns=_split_columns(args.keep_columns), fmt=args.format,
+                                      encoding=args.encoding, on_bad_record=args.on_bad_record))
 
     _print_summary(_with_flags(run))
     return 0
@@ -139,9 +158,14 @@ def register(subparsers) -> None:
         "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
         description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",
     )
-    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) or Parquet")
-    notes.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"], default=None,
+    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) "
+                       "(also .gz/.bz2/.zst) or Parquet; with --format also .txt notes, PHEE or DDI XML")
+    notes.add_argument("--format", choices=NOTE_FORMATS, default=None,
                        help="input format (default: from the file names)")
+    notes.add_argument("--encoding", default="utf-8", help="text encoding of the inputs (default utf-8; a "
+                       "byte-order mark is dropped)")
+    notes.add_argument("--on-bad-record", choices=BAD_RECORD_MODES, default="permissive",
+                       help="a malformed record: one error row (permissive), or stop the job (failfast)")
     notes.add_argument("--id-column", default="id", help="column/field with the note id")
     notes.add_argument("--text-column", default="text", help="column/field with the note text")
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")

@@ -19,6 +19,7 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from .. import __version__
+from ..formats import BAD_RECORD_MODES, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
@@ -98,6 +99,17 @@ class NotesJob:
     keep_columns: Sequence[str] = ()
     fmt: str | None = None
     annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
+    encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
+    on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
+
+    def __post_init__(self) -> None:
+        if self.on_bad_record not in BAD_RECORD_MODES:
+            raise SettingError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; got "
+                               f"{self.on_bad_record!r}", "on_bad_record")
+        try:
+            self.read_options = ReadOptions(self.encoding, self.on_bad_record)
+        except ValueError as error:  # an unknown encoding
+            raise SettingError(str(error), "encoding") from None
 
 
 @dataclass
@@ -221,7 +233,8 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
-    passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
+    passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
+                                          job.read_options)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "device": options.actors.device, "autocast": options.autocast}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
@@ -248,9 +261,9 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
 
     options = job.options
     if options.resume:
-        check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns), keys)
+        check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), keys)
     return options.actors.map_batches(
-        read_notes(columns.fmt, files, columns.read_columns),
+        read_notes(columns.fmt, files, columns.read_columns, options=job.read_options),
         job.annotator,
         fn_constructor_kwargs={
             "source": job.source, "columns": columns, "settings": settings,
@@ -284,7 +297,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         ray_start_s = time.perf_counter() - started
         ds, passthrough = None, []
         if job.npz:
-            ds, label_field = read_npz(storage.fetch(job.npz), job.split)  # the driver reads it whole anyway
+            ds, label_field = read_npz(job.npz, job.split)  # the driver reads it whole anyway
             passthrough = [label_field]
         elif files:
             ds = read_image_files(files)
