@@ -57,6 +57,22 @@ def clinical_checkpoints(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory):
+    """A saved tiny 4-layer BERT text checkpoint (labels neg, pos, other)."""
+    path = tmp_path_factory.mktemp("text_ckpt")
+    tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_checkpoint(tmp_path_factory):
+    """A saved tiny 4-layer ViT image checkpoint (labels normal, pneumonia)."""
+    path = tmp_path_factory.mktemp("image_ckpt")
+    tiny_model("vit", path, task="image", labels=("normal", "pneumonia")).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread_and_package_log_level():
     """CLI commands set torch's threads (--threads) and, without --verbose, quiet the package's logger
