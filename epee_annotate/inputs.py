@@ -7,10 +7,13 @@ marked entities. When a relation input is too long, the token window is cut arou
 so they are always kept, and the row is flagged ``truncated``.
 
 Mention windowing (``TextEncoder.mention_input``): a mention is classified from its sentence
-with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``,
-fed to a ``task="text"`` checkpoint (train it on text built with ``mark_mention``). Long inputs
-are cut *before* encoding so the parts that matter survive (the text task keeps only the first
-tokens, which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
+with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``.
+A ``task="span"`` checkpoint takes ``{"text", "span": (start, end), "context": (lo, hi)}``
+(context optional: default the whole text) and marks it here, in ``encode``, for training,
+evaluation and the spaCy component alike; an older ``task="text"`` checkpoint trained on
+``mark_mention`` text gets the same marked text from the component. Long inputs are cut
+*before* encoding so the parts that matter survive (the text task keeps only the first tokens,
+which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 RELATION_MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
-TASKS = ("text", "relation", "image")
+TASKS = ("text", "relation", "image", "span")
 # A mention is marked with the relation task's head markers, so a future single-span task that
 # adds them as special tokens reads the same text; for a text checkpoint they are plain characters.
 MENTION_MARKERS = RELATION_MARKERS[:2]
@@ -59,8 +62,8 @@ class TextEncoder:
     """Tokenise text and relation inputs with the backbone's tokenizer."""
 
     def __init__(self, tokenizer, task: str, max_length: int, is_causal: bool):
-        if task not in ("text", "relation"):
-            raise ValueError(f"TextEncoder handles 'text' and 'relation', not {task!r}")
+        if task not in ("text", "relation", "span"):
+            raise ValueError(f"TextEncoder handles 'text', 'relation' and 'span', not {task!r}")
         self.tokenizer = tokenizer
         self.task = task
         self.is_causal = is_causal
@@ -113,14 +116,25 @@ class TextEncoder:
         return {"text": clipped, "head": h, "tail": t}, cut or near_lo > lo or near_hi < hi
 
     def encode(self, item: Any) -> EncodedRow:
-        text = self._marked_text(item)
+        text, cut = self._mention_text(item) if self.task == "span" else (self._marked_text(item), False)
         tokens = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         budget = self.max_length - self.num_special
-        truncated = len(tokens) > budget
-        if truncated:
+        truncated = cut or len(tokens) > budget
+        if len(tokens) > budget:
             tokens = self._window(tokens, budget)
         input_ids = self.prefix + tokens + self.suffix
         return EncodedRow(len(input_ids), truncated, input_ids, self._pool_index(input_ids))
+
+    def _mention_text(self, item: Any) -> tuple[str, bool]:
+        """A span input marked by ``mention_input`` within its context; (text, cut?)."""
+        if not isinstance(item, dict):
+            raise InputError(f"span input must be a dict with 'text' and 'span'; got {type(item).__name__}")
+        text = _check_text(item.get("text"))
+        start, end = _check_span(item.get("span"), len(text), "span")
+        lo, hi = (0, len(text)) if item.get("context") is None else _check_span(item["context"], len(text), "context")
+        if not lo <= start < end <= hi:
+            raise InputError(f"span ({start}, {end}) is outside its context ({lo}, {hi})")
+        return self.mention_input(text, start, end, lo, hi)
 
     def _marked_text(self, item: Any) -> str:
         if self.task == "text":
@@ -144,7 +158,7 @@ class TextEncoder:
 
     def _window(self, tokens: list[int], budget: int) -> list[int]:
         """Cut to ``budget`` tokens; relation rows keep both marked entities."""
-        if self.task == "text":
+        if self.task != "relation":
             return tokens[:budget]
         positions = [i for i, t in enumerate(tokens) if t in self.marker_ids]
         lo, hi = positions[0], positions[-1] + 1
@@ -158,7 +172,7 @@ class TextEncoder:
     def _pool_index(self, input_ids: list[int]) -> list[int]:
         if self.is_causal:
             return [len(input_ids) - 1]
-        if self.task == "text":
+        if self.task != "relation":
             return [0]
         starts = [self.marker_ids[0], self.marker_ids[2]]
         return [input_ids.index(m) if m in input_ids else 0 for m in starts]

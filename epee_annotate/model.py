@@ -274,7 +274,7 @@ def _choose_pooling(pooling: str, name: str, task: str, backbone: type[Backbone]
     """The stored pooling (``backbones.POOLINGS``) for a ``from_base`` request: "auto", "cls" or "mean"."""
     if pooling not in ("auto", "cls", "mean"):
         raise ValueError(f"pooling must be 'auto', 'cls' or 'mean', got {pooling!r}")
-    if task != "text" or backbone.is_causal or backbone.modality != "text":
+    if task not in ("text", "span") or backbone.is_causal or backbone.modality != "text":
         if pooling != "auto":
             raise ValueError(f"{pooling} pooling is for the text task on encoder backbones")
         return "positions"

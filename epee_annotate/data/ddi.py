@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
@@ -116,6 +117,49 @@ def load_ddi(path: str | Path, on_error: str = "stop") -> list[Example]:
     return examples
 
 
+def load_ddi_entities(path: str | Path, on_error: str = "stop") -> list[Example]:
+    """Span examples: every ``<entity>`` of every sentence, labelled with its type (``ENTITY_TYPE_ORDER``).
+
+    A public stand-in for mention classification (``--task span --format ddi-entities``). A
+    discontinuous entity spans from its first fragment's start to its last fragment's end; the
+    context is its sentence; the group is the document.
+    """
+    from .spans import span_example
+
+    counter = SkipCounter(on_error, str(path))
+    examples: list[Example] = []
+    for file in ddi_files(path):
+        root = _parse_file(file, counter)
+        if root is None:
+            continue
+        document = root.get("id") or file.stem
+        for sentence in root.iter("sentence"):
+            try:
+                examples += _sentence_entities(sentence, document, span_example)
+            except _BadElement as error:
+                counter.bad(f"{file} sentence {sentence.get('id')}", str(error))
+    counter.finish()
+    require_examples(examples, str(path), len(counter.skipped))
+    return examples
+
+
+def _sentence_entities(sentence: ET.Element, document: str, span_example) -> list[Example]:
+    text = sentence.get("text")
+    if text is None:
+        raise _BadElement("sentence has no text attribute")
+    out = []
+    for entity in sentence.iter("entity"):
+        spans = parse_offsets(entity.get("charOffset"))
+        start, end = spans[0][0], spans[-1][1]
+        if end > len(text):
+            raise _BadElement(f"entity {entity.get('id')} offsets run past the sentence end")
+        kind = entity.get("type")
+        if kind not in ENTITY_TYPE_ORDER:
+            raise _BadElement(f"entity {entity.get('id')} has type {kind!r}, expected one of {list(ENTITY_TYPE_ORDER)}")
+        out.append(span_example(text, start, end, kind, entity.get("id"), document))
+    return out
+
+
 def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) -> list[Example]:
     text = sentence.get("text")
     if text is None:
@@ -143,8 +187,67 @@ def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) ->
             dropped["overlapping entities"] += 1
             continue
         head, tail = spans
-        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, document))
+        others = [(v[0][0], v[-1][1]) for k, v in entities.items() if k not in (pair.get("e1"), pair.get("e2"))]
+        rule = filter_rule(text, head, tail, others)
+        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, document,
+                           {"filter_rule": rule} if rule else None))
     return out
+
+
+# ----- negative-instance filtering (DDI 2013 systems: Chowdhury & Lavelli 2013, Liu et al. 2016) --------
+FILTER_RULES = ("same_drug", "abbreviation", "coordination")
+_COORDINATION = re.compile(r"(?:[\s,;/()]|\band\b|\bor\b|\bnor\b)*", re.IGNORECASE)
+
+
+def filter_rule(text: str, head: Span, tail: Span, others: Sequence[Span] = ()) -> str | None:
+    """The rule by which DDI 2013 systems drop the pair as a sure negative, or None.
+
+    - ``same_drug``: both entities are the same name (case-insensitive);
+    - ``abbreviation``: ``X (Y)``, the second entity in parentheses right after the first;
+    - ``coordination``: both in one list, as in "X, Y and Z": only separators (``,`` ``;`` ``/``
+      ``and`` ``or`` ``nor``, brackets) and other entities stand between them, with a comma, a
+      semicolon or a third entity among them.
+    """
+    first, second = sorted([head, tail])
+    if text[head[0] : head[1]].strip().lower() == text[tail[0] : tail[1]].strip().lower():
+        return "same_drug"
+    between = text[first[1] : second[0]]
+    if between.strip() == "(" and text[second[1] :].lstrip().startswith(")"):
+        return "abbreviation"
+    inside = sorted(s for s in others if first[1] <= s[0] and s[1] <= second[0])
+    pieces, last = [], first[1]
+    for start, end in inside:
+        if start >= last:
+            pieces.append(text[last:start])
+            last = end
+    pieces.append(text[last : second[0]])
+    # A list: a comma/semicolon or a third entity between them ("X and Y" alone is often a real interaction).
+    listed = bool(inside) or any(c in "".join(pieces) for c in ",;")
+    if listed and all(_COORDINATION.fullmatch(piece) for piece in pieces):
+        return "coordination"
+    return None
+
+
+def filter_negatives(examples: Sequence[Example]) -> list[Example]:
+    """Drop the negatives that a DDI 2013 filter rule marks as sure negatives (``filter_rule``); positives stay.
+
+    Logs how many pairs each rule dropped and how many positives the rules would have dropped
+    (the rules' cost in recall).
+    """
+    dropped: Counter = Counter()
+    spared: Counter = Counter()
+    kept = []
+    for example in examples:
+        rule = (example.meta or {}).get("filter_rule")
+        if rule and example.label == NEGATIVE:
+            dropped[rule] += 1
+            continue
+        if rule:
+            spared[rule] += 1
+        kept.append(example)
+    logger.info("DDI negative filtering dropped %s negatives; positives matching a rule (kept): %s",
+                dict(dropped), dict(spared))
+    return kept
 
 
 def subsample_negatives(examples: Sequence[Example], ratio: float | None, seed: int = 0) -> list[Example]:

@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .ddi import DDI_LABELS, load_ddi, subsample_negatives
+from .ddi import DDI_LABELS, ENTITY_TYPE_ORDER, load_ddi, load_ddi_entities, subsample_negatives
 from .examples import Example, sorted_labels
 from .generic import load_records
 from .medmnist import load_medmnist, medmnist_label_names
 from .phee import load_phee, phee_labels
+from .spans import load_docbin, load_span_records
 
-FORMATS = ("jsonl", "csv", "phee", "ddi", "npz", "images")
+FORMATS = ("jsonl", "csv", "phee", "ddi", "npz", "images", "spans", "docbin", "ddi-entities")
 _TASKS = {
     "jsonl": ("text", "relation"),
     "csv": ("text", "relation"),
@@ -19,6 +20,9 @@ _TASKS = {
     "ddi": ("relation",),
     "npz": ("image",),
     "images": ("image",),
+    "spans": ("span",),
+    "docbin": ("span",),
+    "ddi-entities": ("span",),
 }
 
 
@@ -42,7 +46,8 @@ def load_examples(
 
     ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
     ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
-    ``label_names`` (npz), ``columns`` (jsonl, csv, images: standard name -> the file's column).
+    ``label_names`` (npz), ``columns`` (jsonl, csv, images: standard name -> the file's column),
+    ``spans_key`` (docbin: the span group; None reads ``doc.ents``).
     For "images", ``path`` is a CSV or JSONL list (by extension).
     """
     check_format(format, task)
@@ -62,6 +67,15 @@ def load_examples(
         _no_options(format, options, ("negative_ratio", "seed"))
         examples = load_ddi(path, on_error)
         return subsample_negatives(examples, options.get("negative_ratio"), options.get("seed", 0))
+    if format == "spans":
+        _no_options(format, options)
+        return load_span_records(path, on_error)
+    if format == "docbin":
+        _no_options(format, options, ("spans_key",))
+        return load_docbin(path, options.get("spans_key"), on_error)
+    if format == "ddi-entities":
+        _no_options(format, options)
+        return load_ddi_entities(path, on_error)
     _no_options(format, options, ("label_names",))
     return load_medmnist(path, split or "train", options.get("label_names"))
 
@@ -76,6 +90,8 @@ def labels_for(format: str, examples: Sequence[Example], label_names: Sequence[s
     """The model's label list: fixed by the format (ddi, phee, named npz) or sorted from the data."""
     if format == "ddi":
         return list(DDI_LABELS)
+    if format == "ddi-entities":
+        return list(ENTITY_TYPE_ORDER)
     if format == "phee":
         return phee_labels(examples)
     if format == "npz":
