@@ -28,8 +28,8 @@ import torch.nn.functional as F
 
 RELATION_MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
 TASKS = ("text", "relation", "image", "span")
-# A mention is marked with the relation task's head markers, so a future single-span task that
-# adds them as special tokens reads the same text; for a text checkpoint they are plain characters.
+# A mention is marked with the relation task's head markers as plain characters (not added to the
+# vocabulary), so span checkpoints and older text checkpoints trained on mark_mention read the same text.
 MENTION_MARKERS = RELATION_MARKERS[:2]
 GAP = " ... "  # joins kept pieces of a clipped text
 # Characters kept per model token when clipping before tokenisation: tokens rarely cover more
