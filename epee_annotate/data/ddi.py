@@ -23,7 +23,7 @@ import re
 import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from ..vocab import DDI_LABELS, DDI_NEGATIVE
 from .examples import Example, SkipCounter, require_examples
@@ -96,24 +96,11 @@ def _parse_file(path: Path, counter: SkipCounter) -> ET.Element | None:
 
 def load_ddi(path: str | Path, on_error: str = "stop") -> list[Example]:
     """Relation examples for every entity pair under ``path``, in file order."""
-    files = ddi_files(path)
-    counter = SkipCounter(on_error, str(path))
-    examples: list[Example] = []
     dropped: Counter = Counter()
-    for file in files:
-        root = _parse_file(file, counter)
-        if root is None:
-            continue
-        document = root.get("id") or file.stem
-        for sentence in root.iter("sentence"):
-            try:
-                examples += _sentence_examples(sentence, document, dropped)
-            except _BadElement as error:
-                counter.bad(f"{file} sentence {sentence.get('id')}", str(error))
-    counter.finish()
+    examples = _load_sentences(path, on_error, lambda sentence, document: _sentence_examples(sentence, document,
+                                                                                          dropped))
     if dropped:
         logger.info("DDI %s: dropped pairs %s", path, dict(dropped))
-    require_examples(examples, str(path), len(counter.skipped))
     return examples
 
 
@@ -124,8 +111,12 @@ def load_ddi_entities(path: str | Path, on_error: str = "stop") -> list[Example]
     discontinuous entity spans from its first fragment's start to its last fragment's end; the
     context is its sentence; the group is the document.
     """
-    from .spans import span_example
+    return _load_sentences(path, on_error, _sentence_entities)
 
+
+def _load_sentences(path: str | Path, on_error: str,
+                    examples_of: Callable[[ET.Element, str], list[Example]]) -> list[Example]:
+    """``examples_of(sentence, document)`` over every sentence under ``path``; bad sentences follow ``on_error``."""
     counter = SkipCounter(on_error, str(path))
     examples: list[Example] = []
     for file in ddi_files(path):
@@ -135,7 +126,7 @@ def load_ddi_entities(path: str | Path, on_error: str = "stop") -> list[Example]
         document = root.get("id") or file.stem
         for sentence in root.iter("sentence"):
             try:
-                examples += _sentence_entities(sentence, document, span_example)
+                examples += examples_of(sentence, document)
             except _BadElement as error:
                 counter.bad(f"{file} sentence {sentence.get('id')}", str(error))
     counter.finish()
@@ -143,24 +134,8 @@ def load_ddi_entities(path: str | Path, on_error: str = "stop") -> list[Example]
     return examples
 
 
-def _sentence_entities(sentence: ET.Element, document: str, span_example) -> list[Example]:
-    text = sentence.get("text")
-    if text is None:
-        raise _BadElement("sentence has no text attribute")
-    out = []
-    for entity in sentence.iter("entity"):
-        spans = parse_offsets(entity.get("charOffset"))
-        start, end = spans[0][0], spans[-1][1]
-        if end > len(text):
-            raise _BadElement(f"entity {entity.get('id')} offsets run past the sentence end")
-        kind = entity.get("type")
-        if kind not in ENTITY_TYPE_ORDER:
-            raise _BadElement(f"entity {entity.get('id')} has type {kind!r}, expected one of {list(ENTITY_TYPE_ORDER)}")
-        out.append(span_example(text, start, end, kind, entity.get("id"), document))
-    return out
-
-
-def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) -> list[Example]:
+def _entities(sentence: ET.Element) -> tuple[str, dict[str | None, tuple[list[Span], str | None]]]:
+    """The sentence text and its entities: id -> (fragment spans, type)."""
     text = sentence.get("text")
     if text is None:
         raise _BadElement("sentence has no text attribute")
@@ -169,7 +144,25 @@ def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) ->
         spans = parse_offsets(entity.get("charOffset"))
         if spans[-1][1] > len(text):
             raise _BadElement(f"entity {entity.get('id')} offsets run past the sentence end")
-        entities[entity.get("id")] = spans
+        entities[entity.get("id")] = (spans, entity.get("type"))
+    return text, entities
+
+
+def _sentence_entities(sentence: ET.Element, document: str) -> list[Example]:
+    from .spans import span_example
+
+    text, entities = _entities(sentence)
+    out = []
+    for ident, (spans, kind) in entities.items():
+        if kind not in ENTITY_TYPE_ORDER:
+            raise _BadElement(f"entity {ident} has type {kind!r}, expected one of {list(ENTITY_TYPE_ORDER)}")
+        out.append(span_example(text, spans[0][0], spans[-1][1], kind, ident, document))
+    return out
+
+
+def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) -> list[Example]:
+    text, typed = _entities(sentence)
+    entities = {ident: spans for ident, (spans, _) in typed.items()}
     out = []
     for pair in sentence.iter("pair"):
         ident = pair.get("id")
