@@ -10,7 +10,8 @@ Mention windowing (``TextEncoder.mention_input``): a mention is classified from 
 with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``.
 A ``task="span"`` checkpoint takes ``{"text", "span": (start, end), "context": (lo, hi)}``
 (context optional: default the whole text) and marks it here, in ``encode``, for training,
-evaluation and the spaCy component alike; an older ``task="text"`` checkpoint trained on
+evaluation and the spaCy component alike; its markers are special tokens and its heads pool the
+start marker's hidden state, as the relation task does for each entity. An older ``task="text"`` checkpoint trained on
 ``mark_mention`` text gets the same marked text from the component. Long inputs are cut
 *before* encoding so the parts that matter survive (the text task keeps only the first tokens,
 which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
@@ -28,9 +29,11 @@ import torch.nn.functional as F
 
 RELATION_MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
 TASKS = ("text", "relation", "image", "span")
-# A mention is marked with the relation task's head markers as plain characters (not added to the
-# vocabulary), so span checkpoints and older text checkpoints trained on mark_mention read the same text.
+# A mention is marked with the relation task's head markers. A span checkpoint adds them to its
+# vocabulary as special tokens and pools at the start marker (entity-start pooling, as relations do);
+# for an older text checkpoint trained on mark_mention text they are plain characters.
 MENTION_MARKERS = RELATION_MARKERS[:2]
+TASK_MARKERS = {"relation": RELATION_MARKERS, "span": MENTION_MARKERS}  # added to the tokenizer as special tokens
 GAP = " ... "  # joins kept pieces of a clipped text
 # Characters kept per model token when clipping before tokenisation: tokens rarely cover more
 # than a few characters, so this over-keeps; the exact token window is applied afterwards.
@@ -69,8 +72,8 @@ class TextEncoder:
         self.is_causal = is_causal
         self.max_length = min(max_length, _model_max_length(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if task == "relation":
-            self.marker_ids = tokenizer.convert_tokens_to_ids(list(RELATION_MARKERS))
+        if task in TASK_MARKERS:
+            self.marker_ids = tokenizer.convert_tokens_to_ids(list(TASK_MARKERS[task]))
         self.prefix, self.suffix = _special_affixes(tokenizer)
         self.num_special = len(self.prefix) + len(self.suffix)
         self._mention_room: int | None = None
@@ -157,8 +160,8 @@ class TextEncoder:
         return "".join(pieces)
 
     def _window(self, tokens: list[int], budget: int) -> list[int]:
-        """Cut to ``budget`` tokens; relation rows keep both marked entities."""
-        if self.task != "relation":
+        """Cut to ``budget`` tokens; relation and span rows keep their marked entities."""
+        if self.task == "text":
             return tokens[:budget]
         positions = [i for i, t in enumerate(tokens) if t in self.marker_ids]
         lo, hi = positions[0], positions[-1] + 1
@@ -172,9 +175,9 @@ class TextEncoder:
     def _pool_index(self, input_ids: list[int]) -> list[int]:
         if self.is_causal:
             return [len(input_ids) - 1]
-        if self.task != "relation":
+        if self.task == "text":
             return [0]
-        starts = [self.marker_ids[0], self.marker_ids[2]]
+        starts = self.marker_ids[::2]  # the start marker of each entity
         return [input_ids.index(m) if m in input_ids else 0 for m in starts]
 
     def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:

@@ -121,6 +121,10 @@ def test_span_encoder_marks_within_context_and_refuses_bad_spans(tmp_path):
     assert marked == mark_mention(text[:33], 18, 26) and not cut and not row.truncated
     assert row.input_ids == encoder.tokenizer(marked)["input_ids"]
     assert row.input_ids == encoder.encode({"text": text[:33], "span": (18, 26)}).input_ids
+    # The markers are single special tokens and the heads read the start marker (entity-start pooling).
+    assert model.config.pooling == "positions"
+    assert row.input_ids[row.pool_index[0]] == encoder.tokenizer.convert_tokens_to_ids("<e1>")
+    assert row.input_ids.count(encoder.tokenizer.convert_tokens_to_ids("</e1>")) == 1
     for bad, message in [({"text": text, "span": (40, 30)}, "span span"), ({"text": text}, "span must be"),
                          ({"text": text, "span": (0, 5), "context": (3, 10)}, "outside its context"), ("text", "dict")]:
         with pytest.raises(InputError, match=message):
