@@ -17,8 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .examples import Example, SkipCounter, require_examples
-from .generic import RecordError, _jsonl_rows, _text
+from .. import filesystem
+from .examples import Example, SkipCounter, read_records, require_examples
+from .generic import RecordError, _text
 
 
 def span_example(text: str, start: int, end: int, label: str, ident: str | None, group: str | None,
@@ -28,29 +29,29 @@ def span_example(text: str, start: int, end: int, label: str, ident: str | None,
     return Example({"text": text, "span": (start, end), "context": (lo, hi)}, label, ident, group)
 
 
-def load_span_records(path: str | Path, on_error: str = "stop") -> list[Example]:
+def load_span_records(path: str | Path, on_error: str = "stop", encoding: str = "utf-8") -> list[Example]:
     """Span examples from a JSONL file of ``{"id", "text", "spans": [...]}`` records, in file order."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"data file {str(source)!r} does not exist")
-    counter = SkipCounter(on_error, str(source))
+    source = str(path)
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"data file {source!r} does not exist")
+    counter = SkipCounter(on_error, source)
     examples: list[Example] = []
-    for line, row in _jsonl_rows(source, "span", counter, {}):
+    for number, record in enumerate(read_records(source, "jsonl", counter, encoding), start=1):
         try:
-            examples += _record_spans(row, line)
+            examples += _record_spans(record.data, number)
         except RecordError as error:
-            counter.bad(f"line {line}", str(error))
+            counter.bad(record.position, str(error))
     counter.finish()
-    require_examples(examples, str(source), len(counter.skipped))
+    require_examples(examples, source, len(counter.skipped))
     return examples
 
 
-def _record_spans(row: dict[str, Any], line: int) -> list[Example]:
+def _record_spans(row: dict[str, Any], number: int) -> list[Example]:
     text = _text(row.get("text"))
     spans = row.get("spans")
     if not isinstance(spans, list):
         raise RecordError("'spans' must be a list of {start, end, label} objects")
-    ident = str(row["id"]) if row.get("id") is not None else f"line{line}"
+    ident = str(row["id"]) if row.get("id") is not None else f"record{number}"
     group = str(row["group"]) if row.get("group") not in (None, "") else ident
     out = []
     for k, span in enumerate(spans):
