@@ -16,7 +16,7 @@ from .backbones import Backbone, backbone_class, backbone_from_config, load_back
 from .checkpoint import MultiExitConfig, local_checkpoint, read_config, read_weights, write_config, write_weights
 from .engine import length_buckets, run_all_exits, run_early_exit
 from .heads import make_exit_heads
-from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
+from .inputs import TASK_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
 from .policies import ExitPolicy, normalized_entropy, policy_from_dict
 from .prediction import Prediction
 from .vocab import AUTOCAST_MODES
@@ -74,8 +74,8 @@ class MultiExitModel(nn.Module):
         if (backbone.modality == "image") != (task == "image"):
             raise ValueError(f"a {backbone.config.model_type} backbone cannot do the {task!r} task")
         preprocessor = _load_preprocessor(name, backbone, task, image_size, hub_kwargs)
-        if task == "relation":
-            preprocessor.add_tokens(list(RELATION_MARKERS), special_tokens=True)
+        if task in TASK_MARKERS:
+            preprocessor.add_tokens(list(TASK_MARKERS[task]), special_tokens=True)
             backbone.model.resize_token_embeddings(len(preprocessor), mean_resizing=False)
         config = MultiExitConfig(
             task=task,

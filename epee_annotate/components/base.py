@@ -105,6 +105,7 @@ class EpeeComponent(Pipe):
     """Base class: subclasses set ``task`` and implement ``collect``."""
 
     task: str = "text"  # the checkpoint task the component needs
+    older_tasks: tuple[str, ...] = ()  # checkpoint tasks it also reads (kept for checkpoints trained before)
     reports_context = False  # its records carry medSpaCy ConText flags (mentions)
 
     def __init__(
@@ -168,7 +169,7 @@ class EpeeComponent(Pipe):
             if not torch.cuda.is_available():
                 raise ValueError(f"component {self.name!r}: device {self.device!r} asked for but CUDA is not available")
         model = MultiExitModel.from_pretrained(checkpoint, device=self.device)
-        if model.task != self.task:
+        if model.task != self.task and model.task not in self.older_tasks:
             raise ValueError(
                 f"component {self.name!r} needs a {self.task!r} checkpoint; {checkpoint!r} is a {model.task!r} one"
             )
