@@ -40,6 +40,7 @@ class MultiExitModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
         self.int8 = False  # backbone Linear layers replaced by dynamically quantized ones
+        self.runtime_engine: Any = None  # an ONNX Runtime engine (runtimes.apply_runtime); None = torch
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -152,6 +153,19 @@ class MultiExitModel(nn.Module):
         name = self.checkpoint_dir.name if self.checkpoint_dir is not None else self.config.base_model
         return f"{name}@{digest}"
 
+    @property
+    def runtime(self) -> str:
+        """The runtime answering ``predict`` and ``exit_probs`` (one of ``runtimes.RUNTIMES``)."""
+        if self.runtime_engine is not None:
+            return self.runtime_engine.name
+        return "torch-int8" if self.int8 else "torch"
+
+    def use_runtime(self, runtime: str | None, threads: int | None = None) -> "MultiExitModel":
+        """Infer with ``runtime`` ("torch", "torch-int8", "onnx", "onnx-int8"), in place; see ``epee_annotate.runtimes``."""
+        from .runtimes import apply_runtime
+
+        return apply_runtime(self, runtime, threads)
+
     def set_default_policy(self, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> None:
         self.config.default_policy = policy.to_dict()
         self.config.calibration = calibration
@@ -230,7 +244,10 @@ class MultiExitModel(nn.Module):
         ]
         for group in tqdm(self.batches(rows, batch_size), desc="predict", unit="batch", disable=not progress):
             batch = self.collate([rows[i] for i in group])
-            outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
+            if self.runtime_engine is not None:
+                outcome = self.runtime_engine.run_early_exit(batch, policy)
+            else:
+                outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
             probs = outcome.probs.cpu()
             confidence, label_id = probs.max(-1)
             # Python lists once per batch: indexing tensors row by row cost ~15 us a row, a share of small models' time.
@@ -266,7 +283,10 @@ class MultiExitModel(nn.Module):
         groups = self.batches(rows, batch_size)
         for group in progress_iter(groups, "all exits", "batch", bar=progress):
             batch = self.collate([rows[i] for i in group])
-            out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
+            if self.runtime_engine is not None:
+                out[group] = self.runtime_engine.run_all_exits(batch)
+            else:
+                out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
         return out
 
 
