@@ -407,6 +407,7 @@ def evaluate_model(
                             progress=progress)
     report["checkpoint"] = {
         "id": model.checkpoint_id,
+        "runtime": model.runtime,
         "task": model.task,
         "num_layers": model.num_layers,
         "labels": list(model.labels),

@@ -7,13 +7,13 @@ import logging
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from .common import add_policy_arguments
+from .common import add_policy_arguments, add_runtime_argument
 
 # Library setting (SettingError.settings) -> this command line's option.
 FLAGS = {
     "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
-    "autocast": "--autocast", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
+    "autocast": "--autocast", "runtime": "--runtime", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
@@ -38,6 +38,7 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 puts models on cuda")
     run.add_argument("--autocast", choices=AUTOCAST_MODES, default=None, help="mixed precision on GPU")
+    add_runtime_argument(run)
     run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
@@ -64,7 +65,7 @@ def _options(args: argparse.Namespace):
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
         model_batch_size=args.model_batch_size, address=args.address, entropy=args.entropy,
-        patience=args.patience, budget=args.budget, autocast=args.autocast,
+        patience=args.patience, budget=args.budget, autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,

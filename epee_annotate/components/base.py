@@ -32,6 +32,7 @@ from ..model import MultiExitModel
 from ..policies import ExitPolicy
 from ..policy_settings import resolve_policy
 from ..prediction import Prediction
+from ..runtimes import check_runtime
 from ..vocab import AUTOCAST_MODES
 from .extensions import register_extensions, replace_task_records, set_result
 from .medspacy_support import quiet_medspacy
@@ -109,6 +110,7 @@ class EpeeComponent:
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
+        runtime: str = "torch",
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
@@ -121,6 +123,7 @@ class EpeeComponent:
             raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.runtime = check_runtime(runtime, device, autocast)
         register_extensions()
         quiet_medspacy()
         self.nlp = nlp
@@ -167,7 +170,7 @@ class EpeeComponent:
             logger.warning("component %r: checkpoint labels %s differ from the expected %s",
                            self.name, model.labels, self.expected_labels)
         model.use_autocast(self.autocast)
-        return model
+        return model.use_runtime(self.runtime)
 
     @property
     def policy(self) -> ExitPolicy:
@@ -220,6 +223,8 @@ class EpeeComponent:
         import torch
 
         torch.set_num_threads(1)
+        if self.runtime.startswith("onnx"):
+            self._model = None  # ONNX Runtime sessions do not survive a fork: reload (the graphs are cached)
         self._pid = os.getpid()
 
     def _check_order(self) -> None:

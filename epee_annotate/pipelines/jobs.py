@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from .. import __version__
 from ..policy_settings import given_settings, policy_overrides, resolve_policy
+from ..runtimes import RuntimeSettingError, check_runtime
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from . import storage
 from .errors import SettingError
@@ -44,6 +45,7 @@ class JobOptions:
     patience: int | None = None
     budget: int | None = None
     autocast: str | None = None
+    runtime: str | None = None  # runtimes.RUNTIMES; None = torch
     partition_by_task: bool = False
     include_text: bool = False
     progress: bool = True
@@ -64,6 +66,10 @@ class JobOptions:
         if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
             raise SettingError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}; got {self.autocast!r}",
                                "autocast")
+        try:
+            check_runtime(self.runtime, self.actors.device, self.autocast)
+        except RuntimeSettingError as error:
+            raise SettingError(str(error), "runtime") from None
         if self.actor_start_timeout_s <= 0:
             raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
         resolve_policy(self.policy_knobs, prefix="--")  # conflicting policy flags: one clear error, both jobs
@@ -216,9 +222,9 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
-                "device": options.actors.device, "autocast": options.autocast}
+                "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
-    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
+    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None, "runtime": None}))
     schema = output_schema("notes", passthrough, options.include_text)
     schema = with_job_metadata(schema, {
         "package_version": __version__, "job": "notes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -266,7 +272,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
                            "resume", "npz")
     check_job_output(options.out, options.overwrite, options.resume)
-    model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
+    # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
+    model = load_image_model(job.checkpoint, runtime=options.runtime)
     policy = job_policy(options.policy_knobs, model.default_policy)
     passthrough: list[pa.Field] = []
     files: list[str] = []
@@ -308,7 +315,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
                 fn_constructor_kwargs={
                     "checkpoint": checkpoint, "schema": schema.remove_metadata(),
                     "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-                    "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
+                    "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
+                    "frames": job.frames,
                     "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
                     "path_prefix": keys.prefix,
                 },
