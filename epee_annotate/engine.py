@@ -142,8 +142,26 @@ def run_all_exits(
         return torch.stack([head(f).float().softmax(-1) for head, f in zip(heads, features)], dim=1)
 
 
-def length_buckets(lengths: Sequence[int], batch_size: int) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length (longest first, so memory peaks early)."""
+def length_buckets(lengths: Sequence[int], batch_size: int, max_tokens: int | None = None) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first, so memory peaks early).
+
+    ``max_tokens``: a token budget; a batch also ends before its padded size (rows x its longest
+    row) would pass it, so short inputs travel in larger batches than long ones. ``batch_size``
+    still caps the rows per batch; an input longer than the budget is a batch of its own.
+    """
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    for start in range(0, len(order), batch_size):
-        yield order[start : start + batch_size]
+    if max_tokens is None:
+        for start in range(0, len(order), batch_size):
+            yield order[start : start + batch_size]
+        return
+    batch: list[int] = []
+    for index in order:
+        # Longest first: the batch's first row sets its padded width.
+        if batch and (len(batch) >= batch_size or (len(batch) + 1) * lengths[batch[0]] > max_tokens):
+            yield batch
+            batch = []
+        batch.append(index)
+    if batch:
+        yield batch

@@ -213,11 +213,17 @@ class MultiExitModel(nn.Module):
                 rows.append(InputError(f"{type(error).__name__}: {error}"))
         return rows
 
-    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int) -> list[list[int]]:
-        """Index groups for valid rows: length buckets for text, input order for images."""
+    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int,
+                max_tokens: int | None = None) -> list[list[int]]:
+        """Index groups for valid rows: length buckets for text, input order for images.
+
+        ``max_tokens``: text only, a budget of padded tokens per batch (``engine.length_buckets``).
+        """
+        if max_tokens is not None and self.task == "image":
+            raise ValueError("a token budget applies to text; images are all one size: set the batch size")
         valid = [i for i, row in enumerate(rows) if isinstance(row, EncodedRow)]
         lengths = [rows[i].length for i in valid]
-        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size)]
+        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size, max_tokens)]
 
     def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:
         batch = self.encoder.collate(rows, padding_side)
@@ -229,8 +235,12 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        max_tokens: int | None = None,
     ) -> list[Prediction]:
-        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered."""
+        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
+
+        ``max_tokens``: batches by a budget of padded tokens (text), ``batch_size`` capping their rows.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if isinstance(inputs, (str, dict)):
@@ -242,7 +252,8 @@ class MultiExitModel(nn.Module):
         results: list[Prediction | None] = [
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
         ]
-        for group in tqdm(self.batches(rows, batch_size), desc="predict", unit="batch", disable=not progress):
+        for group in tqdm(self.batches(rows, batch_size, max_tokens), desc="predict", unit="batch",
+                          disable=not progress):
             batch = self.collate([rows[i] for i in group])
             if self.runtime_engine is not None:
                 outcome = self.runtime_engine.run_early_exit(batch, policy)

@@ -1,6 +1,8 @@
-"""benchmarks.run keeps the tasks a run skipped, marked as earlier, instead of dropping them."""
+"""benchmarks.run: skipped tasks keep earlier rows, runs edit no tracked file; the GPU check's CPU fallback."""
 
 import json
+
+import pytest
 
 from benchmarks.run import earlier_memory, earlier_tasks, markdown
 
@@ -44,8 +46,6 @@ def test_a_run_on_a_tiny_model_edits_no_tracked_file(model_factory, tmp_path):
     import shutil
     from pathlib import Path
 
-    import pytest
-
     from benchmarks import run
     from conftest import make_texts
     from epee_annotate import BudgetedExit
@@ -72,8 +72,6 @@ def test_a_run_on_a_tiny_model_edits_no_tracked_file(model_factory, tmp_path):
 
 
 def test_update_readme_replaces_only_the_results_section(tmp_path):
-    import pytest
-
     from benchmarks.run import MARKERS, update_readme
 
     readme = tmp_path / "README.md"
@@ -83,3 +81,23 @@ def test_update_readme_replaces_only_the_results_section(tmp_path):
     readme.write_text("no section")
     with pytest.raises(ValueError, match="no results section"):
         update_readme("x", readme)
+
+
+@pytest.mark.ray
+def test_gpu_check_runs_its_cpu_fallback(tmp_path):
+    """benchmarks/gpu_check.sh --smoke: the CPU fallback CI runs (on a GPU machine the full check runs)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "table.json"
+    done = subprocess.run(["bash", str(root / "benchmarks" / "gpu_check.sh"), "--smoke", "--json", str(out)],
+                          env={**os.environ, "PYTHON": sys.executable}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = {check: (result, detail) for check, result, detail in json.loads(out.read_text())["rows"]}
+    assert rows["CUDA decisions == CPU (fp32)"] == ("skipped", "no GPU")
+    assert rows["throughput torch eager, early exit"][1].endswith("its full depth")
+    ray_row = next(v for k, v in rows.items() if k.startswith("Ray job, CPU actor"))
+    assert ray_row[1].startswith("40/40 ok")

@@ -133,7 +133,7 @@ def test_unknown_and_unfit_runtimes_are_refused(checkpoints):
         apply_runtime(model, "onnx")
 
 
-def test_component_and_job_settings_reach_the_runtime(checkpoints):
+def test_component_and_job_settings_reach_the_model(checkpoints):
     import spacy
 
     from epee_annotate.pipelines.errors import SettingError
@@ -148,6 +148,19 @@ def test_component_and_job_settings_reach_the_runtime(checkpoints):
         spacy.blank("en").add_pipe("epee_textcat", config={"checkpoint": str(checkpoints["bert"]), "runtime": "trt"})
     with pytest.raises(SettingError, match="known runtimes"):
         JobOptions(out="x", runtime="trt")
+    # The token budget reaches the component's predict calls; images refuse it.
+    from epee_annotate.pipelines.jobs import ImagesJob
+
+    budgeted = spacy.blank("en")
+    budgeted.add_pipe("epee_textcat", config={"checkpoint": str(checkpoints["bert"]), "batch_tokens": 64})
+    component = budgeted.get_pipe("epee_textcat")
+    seen = []
+    predict = component.multi_exit_model.predict
+    component.multi_exit_model.predict = lambda *a, **k: seen.append(k.get("max_tokens")) or predict(*a, **k)
+    budgeted(make_texts(1, seed=9)[0])
+    assert seen == [64]
+    with pytest.raises(SettingError, match="token budget applies to text"):
+        ImagesJob(checkpoint="x", options=JobOptions(out="x", model_batch_tokens=512), npz="a.npz")
 
 
 def test_cli_evaluate_runtime(checkpoints, tmp_path, capsys):

@@ -13,6 +13,7 @@ from .common import add_policy_arguments, add_runtime_argument
 FLAGS = {
     "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
+    "model_batch_tokens": "--model-batch-tokens",
     "autocast": "--autocast", "runtime": "--runtime", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
@@ -41,6 +42,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     add_runtime_argument(run)
     run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
+    run.add_argument("--model-batch-tokens", type=int, default=None, metavar="T",
+                     help="notes: form model batches by padded tokens (at most T per forward pass; "
+                          "--model-batch-size still caps the rows)")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
     run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
@@ -64,7 +68,8 @@ def _options(args: argparse.Namespace):
                            args.max_task_retries)
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
-        model_batch_size=args.model_batch_size, address=args.address, entropy=args.entropy,
+        model_batch_size=args.model_batch_size, model_batch_tokens=args.model_batch_tokens, address=args.address,
+        entropy=args.entropy,
         patience=args.patience, budget=args.budget, autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,

@@ -111,6 +111,7 @@ class EpeeComponent:
         device: str = "cpu",
         autocast: str | None = None,
         runtime: str = "torch",
+        batch_tokens: int | None = None,
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
@@ -119,6 +120,8 @@ class EpeeComponent:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1 or null, got {batch_tokens}")
         if autocast is not None and autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
@@ -132,6 +135,7 @@ class EpeeComponent:
         # Flat settings (spaCy config overrides reach each one) or a saved policy dict with "name".
         self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget, "beem": beem}, policy)
         self.batch_size = int(batch_size)
+        self.batch_tokens = batch_tokens
         self.device = device
         self.autocast = autocast
         self.min_confidence = min_confidence
@@ -209,7 +213,8 @@ class EpeeComponent:
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
-        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
+        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
+                                                    max_tokens=self.batch_tokens) if inputs else []
         failed = sum(not p.ok for p in predictions)
         if failed:
             logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))

@@ -20,10 +20,11 @@ from .textcat import TextClassifier
 # layer, 0 = full depth; beem = a BEEM score threshold; policy = a saved policy dict with "name"; settings of two policy
 # families at once are an error, see epee_annotate.policy_settings); model batch size, device,
 # autocast (null | "bf16" | "fp16", CUDA only), runtime (epee_annotate.runtimes.RUNTIMES: torch, torch-int8,
-# onnx, onnx-int8), and an optional confidence floor below which the label becomes ``none_label``.
+# onnx, onnx-int8), batch_tokens (null, or a budget of padded tokens per model batch, batch_size capping its
+# rows), and an optional confidence floor below which the label becomes ``none_label``.
 COMMON = {"checkpoint": None, "entropy": None, "patience": None, "budget": None, "beem": None, "policy": None,
-          "batch_size": 32,
-          "device": "cpu", "autocast": None, "runtime": "torch", "min_confidence": None, "none_label": "none"}
+          "batch_size": 32, "device": "cpu", "autocast": None, "runtime": "torch", "batch_tokens": None,
+          "min_confidence": None, "none_label": "none"}
 
 # What each kind of component writes (spaCy's assigns/requires, shown by nlp.analyze_pipes()).
 RECORDS = ["doc._.epee_annotations"]
@@ -47,11 +48,11 @@ def _settings(checkpoint: Optional[str], entropy: Optional[float], patience: Opt
 def make_textcat(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
                  patience: Optional[int], budget: Optional[int], beem: Optional[float],
                  policy: Optional[Dict[str, Any]], batch_size: int,
-                 device: str, autocast: Optional[str], runtime: str, min_confidence: Optional[float],
+                 device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int], min_confidence: Optional[float],
                  none_label: str) -> TextClassifier:
     """Classify each sentence (``scope="sents"``) or the whole doc (``"doc"``)."""
     return TextClassifier(nlp, name, scope=scope, **_settings(checkpoint, entropy, patience, budget, beem, policy,
-                                                              batch_size, device, autocast, min_confidence, none_label, runtime=runtime))
+                                                              batch_size, device, autocast, min_confidence, none_label, runtime=runtime, batch_tokens=batch_tokens))
 
 
 @Language.factory("epee_span_classifier", default_config={**COMMON, "spans_key": None, "span_labels": None,
@@ -61,7 +62,7 @@ def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], sp
                          span_labels: Optional[List[str]], rules: Optional[str], entropy: Optional[float],
                          patience: Optional[int], budget: Optional[int], beem: Optional[float],
                          policy: Optional[Dict[str, Any]],
-                         batch_size: int, device: str, autocast: Optional[str], runtime: str, min_confidence: Optional[float],
+                         batch_size: int, device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int], min_confidence: Optional[float],
                          none_label: str) -> SpanClassifier:
     """Classify mentions (doc.ents or ``doc.spans[spans_key]``, filtered by ``span_labels``).
 
@@ -69,7 +70,7 @@ def make_span_classifier(nlp: Language, name: str, checkpoint: Optional[str], sp
     """
     return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels, rules=rules,
                           **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
-                                      min_confidence, none_label, runtime=runtime))
+                                      min_confidence, none_label, runtime=runtime, batch_tokens=batch_tokens))
 
 
 @Language.factory("epee_relation_classifier", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
@@ -79,13 +80,13 @@ def make_relation_classifier(nlp: Language, name: str, checkpoint: Optional[str]
                              spans_key: Optional[str], span_labels: Optional[List[str]], rules: Optional[str],
                              entropy: Optional[float], patience: Optional[int], budget: Optional[int],
                              beem: Optional[float],
-                             policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str], runtime: str,
+                             policy: Optional[Dict[str, Any]], batch_size: int, device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int],
                              min_confidence: Optional[float], none_label: str) -> RelationClassifier:
     """Classify every pair of mentions within a sentence (at most ``max_pairs_per_doc`` per doc)."""
     return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
                               span_labels=span_labels, rules=rules,
                               **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
-                                          min_confidence, none_label, runtime=runtime))
+                                          min_confidence, none_label, runtime=runtime, batch_tokens=batch_tokens))
 
 
 @Language.factory("epee_supplement_status", default_config={**COMMON, "match_rules": True, "spans_key": None,
@@ -95,7 +96,7 @@ def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], 
                            spans_key: Optional[str], span_labels: Optional[List[str]], entropy: Optional[float],
                            patience: Optional[int], budget: Optional[int], beem: Optional[float],
                            policy: Optional[Dict[str, Any]],
-                           batch_size: int, device: str, autocast: Optional[str], runtime: str, min_confidence: Optional[float],
+                           batch_size: int, device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int], min_confidence: Optional[float],
                            none_label: str) -> SpanClassifier:
     """Supplement use status (Continuing / Discontinued / Started / Uncertain) of SUPPLEMENT mentions.
 
@@ -105,7 +106,7 @@ def make_supplement_status(nlp: Language, name: str, checkpoint: Optional[str], 
     return SpanClassifier(nlp, name, spans_key=spans_key, span_labels=span_labels,
                           rules=supplement_rules() if match_rules else None,
                           **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
-                                      min_confidence, none_label, expected_labels=SUPPLEMENT_STATUS_LABELS, runtime=runtime))
+                                      min_confidence, none_label, expected_labels=SUPPLEMENT_STATUS_LABELS, runtime=runtime, batch_tokens=batch_tokens))
 
 
 @Language.factory("epee_ddi", default_config={**COMMON, "max_pairs_per_doc": 1000, "spans_key": None,
@@ -115,7 +116,7 @@ def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_
              span_labels: Optional[List[str]], lexicon: Optional[str], entropy: Optional[float],
              patience: Optional[int], budget: Optional[int], beem: Optional[float],
              policy: Optional[Dict[str, Any]], batch_size: int,
-             device: str, autocast: Optional[str], runtime: str, min_confidence: Optional[float],
+             device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int], min_confidence: Optional[float],
              none_label: str) -> RelationClassifier:
     """Drug-drug interaction type (none / mechanism / effect / advise / int) of drug mention pairs.
 
@@ -125,14 +126,14 @@ def make_ddi(nlp: Language, name: str, checkpoint: Optional[str], max_pairs_per_
     return RelationClassifier(nlp, name, max_pairs_per_doc=max_pairs_per_doc, spans_key=spans_key,
                               span_labels=span_labels, rules=lexicon,
                               **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
-                                          min_confidence, none_label, expected_labels=DDI_LABELS, runtime=runtime))
+                                          min_confidence, none_label, expected_labels=DDI_LABELS, runtime=runtime, batch_tokens=batch_tokens))
 
 
 @Language.factory("epee_pv_event", default_config={**COMMON, "scope": "sents"}, assigns=TEXTCAT_ASSIGNS)
 def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: str, entropy: Optional[float],
                   patience: Optional[int], budget: Optional[int], beem: Optional[float],
                   policy: Optional[Dict[str, Any]], batch_size: int,
-                  device: str, autocast: Optional[str], runtime: str, min_confidence: Optional[float],
+                  device: str, autocast: Optional[str], runtime: str, batch_tokens: Optional[int], min_confidence: Optional[float],
                   none_label: str) -> TextClassifier:
     """Pharmacovigilance event type per sentence (PHEE): Adverse_event / Potential_therapeutic_event.
 
@@ -141,4 +142,4 @@ def make_pv_event(nlp: Language, name: str, checkpoint: Optional[str], scope: st
     """
     return TextClassifier(nlp, name, scope=scope,
                           **_settings(checkpoint, entropy, patience, budget, beem, policy, batch_size, device, autocast,
-                                      min_confidence, none_label, expected_labels=PV_EVENT_LABELS, runtime=runtime))
+                                      min_confidence, none_label, expected_labels=PV_EVENT_LABELS, runtime=runtime, batch_tokens=batch_tokens))

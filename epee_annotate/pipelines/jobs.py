@@ -40,6 +40,7 @@ class JobOptions:
     actors: ActorSettings = field(default_factory=ActorSettings)
     batch_size: int = 64  # inputs per actor call (and per nlp.pipe batch)
     model_batch_size: int = 32  # model inputs per forward pass
+    model_batch_tokens: int | None = None  # notes: a budget of padded tokens per forward pass (size still caps rows)
     address: str | None = None
     entropy: float | None = None
     patience: int | None = None
@@ -63,6 +64,8 @@ class JobOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
             raise SettingError("batch sizes must be >= 1", "batch_size", "model_batch_size")
+        if self.model_batch_tokens is not None and self.model_batch_tokens < 1:
+            raise SettingError("the model batch token budget must be >= 1", "model_batch_tokens")
         if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
             raise SettingError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}; got {self.autocast!r}",
                                "autocast")
@@ -116,6 +119,9 @@ class ImagesJob:
             raise SettingError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}", "frames")
         if self.options.include_text:
             raise SettingError("include_text applies to the notes job only", "include_text")
+        if self.options.model_batch_tokens is not None:
+            raise SettingError("a token budget applies to text; images are all one size: set the model batch size",
+                               "model_batch_tokens")
 
 
 def _threads(actors: ActorSettings) -> int:
@@ -222,6 +228,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
+                "batch_tokens": options.model_batch_tokens,
                 "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None, "runtime": None}))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
@@ -60,11 +60,11 @@ def session_options(threads: int | None = None):
     return options
 
 
-def make_session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session with ``session_options(threads)``."""
+def make_session(path: str | Path, threads: int | None = None, providers: Sequence[str] = ("CPUExecutionProvider",)):
+    """An ONNX Runtime session with ``session_options(threads)`` (CPU unless ``providers`` says otherwise)."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), session_options(threads), providers=list(providers))
 
 
 class _Buffers:
@@ -84,12 +84,14 @@ class _Buffers:
 class OnnxEngine:
     """Per-layer ONNX Runtime sessions of one checkpoint, fp32 or int8."""
 
-    def __init__(self, directory: Path, num_layers: int, threads: int | None = None, int8: bool = False):
+    def __init__(self, directory: Path, num_layers: int, threads: int | None = None, int8: bool = False,
+                 providers: Sequence[str] = ("CPUExecutionProvider",)):
         self.directory = Path(directory)
         self.int8 = int8
         self.threads = threads or torch.get_num_threads()
-        self.embed_session = make_session(self.directory / "embed.onnx", self.threads)
-        self.layer_sessions = [make_session(self.directory / f"layer_{i:02d}.onnx", self.threads)
+        # Other providers (CUDA, TensorRT: benchmarks/gpu_check.py) still read and write CPU tensors here.
+        self.embed_session = make_session(self.directory / "embed.onnx", self.threads, providers)
+        self.layer_sessions = [make_session(self.directory / f"layer_{i:02d}.onnx", self.threads, providers)
                                for i in range(num_layers)]
         self.embed_inputs = [i.name for i in self.embed_session.get_inputs()]
         self.layer_inputs = [[i.name for i in s.get_inputs()] for s in self.layer_sessions]
