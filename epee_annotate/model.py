@@ -185,6 +185,8 @@ class MultiExitModel(nn.Module):
         """
         if self.device.type != "cpu":
             raise ValueError("int8 dynamic quantization runs on CPU; load the model with device='cpu'")
+        if self.runtime_engine is not None:
+            raise ValueError(f"this model runs {self.runtime!r}; load it again for runtime 'torch-int8'")
         if not self.int8:
             with warnings.catch_warnings():
                 # torch.ao's quantized-tensor deprecation notice; the kernels are what we measure.
@@ -197,6 +199,8 @@ class MultiExitModel(nn.Module):
     # ----- training forward --------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of every exit, (M, B, K)."""
+        if self.runtime_engine is not None:  # its graphs hold the weights as exported: training would not reach them
+            raise ValueError(f"this model answers through runtime {self.runtime!r}; train a model loaded without it")
         features = self.backbone(batch)
         return torch.stack([head(f) for head, f in zip(self.heads, features)])
 

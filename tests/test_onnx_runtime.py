@@ -131,6 +131,11 @@ def test_unknown_and_unfit_runtimes_are_refused(checkpoints):
     assert model.runtime == "torch-int8"
     with pytest.raises(RuntimeSettingError, match="already torch-int8"):
         apply_runtime(model, "onnx")
+    onnx_model = MultiExitModel.from_pretrained(checkpoints["bert"]).use_runtime("onnx")
+    with pytest.raises(ValueError, match="load it again"):
+        onnx_model.quantize_dynamic()
+    with pytest.raises(ValueError, match="train a model loaded without it"):  # its graphs would not see new weights
+        onnx_model(onnx_model.collate(onnx_model.encode(["pain"])))
 
 
 def test_component_and_job_settings_reach_the_model(checkpoints):

@@ -13,8 +13,8 @@ from .common import add_policy_arguments, add_runtime_argument
 FLAGS = {
     "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
-    "model_batch_tokens": "--model-batch-tokens",
-    "autocast": "--autocast", "runtime": "--runtime", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
+    "model_batch_tokens": "--model-batch-tokens", "autocast": "--autocast", "runtime": "--runtime",
+    "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
@@ -69,8 +69,7 @@ def _options(args: argparse.Namespace):
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
         model_batch_size=args.model_batch_size, model_batch_tokens=args.model_batch_tokens, address=args.address,
-        entropy=args.entropy,
-        patience=args.patience, budget=args.budget, autocast=args.autocast, runtime=args.runtime,
+        entropy=args.entropy, patience=args.patience, budget=args.budget, autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
