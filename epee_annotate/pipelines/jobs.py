@@ -230,8 +230,9 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "batch_tokens": options.model_batch_tokens,
                 "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime}
-    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
-    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None, "runtime": None}))
+    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
+    # runtime exports its graphs here once, so the actors find them cached.
+    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
     schema = output_schema("notes", passthrough, options.include_text)
     schema = with_job_metadata(schema, {
         "package_version": __version__, "job": "notes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
