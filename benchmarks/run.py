@@ -543,6 +543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     ]
     command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {"machine": machine(), "command": command.strip(), "tasks": []}
+    load_start = os.getloadavg()[0]
     only = [prefix.strip() for prefix in args.only.split(",") if prefix.strip()]
     for task in tasks:
         if only and not task.name.startswith(tuple(only)):
@@ -553,6 +554,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         start = time.perf_counter()
         results["tasks"].append(run_task(task, args))
         print(f"[{task.name}] done in {time.perf_counter() - start:.0f} s")
+    load_end = os.getloadavg()[0]
+    if max(load_start, load_end) > (os.cpu_count() or 1):
+        results["machine"] += (f"; shared with other work (1-minute load average {load_start:.1f} at the start, "
+                               f"{load_end:.1f} at the end)")
     previous = args.out / "results.json"
     if args.update_readme or not previous.is_file():
         previous = RESULTS / "results.json"
