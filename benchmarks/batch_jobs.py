@@ -90,7 +90,9 @@ def accuracy(out: Path, gold_column: str, label_names: list[str] | None = None) 
     """Share of ok rows whose label equals the pass-through gold label."""
     import pyarrow.dataset as pads
 
-    table = pads.dataset(str(out), format="parquet").to_table(columns=["label", "status", gold_column]).to_pandas()
+    from epee_annotate.pipelines.publish import dataset_location
+
+    table = pads.dataset(dataset_location(str(out))).to_table(columns=["label", "status", gold_column]).to_pandas()
     table = table[table["status"] == "ok"]
     if not len(table):
         return None
@@ -119,6 +121,7 @@ def main() -> None:
     from epee_annotate.pipelines.jobs import ImagesJob, JobOptions, NotesJob, run_images_job, run_notes_job
     from epee_annotate.pipelines.notes import PipelineSource
     from epee_annotate.pipelines.runtime import ActorSettings, local_cpus
+    from epee_annotate.pipelines.publish import dataset_location
     from epee_annotate.pipelines.schema import read_job_metadata
 
     work = Path(args.work)
@@ -159,7 +162,7 @@ def main() -> None:
                 else:
                     summary = run_images_job(ImagesJob(checkpoint=str(checkpoint), options=options,
                                                        npz=str(npz_file), split="val"))
-                    labels = read_job_metadata(out)["components"][0]["labels"]
+                    labels = read_job_metadata(dataset_location(str(out)))["components"][0]["labels"]
                     acc = accuracy(out, "reference_label", labels)
                 (task_info,) = summary["tasks"].values()
                 results.append({
@@ -196,9 +199,10 @@ def main() -> None:
 
 
 def _policy(out: Path) -> str:
+    from epee_annotate.pipelines.publish import dataset_location
     from epee_annotate.pipelines.schema import read_job_metadata
 
-    return read_job_metadata(out)["components"][0]["policy"]
+    return read_job_metadata(dataset_location(str(out)))["components"][0]["policy"]
 
 
 if __name__ == "__main__":

@@ -56,8 +56,8 @@ from epee_annotate import BudgetedExit, EntropyExit, MultiExitModel, PatienceExi
 from epee_annotate.calibration import split_examples
 from epee_annotate.data import split_by_group
 from epee_annotate.data.load import load_examples
-from epee_annotate.evaluation import ExitTable, beem_grid, find_negative_label
-from epee_annotate.policies import ExitPolicy
+from epee_annotate.evaluation import ExitTable, checkpoint_metric, find_negative_label, resolve_metric
+from epee_annotate.policies import ExitPolicy, beem_grid
 from epee_annotate.timing import time_paired
 
 from epee_annotate.runtimes import onnx_engine
@@ -204,7 +204,7 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         "budgeted": BudgetedExit(max(1, min(layers, round(layers / target)))),
         "BEEM": closest(calib_table, beem_grid(layers), target),
     }
-    metric = "micro_f1_positive" if negative else "accuracy"
+    metric = resolve_metric("auto", table, checkpoint_metric(model))  # the checkpoint's metric, reported first
     rows = {name: table.evaluate(policy) for name, policy in methods.items()}
     full_quality = rows["full depth (last exit)"]
 
@@ -403,12 +403,12 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [
             f"**{task['task']}** ({task['report_examples']} report examples for quality, {task['timed_examples']} timed{source})",
             "",
-            f"| method | {metric} | macro-F1 | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (repeats' range) | wall speed-up batched (ratio) |",
+            f"| method | {metric} (the checkpoint's metric) | accuracy | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (repeats' range) | wall speed-up batched (ratio) |",
     # wall speed-ups are against the same runtime's full depth (row "versus" in results.json)
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in task["rows"]:
-            quality = "n/a | n/a" if r[metric] is None else f"{r[metric]:.4f} | {r['macro_f1']:.4f}"
+            quality = "n/a | n/a" if r[metric] is None else f"{r[metric]:.4f} | {r['accuracy']:.4f}"
             bs1 = "n/a | n/a" if r["bs1_mean_ms"] is None else (
                 f"{r['bs1_mean_ms']:.1f} / {r['bs1_p95_ms']:.1f} | {r['wall_speedup_bs1']:.2f} ({r['ratio_bs1']:.2f})")
             lines.append(

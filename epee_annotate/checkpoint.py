@@ -114,7 +114,7 @@ def read_weights(module: nn.Module, directory: Path) -> None:
 
 def local_checkpoint(location: str | Path) -> Path:
     """A local checkpoint directory: ``location`` itself, or a verified download of a URI."""
-    from .pipelines.storage import fetch, is_uri
+    from .filesystem import fetch, is_uri
 
     if not is_uri(location):
         return Path(location)

@@ -22,29 +22,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .metrics import classification_metrics
-from .policies import (
-    BEEM, EPEE, EntropyExit, ExitPolicy, PatienceExit, cost_weights, full_depth, normalized_entropy, simulate,
-)
+from .policies import ExitPolicy, families, family, full_depth, grid_context, normalized_entropy, simulate
 from .timing import time_paired
 from .vocab import METRICS
 
-# Normalized entropy of a confident binary answer is small (p=0.99 -> 0.08), so the low end is dense.
-DEFAULT_TAUS: tuple[float, ...] = (
-    0.0, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9,
-)
 # Label names that mean "no relation" (the DDI 2013 metric is micro-F1 over the other labels).
 NEGATIVE_LABEL_NAMES = ("none", "negative", "no_relation", "no-relation", "false")
-# BEEM thresholds as shares of the most a row can score (every exit agreeing with confidence 1).
-DEFAULT_BEEM_FRACTIONS: tuple[float, ...] = (
-    0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.125, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0,
-)
-# The policy families of the dynamic grid, in report order.
-FAMILIES = ("epee", "entropy", "patience", "beem")
-
-
-def default_patiences(num_layers: int) -> list[int]:
-    """Patience values 1..M (P = M makes EPEE entropy-only; P = 1 answers at exit 1)."""
-    return list(range(1, num_layers + 1))
 
 
 def find_negative_label(labels: Sequence[str]) -> str | None:
@@ -71,9 +54,13 @@ def encode_gold(gold: Sequence[Any], labels: Sequence[str]) -> torch.Tensor:
 def compute_metrics(
     gold: torch.Tensor, predicted: torch.Tensor, labels: Sequence[str], negative_label: str | None = None
 ) -> dict[str, float]:
-    """accuracy and macro-F1, plus micro-F1 over positive classes when a negative label is given."""
+    """accuracy and macro-F1 over all of ``labels``, plus micro-F1 over positive classes with a negative label.
+
+    Macro-F1 averages over the model's whole label set, never over the classes that happen to be
+    present: a policy and the last exit are then always averaged over the same classes.
+    """
     negative = list(labels).index(negative_label) if negative_label is not None else None
-    return classification_metrics(gold, predicted, negative)
+    return classification_metrics(gold, predicted, negative, num_labels=len(labels))
 
 
 # ----- the exit table ---------------------------------------------------------------------------
@@ -187,38 +174,11 @@ def budgeted(table: ExitTable) -> list[dict[str, Any]]:
     return rows
 
 
-def epee_grid(taus: Iterable[float], patiences: Iterable[int]) -> list[EPEE]:
-    """EPEE(tau, P) for every pair, tau-major. tau = 0 is patience-only, P = M entropy-only."""
-    return [EPEE(entropy=float(tau), patience=int(p)) for tau in taus for p in patiences]
-
-
-def exit_accuracies(table: ExitTable) -> tuple[float, ...]:
-    """Accuracy of every exit on ``table``: BEEM's accuracy-based expert weights (use the calibration split)."""
-    predicted = table.probs.argmax(-1)  # (N, M)
-    return tuple(round(float(a), 6) for a in (predicted == table.gold.unsqueeze(1)).float().mean(0))
-
-
-def beem_grid(
-    num_layers: int, fractions: Iterable[float] = DEFAULT_BEEM_FRACTIONS, weights: Sequence[float] = ()
-) -> list[BEEM]:
-    """BEEM at global thresholds = fraction x sum of the weights (cost-based m/M when ``weights`` is empty)."""
-    total = sum(weights) if weights else sum(cost_weights(num_layers))
-    return [BEEM(threshold=round(float(f) * total, 6), weights=tuple(weights)) for f in fractions]
-
-
-def policy_grid(table: ExitTable, family: str, taus: Sequence[float], patiences: Sequence[int]) -> list[ExitPolicy]:
-    """The candidate policies of one family on ``table`` (``beem-accuracy`` weights exits by their accuracy here)."""
-    if family == "epee":
-        return list(epee_grid(taus, patiences))
-    if family == "entropy":
-        return [EntropyExit(entropy=tau) for tau in taus]
-    if family == "patience":
-        return [PatienceExit(patience=p) for p in patiences]
-    if family == "beem":
-        return list(beem_grid(table.num_layers))
-    if family == "beem-accuracy":
-        return list(beem_grid(table.num_layers, weights=exit_accuracies(table)))
-    raise ValueError(f"unknown policy family {family!r}; known: {', '.join(FAMILIES)}, beem-accuracy")
+def policy_grid(table: ExitTable, name: str, taus: Sequence[float] | None = None,
+                patiences: Sequence[int] | None = None,
+                exit_accuracies: Sequence[float] | None = None) -> list[ExitPolicy]:
+    """The candidate policies of the registered family ``name`` on ``table``'s depth."""
+    return family(name).candidates(grid_context(table.num_layers, taus, patiences, exit_accuracies))
 
 
 def dynamic(
@@ -227,37 +187,24 @@ def dynamic(
     patiences: Sequence[int] | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Dynamic mode: the EPEE grid, entropy-only and patience-only on the same values, and BEEM."""
-    taus = sorted({float(t) for t in (DEFAULT_TAUS if taus is None else taus)})
-    patiences = sorted({int(p) for p in (default_patiences(table.num_layers) if patiences is None else patiences)})
-    _check_grid(taus, patiences)
-    families = {family: policy_grid(table, family, taus, patiences) for family in FAMILIES}
-    total = sum(len(v) for v in families.values())
-    out: dict[str, Any] = {"taus": taus, "patiences": patiences}
+    """Dynamic mode: every registered family that evaluation reports (EPEE, its baselines, BEEM, ...)."""
+    context = grid_context(table.num_layers, taus, patiences)
+    grids = {f.name: f.candidates(context) for f in families(report_only=True)}
+    total = sum(len(v) for v in grids.values())
+    out: dict[str, Any] = {"taus": list(context.taus), "patiences": list(context.patiences)}
     with tqdm(total=total, desc="grid", unit="policy", disable=not progress) as bar:
-        for family, policies in families.items():
+        for name, policies in grids.items():
             rows = []
             for policy in policies:
-                rows.append({"family": family, **_knobs(policy), **table.evaluate(policy)})
+                rows.append({"family": name, **_knobs(policy), **table.evaluate(policy)})
                 bar.update()
-            out[family] = rows
+            out[name] = rows
     return out
 
 
 def _knobs(policy: ExitPolicy) -> dict[str, Any]:
     return {"entropy": getattr(policy, "entropy", None), "patience": getattr(policy, "patience", None),
             "threshold": getattr(policy, "threshold", None)}
-
-
-def _check_grid(taus: Sequence[float], patiences: Sequence[int]) -> None:
-    if not taus or not patiences:
-        raise ValueError("the grid needs at least one entropy threshold and one patience value")
-    bad_tau = [t for t in taus if not 0.0 <= t <= 1.0]
-    if bad_tau:
-        raise ValueError(f"entropy thresholds must be in [0, 1], got {bad_tau}")
-    bad_p = [p for p in patiences if p < 1]
-    if bad_p:
-        raise ValueError(f"patience values must be >= 1, got {bad_p}")
 
 
 def pareto_front(rows: Sequence[dict[str, Any]], metric: str) -> list[dict[str, Any]]:
@@ -336,14 +283,29 @@ def _synchronize(model) -> None:
 
 
 # ----- the whole evaluation ------------------------------------------------------------------------
-def resolve_metric(metric: str | None, table: ExitTable) -> str:
-    """``auto``/None -> positive micro-F1 when there is a negative label, else accuracy."""
+def resolve_metric(metric: str | None, table: ExitTable, training_metric: str | None = None) -> str:
+    """The metric every command reports first: ``metric``, or for ``auto``/None the checkpoint's own.
+
+    The checkpoint's metric is the one training selected its epoch on (``training_metric``); without
+    a training record, positive micro-F1 when there is a negative label, else accuracy.
+    """
     if metric in (None, "auto"):
+        if training_metric in table.metric_names:
+            return str(training_metric)
         return "micro_f1_positive" if table.negative_label is not None else "accuracy"
     if metric not in table.metric_names:
         hint = " (it needs a negative label such as 'none')" if metric == "micro_f1_positive" else ""
         raise ValueError(f"metric {metric!r} is not available{hint}; choose from {table.metric_names}")
     return metric
+
+
+def metric_source(requested: str | None, training_metric: str | None, resolved: str) -> str:
+    """Where the main metric came from, for reports."""
+    if requested not in (None, "auto"):
+        return "given"
+    if training_metric == resolved:
+        return "the checkpoint's: training selected its epoch on it"
+    return "default: no training record"
 
 
 def evaluate_table(
@@ -354,17 +316,19 @@ def evaluate_table(
     taus: Sequence[float] | None = None,
     patiences: Sequence[int] | None = None,
     metric: str | None = None,
+    training_metric: str | None = None,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Budgeted mode, full depth, an optional selected policy and optionally the dynamic grid."""
-    metric = resolve_metric(metric, table)
+    requested, metric = metric, resolve_metric(metric, table, training_metric)
     report: dict[str, Any] = {
         "n": table.num_rows,
         "num_layers": table.num_layers,
         "labels": table.labels,
         "negative_label": table.negative_label,
         "metric": metric,
-        "metric_names": table.metric_names,
+        "metric_source": metric_source(requested, training_metric, metric),
+        "metric_names": [metric, *(m for m in table.metric_names if m != metric)],  # the main metric first
         "gold_counts": dict(zip(table.labels, torch.bincount(table.gold, minlength=len(table.labels)).tolist())),
         "budgeted": budgeted(table),
         "full_depth": table.evaluate(full_depth()),
@@ -374,8 +338,8 @@ def evaluate_table(
     if grid:
         report["dynamic"] = dynamic(table, taus, patiences, progress=progress)
         report["dynamic"]["front"] = {
-            family: [row["name"] for row in pareto_front(report["dynamic"][family], metric)]
-            for family in FAMILIES
+            f.name: [row["name"] for row in pareto_front(report["dynamic"][f.name], metric)]
+            for f in families(report_only=True)
         }
     return report
 
@@ -404,7 +368,7 @@ def evaluate_model(
     table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, batch_size=batch_size,
                                  progress=progress)
     report = evaluate_table(table, policy=policy, grid=grid, taus=taus, patiences=patiences, metric=metric,
-                            progress=progress)
+                            training_metric=checkpoint_metric(model), progress=progress)
     report["checkpoint"] = {
         "id": model.checkpoint_id,
         "runtime": model.runtime,
@@ -419,19 +383,24 @@ def evaluate_model(
         if policy is not None:
             chosen["selected"] = policy
         if timing == "all" and grid:
-            for family in FAMILIES:
-                for row in report["dynamic"][family]:
+            for f in families(report_only=True):
+                for row in report["dynamic"][f.name]:
                     chosen[row["name"]] = _policy_of(row)
         measured = time_policies(model, inputs, chosen, batch_size=batch_size, repeats=timing_repeats, table=table,
                                  progress=progress)
         report["timing"] = {"device": str(model.device), "batch_size": batch_size, "repeats": timing_repeats,
                             "policies": measured}
         if timing == "all" and grid:
-            for family in FAMILIES:
-                for row in report["dynamic"][family]:
+            for f in families(report_only=True):
+                for row in report["dynamic"][f.name]:
                     row["wall_seconds"] = measured[row["name"]]["seconds"]
                     row["wall_speedup"] = measured[row["name"]]["wall_speedup"]
     return report
+
+
+def checkpoint_metric(model) -> str | None:
+    """The metric training selected the checkpoint on (None without a training record)."""
+    return ((model.config.training or {}) if model is not None else {}).get("metric")
 
 
 def _policy_of(row: dict[str, Any]) -> ExitPolicy:

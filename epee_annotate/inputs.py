@@ -327,11 +327,11 @@ class ImageEncoder:
 def to_unit_array(item: Any) -> np.ndarray:
     """An image as float32 in [0, 1], (H, W) or (H, W, 3). Files go through the imaging readers."""
     if isinstance(item, (str, os.PathLike, bytes)):
-        from .imaging import read_image
+        from .image_decoding import read_image
 
         return read_image(item)[0].pixels
     if type(item).__module__.startswith("PIL."):
-        from .imaging.reading import pil_to_unit_array
+        from .image_decoding import pil_to_unit_array
 
         return pil_to_unit_array(item)
     if isinstance(item, torch.Tensor):

@@ -65,9 +65,15 @@ def micro_f1_positive(y_true: Any, y_pred: Any, negative: int = 0) -> float:
     return _f1(tp, fp, fn)
 
 
-def classification_metrics(y_true: Any, y_pred: Any, negative: int | None = None) -> dict[str, float]:
-    """accuracy, macro_f1 and (when a negative class id is given) micro_f1_positive."""
-    scores = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred)}
+def classification_metrics(y_true: Any, y_pred: Any, negative: int | None = None,
+                           num_labels: int | None = None) -> dict[str, float]:
+    """accuracy, macro_f1 and (when a negative class id is given) micro_f1_positive.
+
+    With ``num_labels`` macro-F1 averages over the fixed label set 0..K-1 (the model's labels);
+    without it, over the classes present.
+    """
+    labels = range(num_labels) if num_labels is not None else None
+    scores = {"accuracy": accuracy(y_true, y_pred), "macro_f1": macro_f1(y_true, y_pred, labels)}
     if negative is not None:
         scores["micro_f1_positive"] = micro_f1_positive(y_true, y_pred, negative)
     return scores

@@ -80,14 +80,14 @@ def parse_scratch_vit(spec: str) -> dict[str, int] | None:
     try:
         numbers = [int(p) for p in parts]
     except ValueError:
-        raise ValueError(f"--base {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with integers, "
+        raise ValueError(f"base model {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with integers, "
                          "e.g. scratch-vit:28 or scratch-vit:28:6:128") from None
     if len(numbers) > 3 or any(n < 1 for n in numbers):
-        raise ValueError(f"--base {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with positive integers")
+        raise ValueError(f"base model {spec!r}: expected scratch-vit:SIZE[:LAYERS[:HIDDEN]] with positive integers")
     options = dict(zip(("image_size", "num_layers", "hidden_size"), numbers))
     size, hidden = options.get("image_size", 28), options.get("hidden_size", 128)
     if size % 4:
-        raise ValueError(f"--base {spec!r}: the image size must be a multiple of the patch size 4")
+        raise ValueError(f"base model {spec!r}: the image size must be a multiple of the patch size 4")
     if hidden % 4:
-        raise ValueError(f"--base {spec!r}: the hidden size must be a multiple of the 4 attention heads")
+        raise ValueError(f"base model {spec!r}: the hidden size must be a multiple of the 4 attention heads")
     return options

@@ -10,14 +10,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .evaluation import pareto_front
+from .policies import families
 
 LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "micro_f1_positive": "micro-F1 (positive classes)"}
-FAMILY_STYLE = {
-    "epee": ("EPEE (entropy OR patience)", "tab:blue", "o"),
-    "entropy": ("entropy only (DeeBERT)", "tab:orange", "s"),
-    "patience": ("patience only (PABEE)", "tab:green", "^"),
-    "beem": ("BEEM (weighted expert confidences)", "tab:purple", "v"),
-}
 
 
 def _figure(width: float, height: float) -> Figure:
@@ -96,8 +91,9 @@ def plot_frontier(report: dict[str, Any], path: str | Path, metric: str | None =
     metric = metric or report["metric"]
     figure = _figure(6.4, 4.4)
     axis = figure.add_subplot()
-    for family, (label, color, marker) in FAMILY_STYLE.items():
-        rows = report["dynamic"].get(family)
+    for family in families():  # legend and style come from each policy's registration
+        label, color, marker = family.title, family.color, family.marker
+        rows = report["dynamic"].get(family.name)
         if not rows:  # reports written before a family existed
             continue
         axis.scatter([r["speedup"] for r in rows], [r[metric] for r in rows], s=12, alpha=0.3, color=color,

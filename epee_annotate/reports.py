@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .evaluation import pareto_front
+from .policies import families
 
 HEADERS = {
     "accuracy": "accuracy",
@@ -65,7 +66,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         out.append(f"- data: `{where}` (format {data.get('format')}, split {data.get('split')}{part})")
     out.append(f"- n = {report['n']}; gold label counts: {report.get('gold_counts')}")
     negative = report.get("negative_label")
-    out.append(f"- main metric: {metric}" + (f"; positive-class micro-F1 excludes `{negative}`" if negative else ""))
+    source = f" ({report['metric_source']})" if report.get("metric_source") else ""
+    out.append(f"- main metric: {metric}{source}" + (f"; positive-class micro-F1 excludes `{negative}`" if negative else ""))
     out.append("- speedup = M / mean exit layer; saved_fraction = 1 - sum(exit layers) / (N x M) (EPEE paper Eq. 5); "
                "disagreement = share of answers that differ from the last exit's answer")
     for warning in report.get("warnings", []):
@@ -99,11 +101,11 @@ def render_markdown(report: dict[str, Any]) -> str:
                 f"tau = 0 is patience only, P = {report['num_layers']} is entropy only. "
                 "BEEM adds each exit's confidence weighted by m/M while the class holds and exits when the "
                 "sum reaches its threshold.", ""]
-        for family, title in (("epee", "EPEE"), ("entropy", "entropy only (DeeBERT)"),
-                              ("patience", "patience only (PABEE)"), ("beem", "BEEM")):
-            if not dynamic.get(family):
+        for family in families():
+            title = family.title
+            if not dynamic.get(family.name):
                 continue
-            front = pareto_front(dynamic[family], metric)
+            front = pareto_front(dynamic[family.name], metric)
             out += [f"### Pareto front ({HEADERS[metric]} vs speed-up): {title}", ""]
             out.append(_table(["setting", *[HEADERS[m] for m in metrics], "speedup", "saved_fraction", "disagreement"]
                               + (["wall speed-up"] if "wall_speedup" in front[0] else []),

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file, save_model
 from transformers import get_linear_schedule_with_warmup
 
+from .calibration.data import dev_fingerprint
 from .checkpoint import CONFIG_NAME, read_config, read_weights, write_config
 from .data.examples import Example
 from .inputs import EncodedRow, InputError
@@ -215,7 +216,8 @@ def evaluate_exits(
     targets = torch.tensor(label_ids(model.labels, examples, "dev"))
     probs = model.exit_probs([e.input for e in examples], batch_size=batch_size, progress=progress)
     negative = model.labels.index(negative_label) if negative_label in model.labels else None
-    return [classification_metrics(targets, probs[:, m].argmax(-1), negative) for m in range(model.num_layers)]
+    return [classification_metrics(targets, probs[:, m].argmax(-1), negative, num_labels=len(model.labels))
+            for m in range(model.num_layers)]
 
 
 # ----- state on disk (no pickle) ------------------------------------------------------------
@@ -355,6 +357,8 @@ def train(
         "train_label_counts": dict(sorted(Counter(e.label for e in train_examples).items())),
         "dev_label_counts": dict(sorted(Counter(e.label for e in dev_examples).items())),
         "exit_weights": exit_weights.tolist(),
+        # Calibration refuses data that overlaps this dev set: it chose the best epoch.
+        "dev_fingerprint": dev_fingerprint([e.input for e in dev_examples]),
     }
 
     run_start = time.monotonic()

@@ -23,3 +23,7 @@ DDI_NEGATIVE = "none"
 DDI_LABELS = [DDI_NEGATIVE, "mechanism", "effect", "advise", "int"]  # DDI 2013
 DDI_ENTITY_LABELS = ["DRUG", "BRAND", "GROUP", "DRUG_N"]
 SUPPLEMENT_STATUS_LABELS = ["Continuing", "Discontinued", "Started", "Uncertain"]
+
+# Input reading (``formats``, ``pipelines.sources``), here so the command line can offer them cheaply.
+BAD_RECORD_MODES = ("permissive", "failfast")  # what a malformed record does: an error record, or stop
+NOTE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt", "phee", "ddi")  # what a notes job reads

@@ -27,4 +27,4 @@ echo "== annotating examples/data/notes.jsonl on local Ray =="
 $cli annotate-notes examples/data/notes.jsonl --id-column note_id --text-column text \
   --keep-columns patient_key,encounter_key \
   --config configs/pv_event.cfg --set "paths.pv_checkpoint=$model" \
-  --out runs/demo/annotations --overwrite "$@"
+  --out runs/demo/notes --overwrite "$@"

@@ -39,13 +39,15 @@ def test_package_names_still_import_on_demand():
         epee_annotate.not_a_name  # noqa: B018
 
 
-def test_quiet_ray_keeps_only_the_total_progress_line():
-    from epee_annotate.pipelines.runtime import PROGRESS_LOGGER, quiet_ray
+def test_quiet_ray_keeps_only_the_total_progress_line(monkeypatch):
+    from epee_annotate.cli.quiet import PROGRESS_LOGGER, quiet_ray
 
+    for name in ("RAY_BACKEND_LOG_LEVEL", "RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL"):
+        monkeypatch.delenv(name, raising=False)  # restored after the test, as the CLI's process would end
     progress = logging.getLogger(PROGRESS_LOGGER)
     try:
         quiet_ray(verbose=False)
-        assert logging.getLogger("ray").level == logging.ERROR
+        assert logging.getLogger("ray").level == logging.ERROR and os.environ["RAY_BACKEND_LOG_LEVEL"] == "fatal"
         record = lambda message: logging.LogRecord(PROGRESS_LOGGER, logging.INFO, "", 0, message, None, None)  # noqa
         assert progress.filter(record("Total Progress: 3/40")) and not progress.filter(record("Write: 0/1"))
         quiet_ray(verbose=False)  # idempotent: one filter
@@ -74,10 +76,11 @@ def test_notes_job_output_is_the_summary(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     lines = (result.stdout + result.stderr).splitlines()
     assert any(line.startswith("notes job: 6 inputs") for line in result.stdout.splitlines()), lines
-    noise = [line for line in lines if not line.startswith(("notes job:", "time:", "  textcat:"))
+    noise = [line for line in lines if not line.startswith(("notes job:", "time:", "  textcat:", "dataset:"))
              and "Total Progress" not in line]
     assert noise == [], noise
-    assert len(lines) <= 3 + 2  # the summary plus at most a progress line or two
+    assert f"dataset: {tmp_path / 'out' / 'annotations'}" in result.stdout.splitlines()
+    assert len(lines) <= 4 + 2  # the summary plus at most a progress line or two
 
 
 def test_license_is_an_spdx_string_with_a_setuptools_that_reads_it():

@@ -76,7 +76,8 @@ def test_train_scratch_vit_then_evaluate_needs_split(tmp_path, capsys, caplog, m
                  "--no-timing", "--no-plots", "--threads", "1"]) == 0
     assert json.loads((report / "report.json").read_text())["data"]["split"] == "val"
     only_val = _mini_npz(tmp_path / "val.npz", splits=("val",))
-    assert main(["calibrate", str(out), "--data", str(only_val), "--max-drop", "0.5", "--dry-run"]) == 0
+    assert main(["calibrate", str(out), "--data", str(only_val), "--max-drop", "0.5", "--metric", "accuracy",
+                 "--dry-run"]) == 0
 
 
 def test_train_evaluate_calibrate_with_own_column_names(tmp_path, capsys):
@@ -96,7 +97,13 @@ def test_train_evaluate_calibrate_with_own_column_names(tmp_path, capsys):
     assert sizes["train"] % 4 == 0 and sizes["dev"] % 4 == 0  # whole documents (--group-column) kept together
     assert main(["evaluate", str(out), "--data", str(data), "--report", str(tmp_path / "r"), "--no-timing",
                  "--no-plots", *columns]) == 0
-    assert main(["calibrate", str(out), "--data", str(data), "--max-drop", "0.5", "--dry-run", *columns]) == 0
+    calibrate = ["calibrate", str(out), "--data", str(data), "--max-drop", "0.5", "--metric", "accuracy", "--dry-run",
+                 *columns]
+    capsys.readouterr()
+    assert main(calibrate) == 2  # training's dev part of this file chose the epoch: not independent
+    assert "were in the dev set that chose this checkpoint's best epoch" in capsys.readouterr().err
+    assert main(calibrate + ["--allow-dev-overlap"]) == 0
+    assert "overlap allowed" in capsys.readouterr().out
     relation = tmp_path / "rel.jsonl"
     relation.write_text(json.dumps({"sentence": "aspirin and warfarin", "a0": 0, "a1": 7, "b0": 12, "b1": 20,
                                     "label": "none"}) + "\n")

@@ -1,4 +1,4 @@
-"""spaCy fit of the EPEE components: flat policy settings, one policy resolver everywhere, score/evaluate,
+"""spaCy fit of the EPEE components: flat policy settings in configs, score/evaluate,
 assigns, to_bytes, ConText ordering, multiprocessing, and linear per-note work."""
 
 import subprocess
@@ -13,69 +13,14 @@ from spacy.tokens import Doc, Span
 from spacy.training import Example
 
 from epee_annotate.components import SUPPLEMENT_STATUS_LABELS, doc_annotations
-from epee_annotate.policies import EPEE, BudgetedExit, PatienceExit
-from epee_annotate.policy_settings import (
-    FAMILIES, PolicyFamily, policy_overrides, register_family, resolve_policy, setting_keys,
-)
+from epee_annotate.policies import EPEE, BudgetedExit, PatienceExit, setting_keys
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-# ----- one policy-settings resolver ------------------------------------------------------------------
-def test_resolver_builds_each_family_and_rejects_mixtures():
-    assert resolve_policy({}) is None and resolve_policy({"entropy": None, "budget": None}) is None
-    assert resolve_policy({"entropy": 0.3, "patience": 2}) == EPEE(entropy=0.3, patience=2)
-    assert resolve_policy({"budget": 2}) == BudgetedExit(2)
-    assert resolve_policy(policy={"name": "patience", "patience": 3}) == PatienceExit(3)
-    assert resolve_policy(policy={"budget": 1}) == BudgetedExit(1)  # older configs: flat keys in "policy"
-    with pytest.raises(ValueError, match=r"conflicting exit-policy settings: --budget .* and --entropy"):
-        resolve_policy({"budget": 2, "entropy": 0.3}, prefix="--")
-    with pytest.raises(ValueError, match="set to null"):
-        resolve_policy({"budget": 2, "patience": 1})
-    with pytest.raises(ValueError, match="either policy or entropy"):
-        resolve_policy({"entropy": 0.3}, policy={"name": "budgeted", "layer": 1})
-    with pytest.raises(ValueError, match="unknown policy settings"):
-        resolve_policy(policy={"tau": 0.3})
-    # A job's policy replaces the whole saved one: every key is assigned.
-    assert policy_overrides({"entropy": 0.3}) == {"policy": None, "entropy": 0.3, "patience": None, "budget": None,
-                                             "beem": None}
-    assert policy_overrides({}) == {}
-
-
-def test_a_new_policy_family_slots_in(monkeypatch):
-    monkeypatch.setattr("epee_annotate.policy_settings.FAMILIES", list(FAMILIES))
-    register_family(PolicyFamily("test family", ("test_layer",), lambda s: BudgetedExit(s["test_layer"])))
-    assert "test_layer" in setting_keys()
-    assert resolve_policy({"test_layer": 3}) == BudgetedExit(3)
-    with pytest.raises(ValueError, match="conflicting"):
-        resolve_policy({"test_layer": 3, "entropy": 0.2})
-    with pytest.raises(ValueError, match="already taken"):
-        register_family(PolicyFamily("again", ("budget",), lambda s: BudgetedExit(0)))
-
-
-@pytest.mark.parametrize("command", [
-    ["classify-images", "CKPT", "x.png"],
-    ["annotate-images", "x.png", "--checkpoint", "CKPT", "--out", "OUT"],
-    ["annotate-notes", "notes.jsonl", "--checkpoint", "CKPT", "--out", "OUT"],
-])
-def test_every_command_refuses_conflicting_policy_flags(command, tmp_path, capsys, model_factory):
-    from epee_annotate.cli import main
-
-    checkpoint = tmp_path / "ckpt"
-    model_factory("bert").save_pretrained(checkpoint)
-    (tmp_path / "x.png").write_bytes(b"")
-    (tmp_path / "notes.jsonl").write_text('{"id": 1, "text": "rash"}\n')
-    args = [str(checkpoint) if a == "CKPT" else str(tmp_path / "out") if a == "OUT" else
-            str(tmp_path / a) if "." in a else a for a in command]
-    assert main(args + ["--budget", "2", "--entropy", "0.3"]) == 2
-    err = capsys.readouterr().err
-    assert "conflicting exit-policy settings: --budget" in err and "--entropy" in err
-    assert not (tmp_path / "out").exists()
-
-
 def test_component_config_conflict_is_an_error(clinical_checkpoints):
     nlp = spacy.blank("en")
-    with pytest.raises(ValueError, match="conflicting exit-policy settings: budget"):
+    with pytest.raises(ValueError, match=r"conflicting exit-policy settings: entropy .* and budget"):
         nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"], "budget": 2, "entropy": 0.3})
 
 
@@ -92,10 +37,14 @@ def test_flat_settings_override_at_spacy_load(clinical_checkpoints, tmp_path):
     assert doc_annotations(budget("rash after the first dose."))[0]["exit_layer"] == 1
 
 
-@pytest.mark.parametrize("name", ["pv_event", "ddi", "supplement_status"])
-def test_shipped_configs_have_flat_policy_settings(name):
-    config = spacy.util.load_config(REPO / "configs" / f"{name}.cfg")
-    section = config["components"][f"epee_{name}"]
+@pytest.mark.parametrize("name, key", [("pv_event", "pv"), ("ddi", "ddi"), ("supplement_status", "sup")])
+def test_shipped_configs_resolve_with_every_policy_setting_null(name, key, clinical_checkpoints):
+    # The configs need not list every policy setting: the factories' defaults (from the registry) fill them.
+    path_key = {"pv": "pv_checkpoint", "ddi": "ddi_checkpoint", "sup": "supplement_checkpoint"}[key]
+    config = spacy.util.load_config(REPO / "configs" / f"{name}.cfg",
+                                    overrides={f"paths.{path_key}": clinical_checkpoints[key]})
+    nlp = spacy.util.load_model_from_config(config, auto_fill=True, validate=True)
+    section = nlp.config["components"][f"epee_{name}"]
     assert {k: section[k] for k in (*setting_keys(), "policy")} == dict.fromkeys((*setting_keys(), "policy"))
 
 
@@ -117,6 +66,86 @@ def test_to_bytes_refuses_clearly(clinical_checkpoints):
     with pytest.raises(NotImplementedError, match="cannot be serialised to bytes.*nlp.to_disk"):
         nlp.to_bytes()
     assert nlp.to_bytes(exclude=["epee_pv_event"])  # the rest of the pipeline still serialises
+
+
+# ----- spaCy Pipe: error handlers, score weights, exclude ---------------------------------------------
+def test_components_are_spacy_pipes_and_the_error_handler_gets_the_failing_doc(clinical_checkpoints, monkeypatch):
+    from spacy.pipeline import Pipe
+
+    nlp = spacy.blank("en")
+    component = nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"]})
+    assert isinstance(component, Pipe)
+    collect = type(component).collect
+
+    def collect_or_fail(self, doc):
+        if "poison" in doc.text:
+            raise RuntimeError("cannot classify this note")
+        return collect(self, doc)
+
+    monkeypatch.setattr(type(component), "collect", collect_or_fail)
+    texts = ["rash after the dose.", "a poison note.", "nausea on day two.", "poison again."]
+    with pytest.raises(RuntimeError, match="cannot classify"):  # spaCy's default handler re-raises
+        list(nlp.pipe(texts, batch_size=4))
+    failed = []
+    nlp.set_error_handler(lambda name, proc, docs, error: failed.append((name, [d.text for d in docs], str(error))))
+    docs = list(nlp.pipe(texts, batch_size=4))  # one batch: the failure is isolated doc by doc
+    assert [d.text for d in docs] == ["rash after the dose.", "nausea on day two."]
+    assert all(doc_annotations(d) for d in docs)
+    assert failed == [("epee_pv_event", ["a poison note."], "cannot classify this note"),
+                      ("epee_pv_event", ["poison again."], "cannot classify this note")]
+    recorded = []
+    component.set_error_handler(lambda name, proc, docs, error: recorded.extend(docs))
+    assert len(list(nlp.pipe(texts, batch_size=2))) == 2 and [d.text for d in recorded] == texts[1::2]
+
+
+def test_factories_declare_score_weights_that_evaluate_reports(clinical_checkpoints):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("epee_pv_event", config={"checkpoint": clinical_checkpoints["pv"], "scope": "doc"})
+    weights = nlp.config["training"]["score_weights"]
+    assert weights["epee_pv_event_f"] == 1.0 and weights["epee_pv_event_acc"] == 0.0
+    text = "rash after the first dose."
+    predicted = nlp(text)
+    reference = nlp.make_doc(text)
+    reference._.epee_annotations = predicted._.epee_annotations  # gold = prediction: perfect scores
+    scores = nlp.evaluate([Example(nlp.make_doc(text), reference)])
+    assert {key for key in weights if scores.get(key) is not None} == set(weights)
+    nlp.add_pipe("epee_supplement_status", config={"checkpoint": clinical_checkpoints["sup"]})
+    combined = nlp.config["training"]["score_weights"]
+    assert combined["epee_pv_event_f"] == combined["epee_supplement_status_f"] == 0.5
+
+
+def test_serialisation_honours_exclude(clinical_checkpoints, tmp_path):
+    from epee_annotate.components import build_drug_lexicon, write_rules
+
+    write_rules(build_drug_lexicon(["aspirin", "warfarin"]), tmp_path / "drugs.json")
+    nlp = spacy.blank("en")
+    ddi = nlp.add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"],
+                                           "lexicon": str(tmp_path / "drugs.json")})
+    ddi.to_disk(tmp_path / "full")
+    assert sorted(p.name for p in (tmp_path / "full").iterdir()) == ["checkpoint", "epee_component.json", "rules.json"]
+    ddi.to_disk(tmp_path / "rules_only", exclude=["checkpoint"])
+    assert sorted(p.name for p in (tmp_path / "rules_only").iterdir()) == ["rules.json"]
+    ddi.to_disk(tmp_path / "weights_only", exclude=["rules"])
+    assert "rules.json" not in {p.name for p in (tmp_path / "weights_only").iterdir()}
+
+    other = spacy.blank("en").add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"]})
+    other.from_disk(tmp_path / "rules_only", exclude=["checkpoint"])  # no copy there: the configured one stays
+    assert other.checkpoint == clinical_checkpoints["ddi"] and other.adds_mentions
+    other.from_disk(tmp_path / "full", exclude=["rules"])
+    assert other.checkpoint == str(tmp_path / "full" / "checkpoint")
+    with pytest.raises(ValueError, match="no saved checkpoint"):
+        other.from_disk(tmp_path / "rules_only")
+
+    data = ddi.to_bytes(exclude=["checkpoint"])  # the rules travel, the weights stay where they are
+    fresh = spacy.blank("en").add_pipe("epee_ddi", config={"checkpoint": clinical_checkpoints["ddi"]})
+    assert not fresh.adds_mentions
+    fresh.from_bytes(data, exclude=["checkpoint"])
+    assert fresh.adds_mentions and fresh.checkpoint == clinical_checkpoints["ddi"]
+    text = "aspirin with warfarin"
+    assert doc_annotations(fresh(fresh.nlp.make_doc(text))) == doc_annotations(ddi(nlp.make_doc(text)))
+    assert ddi.to_bytes(exclude=["checkpoint", "rules"]) != data
+    with pytest.raises(NotImplementedError, match="exclude"):
+        fresh.from_bytes(data)
 
 
 def test_evaluate_scores_doc_cats(clinical_checkpoints):

@@ -74,13 +74,13 @@ def test_phee_malformed_line_stops_or_skips(phee_file, caplog):
     lines.insert(1, '{"id": "9_9", "context": "' + SECRET + '", "annotations": [')  # truncated JSON
     lines.insert(3, json.dumps({"id": "9_8", "context": SECRET, "annotations": [{"events": [{"event_type": "X"}]}]}))
     phee_file.write_text("\n".join(lines) + "\n")
-    with pytest.raises(DataError, match=r"phee\.json, line 2: not valid JSON") as info:
+    with pytest.raises(DataError, match=r"phee\.json line 2: not valid JSON") as info:
         load_examples(phee_file, "phee", "text")
     assert SECRET not in str(info.value)
     with caplog.at_level(logging.WARNING):
         examples = load_examples(phee_file, "phee", "text", on_error="skip")
     assert len(examples) == 4
-    assert "skipped 2 bad record(s)" in caplog.text and "line 2, line 4" in caplog.text
+    assert "skipped 2 bad record(s)" in caplog.text and "phee.json line 2, phee.json line 4" in caplog.text
     assert SECRET not in caplog.text
 
 
@@ -185,12 +185,12 @@ def test_jsonl_text_and_malformed_line(tmp_path, caplog):
                     '{"text": "' + SECRET + '", "label": \n'
                     '{"text": "aspirin", "label": 3, "id": "n4"}\n'
                     '{"text": "no label here"}\n')
-    with pytest.raises(DataError, match=r"notes\.jsonl, line 3: not valid JSON"):
+    with pytest.raises(DataError, match=r"notes\.jsonl line 3: not valid JSON"):
         load_examples(path, "jsonl", "text")
     with caplog.at_level(logging.WARNING):
         examples = load_examples(path, "jsonl", "text", on_error="skip")
     assert [(e.input, e.label, e.id) for e in examples] == [("fish oil daily", "supplement", None), ("aspirin", "3", "n4")]
-    assert "line 3, line 5" in caplog.text and SECRET not in caplog.text
+    assert "notes.jsonl line 3, notes.jsonl line 5" in caplog.text and SECRET not in caplog.text
 
 
 def test_jsonl_missing_field_names_it(tmp_path):
@@ -203,7 +203,7 @@ def test_jsonl_missing_field_names_it(tmp_path):
 def test_csv_text_missing_columns_and_bad_rows(tmp_path):
     path = tmp_path / "notes.csv"
     path.write_text('text,label\n"fish oil, daily",supplement\naspirin,drug,extra\nmelatonin\n"ginkgo",supplement\n')
-    with pytest.raises(DataError, match=r"notes\.csv, line 3: expected 2 fields"):
+    with pytest.raises(DataError, match=r"notes\.csv line 3: wrong number of fields \(expected 2, found 3\)"):
         load_examples(path, "csv", "text")
     examples = load_examples(path, "csv", "text", on_error="skip")
     assert [(e.input, e.label) for e in examples] == [("fish oil, daily", "supplement"), ("ginkgo", "supplement")]
@@ -251,7 +251,7 @@ def test_empty_and_wrong_inputs(tmp_path):
         load_examples(tmp_path / "nope.jsonl", "jsonl", "text")
     with pytest.raises(ValueError, match="gives relation data, not 'text'"):
         load_examples(path, "ddi", "text")
-    with pytest.raises(ValueError, match="format must be one of"):
+    with pytest.raises(ValueError, match="unsupported training data format 'xml'; supported: jsonl, csv, tsv, parquet, phee"):
         load_examples(path, "xml", "text")
     with pytest.raises(TypeError, match="takes no option"):
         load_examples(path, "jsonl", "text", both="skip")

@@ -13,7 +13,7 @@ from pydicom.data import get_testdata_file
 from pydicom.pixels import get_decoder
 
 from epee_annotate.imaging import ImageReadError, read_image
-from epee_annotate.imaging.reading import MAX_PIXELS
+from epee_annotate.image_decoding import MAX_PIXELS
 
 
 def _png(width: int, height: int, mode: str = "L") -> bytes:

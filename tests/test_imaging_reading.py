@@ -1,4 +1,4 @@
-"""Tests for epee_annotate.imaging.reading: DICOM, raster and .npz decoding."""
+"""Tests for epee_annotate.image_decoding: DICOM, raster and .npz decoding."""
 
 from __future__ import annotations
 

@@ -2,39 +2,39 @@
 
 import io
 import os
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pytest
 
 from epee_annotate.pipelines.notes import NoteAnnotator, NoteColumns, extract_notes
 from epee_annotate.pipelines.runtime import ActorSettings, check_cluster_fits
+from epee_annotate.formats import ReadOptions, read_stream
 from epee_annotate.pipelines.sources import (
-    READ_ERROR, CsvNotesDatasource, JsonLinesDatasource, note_passthrough_fields, parse_json_line,
-    resolve_image_inputs, resolve_note_inputs, unreadable_inputs,
+    READ_ERROR, WHERE, note_passthrough_fields, records_block, resolve_image_inputs, resolve_note_inputs,
+    unreadable_inputs,
 )
 
 CANARY = "canaryphrase-okapi"
 
 
+def _rows(data: bytes, path: str, fmt: str, columns=("id", "text")) -> pa.Table:
+    """The block a job's read task makes of ``data`` (the registry's reader, then ``records_block``)."""
+    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))))
+
+
 def _jsonl_rows(data: bytes, path: str = "/in/notes.jsonl") -> pa.Table:
-    reader = SimpleNamespace(LINES_PER_BLOCK=JsonLinesDatasource.LINES_PER_BLOCK)
-    return pa.concat_tables(JsonLinesDatasource._read_stream(reader, io.BytesIO(data), path))
+    return _rows(data, path, "jsonl")
 
 
 def _csv_rows(data: bytes, path: str = "/in/export.csv", columns=("id", "text")) -> pa.Table:
-    source = object.__new__(CsvNotesDatasource)  # no file-system lookups: feed the stream directly
-    source.columns, source.delimiter = list(columns), ","
-    return pa.concat_tables(CsvNotesDatasource._read_stream(source, pa.BufferReader(data), path))
+    return _rows(data, path, "csv", columns)
 
 
 def test_a_100k_deep_json_line_is_one_error_row():
     deep = b'{"id": 1, "text": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
-    with pytest.raises(ValueError, match="nested too deeply"):
-        parse_json_line(deep)
     block = _jsonl_rows(deep + b"\n" + b'{"id": 2, "text": "fine"}\n')
     bad, good = extract_notes(block, NoteColumns("jsonl"))
-    assert bad.error == "notes.jsonl line 1: line is nested too deeply to parse (RecursionError)"
+    assert bad.error == "notes.jsonl line 1: nested too deeply to parse (RecursionError)"
     assert good.doc_id == "2" and good.text == "fine" and good.error is None
 
 
@@ -52,20 +52,22 @@ def test_csv_row_with_extra_fields_is_an_error_row_naming_the_row_not_the_text()
     notes = extract_notes(block, NoteColumns("csv"))
     assert [(n.doc_id, n.text) for n in notes if n.error is None] == [("1", "two\nlines"), ("3", "fine")]
     errors = sorted(n.error for n in notes if n.error)
-    assert errors == ["export.csv data row 2: wrong number of fields", "export.csv data row 4: wrong number of fields"]
-    # Rows keep their data-row numbers, so per-note errors say where too.
-    assert block.column("__line_no").to_pylist()[:2] == [1, 3]
+    assert errors == ["export.csv line 4: wrong number of fields (expected 2, found 3)",
+                      "export.csv line 6: wrong number of fields (expected 2, found 4)"]
+    # Rows keep the line they start on, so per-note errors say where too.
+    assert block.column(WHERE).to_pylist() == ["line 2", "line 4", "line 5", "line 6"]
 
 
-def test_a_non_csv_file_is_one_error_row_and_the_header_check_quotes_nothing(tmp_path):
+def test_a_non_csv_file_is_one_error_row_that_quotes_nothing_after_the_good_rows(tmp_path):
     from pydicom.data import get_testdata_file
 
     binary = open(get_testdata_file("CT_small.dcm"), "rb").read()
     block = _csv_rows(b"id,text\n1,ok\n" + binary + CANARY.encode())
+    notes = extract_notes(block, NoteColumns("csv"))
+    assert (notes[0].doc_id, notes[0].text, notes[0].error) == ("1", "ok", None)
     messages = [m for m in block.column(READ_ERROR).to_pylist() if m]
-    assert len(messages) == 1 and messages[0].startswith("export.csv: CSV parse error (")
-    assert messages[0].endswith("data rows 1 onward were not read")
-    assert CANARY not in messages[0] and "ISO_IR" not in messages[0]
+    assert messages == ["export.csv line 3: binary content (a NUL byte): not a text file; the rest of the file was "
+                        "not read"]
     (tmp_path / "scan.csv").write_bytes(binary)
     (tmp_path / "noheader.csv").write_text(f"1,{CANARY} has a rash\n")
     for name in ("scan.csv", "noheader.csv"):
@@ -126,15 +128,17 @@ def test_the_models_error_reaches_the_error_column():
     assert row["status"] == "error" and row["error"] == "input is empty after encoding"
 
 
-def test_the_wait_for_the_actor_pool_is_bounded(monkeypatch):
+def test_the_wait_for_the_actor_pool_is_bounded_for_the_job_only(monkeypatch):
     from ray.data import DataContext
 
     from epee_annotate.pipelines.jobs import JobOptions
-    from epee_annotate.pipelines.runtime import bound_actor_start
+    from epee_annotate.pipelines.runtime import job_data_context
 
     context = DataContext.get_current()
     monkeypatch.setattr(context, "wait_for_min_actors_s", -1)  # Ray Data's default: wait forever
-    bound_actor_start(JobOptions(out="x").actor_start_timeout_s)
-    assert context.wait_for_min_actors_s == 600
+    monkeypatch.setattr(context, "enable_progress_bars", True)
+    with job_data_context(False, False, JobOptions(out="x").actor_start_timeout_s):
+        assert context.wait_for_min_actors_s == 600 and context.enable_progress_bars is False
+    assert context.wait_for_min_actors_s == -1 and context.enable_progress_bars is True  # the caller's again
     with pytest.raises(ValueError, match="must be > 0"):
         JobOptions(out="x", actor_start_timeout_s=0)

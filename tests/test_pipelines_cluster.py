@@ -112,11 +112,11 @@ def test_job_joins_a_two_node_cluster(text_checkpoint, tmp_path):
         result = json.loads(driver.stdout.strip().splitlines()[-1])
         assert result["code"] == 0 and result["alive_nodes"] == 2
         assert result["actor_nodes"] == 2  # one actor per node: the job really ran on both
-        table = pads.dataset(str(out), format="parquet").to_table()
+        table = pads.dataset(str(out / "annotations"), format="parquet").to_table()
         assert sorted(table.column("doc_id").to_pylist(), key=int) == [str(i) for i in range(16)]
         # Every row was classified by an actor holding the model it fetched from the URI.
         assert set(table.column("status").to_pylist()) == {"ok"} and None not in table.column("label").to_pylist()
-        assert read_job_metadata(out)["pipeline"]["checkpoint"] == text_checkpoint
+        assert read_job_metadata(out / "annotations")["pipeline"]["checkpoint"] == text_checkpoint
     finally:
         for process in reversed(nodes):
             process.terminate()  # --block nodes drain and stop their own processes on SIGTERM

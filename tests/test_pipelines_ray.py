@@ -48,7 +48,8 @@ def image_checkpoint(tmp_path_factory):
 
 
 def read(out: Path, partitioned: bool = False) -> pa.Table:
-    dataset = pads.dataset(str(out), format="parquet", partitioning="hive" if partitioned else None)
+    """The rows of a job output: its ``annotations`` dataset."""
+    dataset = pads.dataset(str(out / "annotations"), format="parquet", partitioning="hive" if partitioned else None)
     return dataset.to_table()
 
 
@@ -64,19 +65,31 @@ def parquet_bytes(out: Path) -> bytes:
 
 
 def read_with_every_reader(out: Path, partitioned: bool) -> "pd.DataFrame":  # noqa: F821
-    """Plain pandas, pyarrow.dataset and DuckDB must all open the output and see the same rows."""
+    """pandas, pyarrow.dataset, polars and DuckDB open the dataset the job recorded, with no filter, and see
+    exactly the manifest's rows."""
     import duckdb
     import pandas as pd
+    import polars as pl
 
-    frame = pd.read_parquet(out)  # no options: what a user types first
-    dataset = pads.dataset(str(out), format="parquet", partitioning="hive" if partitioned else None).to_table()
-    pattern = str(out / "**" / "*.parquet") if partitioned else str(out / "*.parquet")
+    from epee_annotate.pipelines.publish import read_manifest
+
+    (entry,) = read_manifest(str(out))["datasets"].values()
+    path = Path(entry["location"])
+    assert path == out / "annotations" and all(p.suffix == ".parquet" for p in path.rglob("*") if p.is_file())
+    rows = entry["rows"]
+    frame = pd.read_parquet(path)  # no options: what a user types first
+    dataset = pads.dataset(str(path)).to_table()
+    polars_frame = pl.read_parquet(path)
+    scanned = pl.scan_parquet(path).select(pl.len()).collect().item()
+    pattern = str(path / "**" / "*.parquet") if partitioned else str(path / "*.parquet")
     duck = duckdb.sql(f"SELECT doc_id, task, status, exit_layer FROM read_parquet('{pattern}', "
-                      f"hive_partitioning = {str(partitioned).lower()}) WHERE status = 'ok'").fetchall()
-    assert len(frame) == dataset.num_rows and frame["task"].notna().all()
-    assert len(duck) == int((frame["status"] == "ok").sum()) and all(isinstance(r[3], int) for r in duck if r[3])
+                      f"hive_partitioning = {str(partitioned).lower()})").fetchall()
+    assert len(frame) == dataset.num_rows == polars_frame.height == scanned == len(duck) == rows > 0
+    assert frame["task"].notna().all() and polars_frame["task"].null_count() == 0
+    ok = [r for r in duck if r[2] == "ok"]
+    assert len(ok) == int((frame["status"] == "ok").sum()) and all(isinstance(r[3], int) for r in ok if r[3])
     # Integer columns stay integers with pandas' Arrow dtypes (the documented way to read nullable ints).
-    typed = pd.read_parquet(out, dtype_backend="pyarrow")
+    typed = pd.read_parquet(path, dtype_backend="pyarrow")
     assert str(typed["exit_layer"].dtype) == "int16[pyarrow]" and str(typed["start"].dtype) == "int32[pyarrow]"
     return frame
 
@@ -121,15 +134,16 @@ def test_notes_csv_rows_schema_metadata_and_no_text(local_ray, text_checkpoint, 
     assert missing["status"] == "error" and "missing id" in missing["error"] and missing["pid"] == "p3"
     assert by_id["n6"][0]["status"] == "error" and "UTF-8" in by_id["n6"][0]["error"]
     assert sum(len(rows) for rows in by_id.values()) == table.num_rows
-    meta = read_job_metadata(out)
+    meta = read_job_metadata(out / "annotations")
     (component,) = meta["components"]
     assert meta["job"] == "notes" and meta["package_version"] and component["labels"] == ["neg", "pos", "other"]
     sha = json.loads((text_checkpoint / "epee_config.json").read_text())["weights_sha256"]
     assert component["checkpoint_id"] == f"{text_checkpoint.name}@{sha[:12]}" and component["policy"] == "budgeted(layer=0)"
     assert meta["parameters"]["include_text"] is False and meta["inputs"]["keep_columns"] == ["pid"]
-    summary = json.loads((out / "_summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["documents"] == 6 and summary["rows_per_status"]["error"] == 2
-    assert summary["tasks"]["textcat"]["layer_speedup"] == 1.0 and (out / "_summary.png").stat().st_size > 0
+    assert summary["tasks"]["textcat"]["layer_speedup"] == 1.0 and (out / "summary.png").stat().st_size > 0
+    assert summary["dataset"] == str(out / "annotations")
     # PHI: no note text anywhere in the output directory.
     assert SECRET.encode() not in parquet_bytes(out) and b"ginkgo" not in parquet_bytes(out)
     frame = read_with_every_reader(out, partitioned=False)
@@ -184,7 +198,7 @@ def test_notes_parquet_pipeline_dir_partitioned_and_typed_passthrough(local_ray,
                  "--id-column", "note_id", "--text-column", "note", "--keep-columns", "visit",
                  "--partition-by-task", *COMMON])
     assert code == 0
-    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["task=input", "task=textcat"]  # no null partition
+    assert sorted(p.name for p in (out / "annotations").iterdir()) == ["task=input", "task=textcat"]  # no null partition
     frame = read_with_every_reader(out, partitioned=True)
     assert sorted(frame["task"].astype(str).unique()) == ["input", "textcat"]
     result = read(out, partitioned=True)
@@ -244,9 +258,9 @@ def test_images_files_dicom_png_corrupt_and_frames(local_ray, image_checkpoint, 
     assert "segmentation" in by_name["seg.dcm"][0]["error"]
     assert by_name["dangling.png"][0]["error"].endswith("dangling symbolic link (its target does not exist)")
     assert by_name["loop2.dcm"][0]["error"].endswith("symbolic link loop")
-    meta = read_job_metadata(out)
+    meta = read_job_metadata(out / "annotations")
     assert meta["components"][0]["labels"] == ["normal", "pneumonia"] and meta["inputs"]["frames"] == "all"
-    summary = json.loads((out / "_summary.json").read_text())
+    summary = json.loads((out / "summary.json").read_text())
     assert summary["documents"] == 10 and summary["rows"] == 11 and summary["throughput"]["images_per_s"] > 0
     read_with_every_reader(out, partitioned=False)
 
@@ -363,17 +377,17 @@ def test_no_note_text_reaches_any_output_or_log_for_any_bad_input(local_ray, tex
     ok_ids = {r["doc_id"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "ok"}
     assert ok_ids == {"bom", "fine"}  # the BOM did not spoil the first note
     errors = [r["error"] for r in read(tmp_path / "out_jsonl").to_pylist() if r["status"] == "error"]
-    assert "notes.jsonl line 2: line is nested too deeply to parse (RecursionError)" in errors
+    assert "notes.jsonl line 2: nested too deeply to parse (RecursionError)" in errors
     assert "dangling.jsonl: dangling symbolic link (its target does not exist)" in errors
     assert {"loop_a.jsonl: symbolic link loop", "loop_b.jsonl: symbolic link loop"} <= set(errors)
     assert len(errors) == 8 and jsonl_rows["number"]["error"] == "notes.jsonl line 5: text must be a string, got int"
     csv_rows = read(tmp_path / "out_csv").to_pylist()
     csv_errors = sorted(r["error"] for r in csv_rows if r["status"] == "error")
-    assert "export.csv data row 2: wrong number of fields" in csv_errors
-    assert "export.csv data row 3: text is not valid UTF-8 (byte 19)" in csv_errors
-    assert any(e.startswith("tail.csv: CSV parse error") and e.endswith("data rows 1 onward were not read")
-               for e in csv_errors)
-    assert {r["doc_id"] for r in csv_rows if r["status"] == "ok"} == {"c1", "c4"}
+    assert "export.csv line 3: wrong number of fields (expected 2, found 3)" in csv_errors
+    assert "export.csv line 4: field 2 is not valid UTF-8 (byte 19)" in csv_errors
+    assert [e for e in csv_errors if e.startswith("tail.csv")] == [
+        "tail.csv line 3: binary content (a NUL byte): not a text file; the rest of the file was not read"]
+    assert {r["doc_id"] for r in csv_rows if r["status"] == "ok"} == {"c1", "c4", "t1"}  # rows before it are kept
 
     captured = capfd.readouterr()
     everything = {
@@ -392,3 +406,16 @@ def _ct_path() -> str:
     from pydicom.data import get_testdata_file
 
     return get_testdata_file("CT_small.dcm")
+
+
+def test_failfast_stops_the_job_at_the_first_bad_record_and_publishes_nothing(local_ray, text_checkpoint, tmp_path,
+                                                                              capsys):
+    source = tmp_path / "notes.jsonl"
+    source.write_bytes(b'{"id": "a", "text": "rash"}\n{"id": "b", "text": "' + CANARY.encode() + b'\n'
+                       b'{"id": "c", "text": "cough"}\n')
+    out = tmp_path / "out"
+    code = main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--on-bad-record", "failfast", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "notes.jsonl line 2: not valid JSON" in err.splitlines()[-1] and CANARY not in err

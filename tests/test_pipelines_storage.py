@@ -16,8 +16,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from epee_annotate.pipelines import storage
-from epee_annotate.pipelines.publish import MARKER, DatasetNotReady, job_output, read_manifest, read_published
+from epee_annotate import storage
+from epee_annotate.pipelines.errors import SettingError
+from epee_annotate.pipelines.publish import (
+    MAIN_DATASET, MARKER, DatasetNotReady, job_output, read_manifest, read_published,
+)
 from epee_annotate.testing import tiny_model
 
 BUCKET = "ehr"
@@ -46,7 +49,7 @@ def keys(client, prefix: str) -> list[str]:
 
 # ----- listing ----------------------------------------------------------------------------
 def test_listing_and_globbing_match_local_rules(s3, tmp_path):
-    from epee_annotate.pipelines.sources import expand_paths
+    from epee_annotate.filesystem import expand as expand_paths
 
     tree = tmp_path / "export"
     for name in ("a.jsonl", "sub/b.jsonl", "sub/deep/c.jsonl", "sub/x.csv", ".hidden/d.jsonl", "_tmp/e.jsonl",
@@ -77,29 +80,33 @@ def test_listing_and_globbing_match_local_rules(s3, tmp_path):
 def test_reader_sees_no_dataset_until_the_marker_exists(s3):
     out = f"s3://{BUCKET}/published/run"
     table = pa.table({"doc_id": ["a", "b"], "label": ["x", "y"]})
-    with job_output(out, overwrite=False) as staging:
-        fs, path = storage.resolve(staging.data)
-        pq.write_table(table, f"{path}/part-0.parquet", filesystem=fs)
-        assert staging.data.startswith(f"{out}/_staging/")
+    with job_output(out, overwrite=False) as sink:
+        sink.write_table(table, MAIN_DATASET, "part-{i}.parquet")
+        sink.write_file("summary.json", b"{}")
+        assert sink.root.startswith(f"{out}/_staging/")
         with pytest.raises(DatasetNotReady):
             read_published(out)
         # A plain Parquet reader of the output prefix finds no data files yet (``_`` prefixes are skipped).
         import pyarrow.dataset as pads
 
+        fs = storage.resolve(out)[0]
         assert pads.dataset(storage.resolve(out)[1], format="parquet", filesystem=fs).files == []
-        staging.extra["rows"] = 2
+        sink.extra["job"] = "test"
     assert read_published(out).to_pylist() == table.to_pylist()
     manifest = read_manifest(out)
-    assert [f["path"] for f in manifest["files"]] == ["part-0.parquet"] and manifest["rows"] == 2
-    assert keys(s3, "published/") == ["published/run/_SUCCESS", "published/run/part-0.parquet"]
+    (dataset,) = manifest["datasets"].values()
+    assert [f["path"] for f in dataset["files"]] == ["part-0.parquet"] and dataset["rows"] == 2
+    assert dataset["location"] == f"{out}/{MAIN_DATASET}" and manifest["job"] == "test"
+    assert [f["path"] for f in manifest["files"]] == ["summary.json"]
+    assert keys(s3, "published/") == ["published/run/_SUCCESS", "published/run/annotations/part-0.parquet",
+                                      "published/run/summary.json"]
     with pytest.raises(FileExistsError, match="already holds a dataset"):
         with job_output(out, overwrite=False):
             pass
     # A failed run leaves the published dataset alone and cleans its own staging prefix.
     with pytest.raises(RuntimeError):
-        with job_output(out, overwrite=True) as staging:
-            fs, path = storage.resolve(staging.data)
-            pq.write_table(table.slice(0, 1), f"{path}/part-0.parquet", filesystem=fs)
+        with job_output(out, overwrite=True) as sink:
+            sink.write_table(table.slice(0, 1), MAIN_DATASET, "part-{i}.parquet")
             raise RuntimeError("job failed")
     assert read_published(out).num_rows == 2 and keys(s3, "published/run/_staging") == []
 
@@ -108,17 +115,20 @@ def test_local_resumable_output_survives_a_failure_and_is_renamed_into_place(tmp
     out = tmp_path / "out"
     table = pa.table({"doc_id": ["a"]})
     with pytest.raises(RuntimeError):
-        with job_output(str(out), overwrite=False, resume=True) as staging:
-            pq.write_table(table, f"{staging.data}/part-0.parquet")
+        with job_output(str(out), overwrite=False, resume=True) as sink:
+            sink.write_table(table, MAIN_DATASET, "part-0-{i}.parquet")
             raise RuntimeError("killed")
-    assert not out.exists() and (tmp_path / ".out.resume" / "data" / "part-0.parquet").is_file()
-    with pytest.raises(FileExistsError, match="interrupted --resume run"):
+    assert not out.exists()
+    assert (tmp_path / ".out.resume" / "output" / MAIN_DATASET / "part-0-0.parquet").is_file()
+    with pytest.raises(SettingError, match="interrupted resumable run") as refused:
         with job_output(str(out), overwrite=False):
             pass
-    with job_output(str(out), overwrite=False, resume=True) as staging:
-        assert staging.checkpoint == str(tmp_path / ".out.resume" / "checkpoint")
-        pq.write_table(table, f"{staging.data}/part-1.parquet")
-    assert sorted(p.name for p in out.iterdir()) == [MARKER, "part-0.parquet", "part-1.parquet"]
+    assert refused.value.settings == ("resume", "overwrite")
+    with job_output(str(out), overwrite=False, resume=True) as sink:
+        assert sink.checkpoint == str(tmp_path / ".out.resume" / "checkpoint")
+        sink.write_table(table, MAIN_DATASET, "part-1-{i}.parquet")
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, MAIN_DATASET]
+    assert sorted(p.name for p in (out / MAIN_DATASET).iterdir()) == ["part-0-0.parquet", "part-1-0.parquet"]
     assert read_published(str(out)).num_rows == 2 and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -126,17 +136,18 @@ def test_unreadable_rows_part_is_rewritten_not_duplicated_and_partitioned_like_r
     import pyarrow.dataset as pads
 
     from epee_annotate.pipelines.jobs import JobOptions, _write_unreadable
-    from epee_annotate.pipelines.publish import Staging
+    from epee_annotate.pipelines.publish import JobSink
     from epee_annotate.pipelines.schema import output_schema
 
     schema = output_schema("notes", [])
     rows = [{"doc_id": None, "task": "input", "status": "error", "error": "gone.jsonl: file not found"}]
-    staging = Staging(str(tmp_path / "out"), str(tmp_path / "data"))
+    sink = JobSink(str(tmp_path / "out"), str(tmp_path / "staged"))
     for _ in range(2):  # a resumed run writes the part again
-        _write_unreadable(rows, staging, schema, JobOptions(out=staging.out, partition_by_task=True))
-    assert [p.relative_to(tmp_path / "data").as_posix() for p in (tmp_path / "data").rglob("*.parquet")] == [
-        "task=input/unreadable-0.parquet"]
-    table = pads.dataset(staging.data, format="parquet", partitioning="hive").to_table()
+        _write_unreadable(rows, sink, schema, JobOptions(out=sink.out, partition_by_task=True))
+    data = Path(sink.staged())
+    assert [p.relative_to(data).as_posix() for p in data.rglob("*.parquet")] == ["task=input/unreadable-0.parquet"]
+    assert sink.manifest()["datasets"][MAIN_DATASET]["partitioning"] == ["task"]
+    table = pads.dataset(str(data), format="parquet", partitioning="hive").to_table()
     assert table.num_rows == 1 and table.column("task").to_pylist() == ["input"]
 
 
@@ -194,19 +205,22 @@ def test_notes_job_from_s3_to_s3_with_an_s3_checkpoint(local_ray, s3, text_check
     ids = table.column("doc_id").to_pylist()
     assert sorted(i for i in ids if i) == ["a0", "a1", "a2", "a3", "a4", "b0"] and ids.count(None) == 1
     (bad,) = [r for r in table.to_pylist() if r["doc_id"] is None]
-    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: line is not valid JSON")
+    assert bad["status"] == "error" and bad["error"].startswith("b.jsonl line 2: not valid JSON")
     meta = job_metadata(table.schema)
     assert meta["pipeline"]["checkpoint"] == text_checkpoint_uri and meta["parameters"]["out"] == out
     assert meta["inputs"]["files"] == [f"{inputs}/2024/b.jsonl", f"{inputs}/a.jsonl"]
-    summary = json.loads(s3.get_object(Bucket=BUCKET, Key="notes/out/_summary.json")["Body"].read())
-    assert summary["documents"] == 7 and summary["output"] == out
+    summary = json.loads(s3.get_object(Bucket=BUCKET, Key="notes/out/summary.json")["Body"].read())
+    assert summary["documents"] == 7 and summary["output"] == out and summary["dataset"] == f"{out}/annotations"
+    assert {k.split("/")[2] for k in keys(s3, "notes/out/")} == {"_SUCCESS", "annotations", "summary.json",
+                                                                  "summary.png"}
     assert not [k for k in keys(s3, "notes/out/") if "_staging" in k]
 
 
 @pytest.mark.ray
 def test_csv_notes_are_read_from_s3_with_per_row_errors(local_ray, s3, tmp_path):
-    """harden's CSV reader (header check, raw-bytes rows, wrong-field-count rows) on object storage."""
-    from epee_annotate.pipelines.sources import LINE_NO, READ_ERROR, note_passthrough_fields, read_notes
+    """The registry's CSV reader (header check, per-row errors) on object storage, through Ray's read tasks."""
+    from epee_annotate.pipelines.notes import NoteColumns, extract_notes
+    from epee_annotate.pipelines.sources import note_passthrough_fields, read_notes
 
     source = tmp_path / "notes.csv"
     source.write_bytes("id,text,site\n1,rash,a\n2,nausea,b,extra\n3,\"multi\nline\",c\n".encode())
@@ -214,10 +228,13 @@ def test_csv_notes_are_read_from_s3_with_per_row_errors(local_ray, s3, tmp_path)
     assert note_passthrough_fields("csv", [uri], "id", "text", ["site"]) == [pa.field("site", pa.string())]
     with pytest.raises(ValueError, match="not found in its header row"):
         note_passthrough_fields("csv", [uri], "id", "note", [])
-    rows = sorted(read_notes("csv", [uri], ["id", "text", "site"]).take_all(), key=lambda r: r[LINE_NO])
-    assert [(r["id"], r["text"], r[LINE_NO]) for r in rows] == [(b"1", b"rash", 1), (None, None, 2),
-                                                                 (b"3", b"multi\nline", 3)]
-    assert rows[1][READ_ERROR] == "notes.csv data row 2: wrong number of fields"
+    columns = NoteColumns("csv", keep_columns=("site",))
+    block = pa.Table.from_pylist(read_notes("csv", [uri], columns.read_columns).take_all())  # one file: in order
+    notes = extract_notes(block, columns)
+    assert [(n.doc_id, n.text, n.keep, n.error) for n in notes] == [
+        ("1", "rash", {"site": "a"}, None),
+        (None, None, {"site": None}, "notes.csv line 3: wrong number of fields (expected 3, found 4)"),
+        ("3", "multi\nline", {"site": "c"}, None)]
 
 
 def _write_pngs(directory: Path) -> None:
@@ -289,7 +306,7 @@ def test_driver_killed_mid_run_then_resumed_gives_one_row_per_input(local_ray, s
     assert driver.returncode == -signal.SIGKILL
     with pytest.raises(DatasetNotReady):
         read_published(out)
-    first_parts = {k.rsplit("/", 1)[1] for k in keys(s3, "resume/out/_staging/resume/data/")}
+    first_parts = {k.rsplit("/", 1)[1] for k in keys(s3, "resume/out/_staging/resume/output/annotations/")}
     done_before = pa.concat_tables(
         pq.read_table(f"{BUCKET}/{k}", filesystem=storage.resolve(out)[0]) for k in _committed(s3, checkpoints)
     ).column("doc_id").to_pylist()
@@ -304,9 +321,9 @@ def test_driver_killed_mid_run_then_resumed_gives_one_row_per_input(local_ray, s
     # The documents committed before the kill were not annotated again: the parts the first run
     # committed are published as they were, and (ids being unique above) no other part holds them.
     fs, out_path = storage.resolve(out)
-    published = {f["path"] for f in read_manifest(out)["files"]}
+    published = {f["path"] for f in read_manifest(out)["datasets"][MAIN_DATASET]["files"]}
     kept = [p for p in published if p in first_parts]
-    first_run_ids = pa.concat_tables(pq.read_table(f"{out_path}/{p}", filesystem=fs) for p in kept)
+    first_run_ids = pa.concat_tables(pq.read_table(f"{out_path}/{MAIN_DATASET}/{p}", filesystem=fs) for p in kept)
     assert set(done_before) <= set(first_run_ids.column("doc_id").to_pylist())
     assert not [k for k in keys(s3, "resume/out/") if "_staging" in k]
 
@@ -324,7 +341,7 @@ def test_resume_refuses_duplicate_and_missing_ids_up_front(local_ray, text_check
     assert "1 id(s) occur more than once in the input (e.g. '1')" in capsys.readouterr().err
     source.write_text(json.dumps({"id": 1, "text": "a"}) + "\n{broken\n")
     assert main(argv) == 2
-    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: line is not valid JSON" in capsys.readouterr().err
+    assert "1 input record(s) have no usable id (e.g. notes.jsonl line 2: not valid JSON" in capsys.readouterr().err
     assert not out.exists() and list(tmp_path.glob(".out*")) == []  # refused before anything was staged
 
 
@@ -344,5 +361,5 @@ def test_a_resumable_run_writes_unreadable_file_rows_as_their_own_part(local_ray
     assert sorted(r["doc_id"] for r in rows if r["doc_id"]) == ["a0", "a1", "a2"]
     (bad,) = [r for r in rows if r["doc_id"] is None]
     assert bad["status"] == "error" and bad["error"] == "dangling.jsonl: dangling symbolic link (its target does not exist)"
-    assert (out / "unreadable-0.parquet").is_file()
-    assert "unreadable-0.parquet" in {f["path"] for f in read_manifest(str(out))["files"]}
+    assert (out / MAIN_DATASET / "unreadable-0.parquet").is_file()
+    assert "unreadable-0.parquet" in {f["path"] for f in read_manifest(str(out))["datasets"][MAIN_DATASET]["files"]}

@@ -13,10 +13,9 @@ from epee_annotate.pipelines.schema import (
     METADATA_KEY, job_metadata, output_schema, read_job_metadata, rows_to_table, safe_rows_to_table,
     with_job_metadata,
 )
-from epee_annotate.pipelines.sources import (
-    _split_lines, note_format, parse_json_line, resolve_image_inputs,
-    resolve_note_inputs,
-)
+from epee_annotate.formats import ReadOptions, read_stream
+from epee_annotate.formats.jsonl import parse_object
+from epee_annotate.pipelines.sources import note_format, records_block, resolve_image_inputs, resolve_note_inputs
 from epee_annotate.pipelines.summary import summarize
 
 
@@ -105,31 +104,33 @@ def test_resolve_image_inputs_keeps_extensionless_dicom_and_skips_others(tmp_pat
     assert names == ["IM0001", "a.png", "b.DCM"]
 
 
-def test_split_lines_only_on_newline():
+def _block(data: bytes, fmt: str, columns=("id", "text"), path: str = "/x/in.jsonl") -> pa.Table:
     import io
 
-    data = "{\"t\": \"a\u2028b\"}\r\n\n{\"t\": 2}".encode()
-    assert list(_split_lines(io.BytesIO(data), chunk_size=3)) == ["{\"t\": \"a\u2028b\"}".encode(), b"", b"{\"t\": 2}"]
+    return records_block(read_stream(io.BytesIO(data), path, fmt, ReadOptions(columns=list(columns))))
 
 
-def test_parse_json_line_errors_never_quote_content():
-    assert parse_json_line(b'{"id": 1}') == {"id": 1}
-    for raw, reason in ((b'{"id": 1, "text": "secretword', "not valid JSON"), (b"\xff\xfe", "UTF-8"),
-                        (b"[1, 2]", "not an object")):
+def test_json_lines_split_only_on_line_ends_not_inside_strings():
+    data = "{\"id\": 1, \"text\": \"a\u2028b\"}\r\n\n{\"id\": 2, \"text\": \"c\"}".encode()
+    notes = extract_notes(_block(data, "jsonl"), NoteColumns("jsonl"))
+    assert [(n.doc_id, n.text) for n in notes] == [("1", "a\u2028b"), ("2", "c")]
+
+
+def test_parse_object_errors_never_quote_content():
+    assert parse_object('{"id": 1}', 9) == {"id": 1}
+    for raw, reason in (('{"id": 1, "text": "secretword', "not valid JSON"), ("[1, 2]", "not an object")):
         with pytest.raises(ValueError, match=reason) as info:
-            parse_json_line(raw)
+            parse_object(raw, len(raw))
         assert "secretword" not in str(info.value)
-
-
-def _jsonl_block(lines):
-    return pa.table({"__raw_line": pa.array(lines, pa.binary()), "__line_no": list(range(1, len(lines) + 1)),
-                     "__source_file": ["/x/in.jsonl"] * len(lines)})
+    [bad] = extract_notes(_block(b"\xff\xfe secretword\n", "jsonl"), NoteColumns("jsonl"))
+    assert bad.error == "in.jsonl line 1: not valid UTF-8 (byte 0)"
 
 
 def test_extract_notes_jsonl_gives_one_outcome_per_line():
     lines = [b'{"id": 7, "text": "ok note", "pid": 3}', b'{"id": "b", "text": 12}', b'{"text": "no id"}',
              b'{"id": "c"}', b"{broken", b'{"id": "d", "text": null, "pid": {"a": 1}}', b'{"id": 1.0, "text": ""}']
-    notes = extract_notes(_jsonl_block(lines), NoteColumns("jsonl", keep_columns=("pid",)))
+    block = _block(b"\n".join(lines), "jsonl", ("id", "text", "pid"))
+    notes = extract_notes(block, NoteColumns("jsonl", keep_columns=("pid",)))
     assert [n.doc_id for n in notes] == ["7", "b", None, "c", None, "d", "1"]
     assert notes[0].text == "ok note" and notes[0].error is None and notes[0].keep == {"pid": "3"}
     assert "must be a string, got int" in notes[1].error
@@ -140,14 +141,13 @@ def test_extract_notes_jsonl_gives_one_outcome_per_line():
     assert notes[6].text == "" and notes[6].error is None
 
 
-def test_extract_notes_csv_bytes_decode_per_document():
-    batch = pa.table({"id": pa.array([b"a", b"", b"c"], pa.binary()),
-                      "text": pa.array([b"fine", b"x", b"bad \xff"], pa.binary()),
-                      "pid": pa.array([b"p\xff", b"q", b"r"], pa.binary())})
-    notes = extract_notes(batch, NoteColumns("csv", keep_columns=("pid",)))
-    assert notes[0].text == "fine" and notes[0].keep == {"pid": "p\ufffd"}
+def test_extract_notes_csv_decodes_per_row():
+    block = _block(b"id,text,pid\na,fine,p\n,x,q\nc,bad \xff,r\n", "csv", ("id", "text", "pid"), "/x/in.csv")
+    notes = extract_notes(block, NoteColumns("csv", keep_columns=("pid",)))
+    assert notes[0].text == "fine" and notes[0].keep == {"pid": "p"}
     assert notes[1].doc_id is None and "missing id" in notes[1].error
-    assert notes[2].doc_id == "c" and "not valid UTF-8" in notes[2].error
+    assert notes[2].doc_id == "c" and notes[2].error == "in.csv line 4: field 2 is not valid UTF-8 (byte 4)"
+    assert notes[2].keep == {"pid": "r"}  # an error record keeps the fields that could be read
 
 
 def test_crash_once_kills_the_process_once(tmp_path):
@@ -264,3 +264,9 @@ def test_output_parent_directories_are_created_but_not_through_a_file(tmp_path):
     (tmp_path / "afile").write_text("")
     with pytest.raises(ValueError, match="is a file"):
         check_output(tmp_path / "afile" / "out", overwrite=False)
+
+
+def test_a_lone_surrogate_escape_in_a_json_line_does_not_break_its_block():
+    block = _block(b'{"id": 1, "text": "bad \\ud800 escape"}\n{"id": 2, "text": "fine"}\n', "jsonl")
+    notes = extract_notes(block, NoteColumns("jsonl"))
+    assert [(n.doc_id, n.text) for n in notes] == [("1", "bad \ud800 escape"), ("2", "fine")]

@@ -31,9 +31,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from ..extras import MissingExtraError
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, FileNotFoundError, OSError, MissingExtraError) as error:
         # Expected user errors: one clear line, no traceback.
         print(f"epee-annotate {args.command}: error: {error}", file=sys.stderr)
         return 2

@@ -6,20 +6,28 @@ import argparse
 
 
 def add_policy_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
-    """--entropy / --patience / --budget / --beem; none given means the checkpoint's default policy."""
-    group = parser.add_argument_group(title or "exit policy (default: the checkpoint's calibrated policy)")
-    group.add_argument("--entropy", type=float, metavar="TAU", help="exit when normalized entropy < TAU")
-    group.add_argument("--patience", type=int, metavar="P", help="exit when the same class wins P exits in a row")
-    group.add_argument("--budget", type=int, metavar="M", help="every input exits at layer M (0 = full depth)")
-    group.add_argument("--beem", type=float, metavar="S",
-                       help="BEEM: exit when the running sum of (m/M) x confidence of agreeing exits reaches S")
+    """One flag per setting of every registered exit policy; none given means the checkpoint's default."""
+    from ..policies import settings
+
+    group = parser.add_argument_group(title or "exit policy (default: the checkpoint's calibrated policy); "
+                                               "the settings of one policy at a time")
+    for setting in settings():
+        group.add_argument(setting.flag, dest=setting.key, type=setting.type, metavar=setting.metavar,
+                           help=f"{setting.help}; range {setting.range_text()}")
+
+
+def policy_settings_from_args(args: argparse.Namespace) -> dict:
+    """The policy settings given on the command line (flat keys; empty: the checkpoint's default)."""
+    from ..policies import given_settings
+
+    return given_settings(vars(args))
 
 
 def policy_from_args(args: argparse.Namespace):
     """The ExitPolicy the options ask for, or None for the checkpoint default."""
-    from ..policy_settings import resolve_policy
+    from ..policies import resolve_policy
 
-    return resolve_policy(vars(args), prefix="--")
+    return resolve_policy(vars(args))
 
 
 # ----- threads -------------------------------------------------------------------------------------

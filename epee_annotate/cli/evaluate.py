@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from ..vocab import METRICS
-from .common import (add_column_arguments, add_runtime_argument, add_threads_argument, apply_threads,
-                     columns_from_args, runtime_from_args)
+from .common import (
+    add_column_arguments, add_policy_arguments, add_runtime_argument, add_threads_argument, apply_threads,
+    columns_from_args, runtime_from_args,
+)
 
 log = logging.getLogger("epee_annotate.evaluate")
 
@@ -24,20 +26,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "evaluate",
         help="evaluate a checkpoint: per-exit (budgeted) and threshold-grid (dynamic) modes, report + plots",
         description="Evaluate a multi-exit checkpoint on labelled data from one full-depth pass: every exit "
-                    "(budgeted mode), the checkpoint's default or a given (entropy, patience) setting, and with "
-                    "--grid the whole EPEE grid with entropy-only and patience-only baselines. Writes "
-                    "OUTDIR/report.json, report.md and PNG plots.",
+                    "(budgeted mode), the checkpoint's default or a given exit policy, and with --grid every "
+                    "registered policy family's grid (EPEE, its entropy-only and patience-only baselines, BEEM). "
+                    "The checkpoint's metric (the one training selected on) is reported first; --metric "
+                    "overrides it. Writes OUTDIR/report.json, report.md and PNG plots.",
     )
     _common(evaluate)
-    setting = evaluate.add_argument_group("setting")
-    setting.add_argument("--entropy", type=float, metavar="T",
-                         help="entropy threshold tau in [0, 1] (with --patience: EPEE; alone: entropy only)")
-    setting.add_argument("--patience", type=int, metavar="P",
-                         help="patience P >= 1 (with --entropy: EPEE; alone: patience only)")
-    setting.add_argument("--beem", type=float, metavar="S",
-                         help="BEEM score threshold (cost weights m/M); not with --entropy/--patience")
-    setting.add_argument("--grid", action="store_true",
-                         help="sweep the (tau, P) grid and the entropy-only / patience-only baselines")
+    add_policy_arguments(evaluate, "exit policy to evaluate (default: the checkpoint's calibrated policy); the "
+                                   "settings of one policy at a time")
+    evaluate.add_argument("--grid", action="store_true",
+                          help="sweep every registered family's grid (EPEE (tau, P) with its baselines, BEEM)")
     evaluate.add_argument("--report", required=True, metavar="OUTDIR", help="folder for report.json, report.md, PNGs")
     evaluate.add_argument("--time-all", action="store_true",
                           help="with --grid: time the real early-exit run of every grid point (slow)")
@@ -52,20 +50,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate = subparsers.add_parser(
         "calibrate",
         help="choose (entropy, patience) for a stated goal and store it as the checkpoint's default policy",
-        description="Choose the EPEE setting (entropy threshold, patience) on a calibration split for one goal "
-                    "and store it, with the evidence, in DIR/epee_config.json. Metric values are fractions: "
-                    "--max-drop 0.005 allows half an accuracy point.",
+        description="Choose an exit policy's setting on a calibration split for one goal and store it, with the "
+                    "evidence, in DIR/epee_config.json. Without --in-sample the choice is certified on new data "
+                    "(Learn-then-Test: exact binomial tests in a fixed order, with the error rate 1 - C split over "
+                    "every printed statement). Metric values are fractions: --max-drop 0.005 allows half a point "
+                    "of the checkpoint's metric (the one training selected on; --metric overrides it).",
     )
     _common(calibrate)
     goal = calibrate.add_mutually_exclusive_group(required=True)
     goal.add_argument("--max-drop", type=float, metavar="D",
-                      help="fastest setting whose metric is within D (absolute, 0.005 = 0.5 points) of the last exit")
+                      help="fastest setting whose metric is within D (absolute, 0.005 = 0.5 points) of the last exit "
+                           "(macro-F1 / positive micro-F1 are certified through the disagreement rate and refused, "
+                           "with the n needed, when this data cannot certify them)")
     goal.add_argument("--min-speedup", type=float, metavar="S", help="best metric among settings with speed-up >= S")
     goal.add_argument("--max-disagreement", type=float, metavar="E",
-                      help="fastest setting whose disagreement with full depth is <= E with confidence C "
-                           "(Clopper-Pearson, Bonferroni over the grid)")
+                      help="fastest setting whose expected disagreement with full depth on new data is <= E")
     calibrate.add_argument("--confidence", type=float, default=0.95, metavar="C",
-                           help="confidence of the bounds on new data (default 0.95; Bonferroni over the grid)")
+                           help="joint confidence of every statement printed about new data (default 0.95)")
     calibrate.add_argument("--in-sample", action="store_true",
                            help="choose on the calibration split's own values (no statement about new data; "
                                 "the old behaviour)")
@@ -76,12 +77,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     calibrate.add_argument("--out", metavar="DIR2",
                            help="write a calibrated copy of the checkpoint to DIR2 and leave DIR unchanged")
     calibrate.add_argument("--overwrite", action="store_true", help="with --out: replace an existing DIR2")
-    calibrate.add_argument("--family", choices=("epee", "beem", "beem-accuracy"), default="epee",
-                           help="policy family searched: EPEE (tau, P), or BEEM thresholds with cost weights m/M "
-                                "or with each exit's accuracy on the calibration split as its weight")
+    calibrate.add_argument("--family", choices=_family_names(), default="epee",
+                           help="registered policy family searched (beem-accuracy weights each exit by its accuracy "
+                                "on training's dev set, recorded in the checkpoint)")
+    calibrate.add_argument("--allow-dev-overlap", action="store_true",
+                           help="calibrate even on examples of the dev set that chose the checkpoint's epoch "
+                                "(the guarantee then does not hold; recorded in the checkpoint)")
     calibrate.add_argument("--dry-run", action="store_true", help="print the choice without changing the checkpoint")
     calibrate.add_argument("--json", metavar="FILE", help="also write the calibration record to FILE")
     calibrate.set_defaults(func=run_calibrate)
+
+
+def _family_names() -> list[str]:
+    from ..policies import families
+
+    return [f.name for f in families()]
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -104,8 +114,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--seed", type=int, default=0, help="seed of the calibration/report split (default 0)")
     grid = parser.add_argument_group("grid and metric")
     grid.add_argument("--metric", default="auto", choices=("auto", *METRICS),
-                      help="main metric (auto: the metric training selected the checkpoint on; without a "
-                           "training record micro_f1_positive when there is a negative label, else accuracy)")
+                      help="main metric, reported first (auto: the checkpoint's metric, the one training selected "
+                           "its epoch on; without a training record micro_f1_positive when there is a negative "
+                           "label, else accuracy)")
     grid.add_argument("--negative-label", metavar="LABEL",
                       help="the no-relation label for micro_f1_positive (default: 'none' etc. for relation tasks)")
     grid.add_argument("--taus", type=_floats, metavar="T1,T2,...", help="entropy thresholds of the grid")
@@ -197,8 +208,8 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     warnings = []
     missing = sorted(set(model.labels) - set(gold))
     if missing:
-        warnings.append(f"labels of the checkpoint absent from this data: {missing} (their F1 is undefined and "
-                        "they count only if predicted)")
+        warnings.append(f"labels of the checkpoint absent from this data: {missing} (macro-F1 averages over all "
+                        "the checkpoint's labels, so each counts with F1 0)")
     fingerprint = data_fingerprint(inputs, path=path, format=fmt, split=split, fraction=fraction, seed=args.seed,
                                    part=part, holdout=holdout)
     return inputs, gold, fingerprint, warnings
@@ -227,6 +238,23 @@ def _check_labels(gold: list[str], labels: list[str]) -> None:
     raise ValueError(f"labels unseen in the checkpoint: {unseen[:10]}; checkpoint labels: {labels}")
 
 
+def _check_split(calibration, fingerprint, allow: bool) -> str | None:
+    """``calibration.check_split`` with this command line's options as advice."""
+    from ..calibration import SameSplitError, check_split
+
+    try:
+        return check_split(calibration, fingerprint, allow)
+    except SameSplitError as error:
+        part = error.part
+        advice = "--allow-same-split overrides"
+        if part:
+            options = f"--calibration-fraction {part['fraction']} --seed {part['seed']}"
+            if "dev_fraction" in part:
+                options += f" --dev-fraction {part['dev_fraction']} --dev-seed {part['dev_seed']}"
+            advice = f"pass {options} to evaluate on the other part; {advice}"
+        raise SameSplitError(f"{error} ({advice})", part) from None
+
+
 def _negative_label(args, model) -> str | None:
     from ..evaluation import find_negative_label
 
@@ -240,7 +268,6 @@ def _negative_label(args, model) -> str | None:
 # ----- evaluate -----------------------------------------------------------------------------------------
 def run_evaluate(args) -> int:
     """The ``evaluate`` subcommand."""
-    from ..calibration import check_split
     from ..evaluation import evaluate_model
     from ..reports import write_report
     from .common import policy_from_args
@@ -251,7 +278,7 @@ def run_evaluate(args) -> int:
     model = _load_model(args)
     negative = _negative_label(args, model)
     inputs, gold, fingerprint, warnings = _load_data(args, model, part="report")
-    same = check_split(model.config.calibration, fingerprint, args.allow_same_split)
+    same = _check_split(model.config.calibration, fingerprint, args.allow_same_split)
     if same:
         warnings.insert(0, same)
         print(same, file=sys.stderr)
@@ -284,12 +311,14 @@ def _print_summary(report: dict[str, Any]) -> None:
     metric = report["metric"]
     timing = (report.get("timing") or {}).get("policies", {})
     full = report["full_depth"]
-    print(f"n={report['n']}  last exit: " + "  ".join(f"{m} {full[m]:.4f}" for m in report["metric_names"]))
+    names = report["metric_names"]  # the main metric first
+    print(f"metric: {metric} ({report['metric_source']})")
+    print(f"n={report['n']}  last exit: " + "  ".join(f"{m} {full[m]:.4f}" for m in names))
     if "selected" in report:
         row = report["selected"]
         wall = timing.get("selected", {}).get("wall_speedup")
         cpu = timing.get("selected", {}).get("cpu_speedup")
-        print(f"{row['name']}: " + "  ".join(f"{m} {row[m]:.4f}" for m in report["metric_names"])
+        print(f"{row['name']}: " + "  ".join(f"{m} {row[m]:.4f}" for m in names)
               + f"  speedup {row['speedup']:.3f}x  saved_fraction {row['saved_fraction']:.3f}"
               + f"  disagreement {row['disagreement']:.4f}"
               + (f"  wall-clock speed-up {wall:.2f}x (CPU time {cpu:.2f}x)" if wall else ""))
@@ -333,9 +362,11 @@ def run_calibrate(args) -> int:
             args.checkpoint, inputs, gold, goal, data=fingerprint, taus=args.taus, patiences=args.patiences,
             negative_label=negative, batch_size=args.batch_size, progress=_progress(args), model=model,
             save=not args.dry_run, out=args.out, overwrite=args.overwrite, family=args.family,
+            allow_dev_overlap=args.allow_dev_overlap,
         )
     except GuardError as error:
-        print(f"epee-annotate calibrate: {error}", file=sys.stderr)
+        print(f"epee-annotate calibrate: {error} (--guard-drop G raises the guard, --force forces the choice)",
+              file=sys.stderr)
         return 3
     print(result.summary())
     if args.json:

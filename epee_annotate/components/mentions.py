@@ -17,6 +17,8 @@ from typing import Any, Sequence
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
+from ..extras import require
+
 RULES_FILE = "rules.json"
 
 
@@ -28,7 +30,7 @@ def rules_to_dicts(rules: Sequence[Any]) -> list[dict[str, Any]]:
 
 def rules_from_dicts(data: Sequence[dict[str, Any]]) -> list[Any]:
     """TargetRules from ``rules_to_dicts`` output (or medSpaCy's own rule JSON entries)."""
-    from medspacy.target_matcher import TargetRule
+    TargetRule = require("medspacy.target_matcher", "mention rules").TargetRule
 
     return [TargetRule(d["literal"], d["category"], pattern=d.get("pattern")) for d in data]
 
@@ -67,7 +69,7 @@ class RuleMatcher:
     """A medSpaCy TargetMatcher that writes its matches into doc.ents with the canonical name as entity id."""
 
     def __init__(self, nlp: Language, name: str, rules: Sequence[Any]):
-        from medspacy.target_matcher import TargetMatcher
+        TargetMatcher = require("medspacy.target_matcher", "mention rules").TargetMatcher
 
         self.rules = list(rules)
         self._matcher = TargetMatcher(nlp, name=f"{name}_matcher", result_type=None)
@@ -134,3 +136,10 @@ class MentionSource:
     def from_disk(self, path: Path) -> None:
         if (path / RULES_FILE).is_file():
             self._rules, self._matcher = path / RULES_FILE, None
+
+    def rules_data(self) -> list[dict[str, Any]]:
+        """The rules as JSON-ready dicts (empty without rules)."""
+        return rules_to_dicts(self.matcher.rules) if self.matcher is not None else []
+
+    def set_rules_data(self, data: Sequence[dict[str, Any]]) -> None:
+        self._rules, self._matcher = (rules_from_dicts(data) if data else None), None

@@ -11,8 +11,7 @@ more gets ``doc._.epee_truncated_pairs = True`` and the rest are not classified.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from spacy.language import Language
 from spacy.tokens import Doc, Span
@@ -76,11 +75,3 @@ class RelationClassifier(EpeeComponent):
         pair, clipped = self.multi_exit_model.encoder.relation_input(text, head_chars, tail_chars, base, end)
         return Item(pair, "pair", head.start_char, tail.end_char, head=head_chars, tail=tail_chars, clipped=clipped)
 
-    def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:
-        super().to_disk(path, exclude=exclude)
-        self.mentions.to_disk(Path(path))
-
-    def from_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> "RelationClassifier":
-        super().from_disk(path, exclude=exclude)
-        self.mentions.from_disk(Path(path))
-        return self

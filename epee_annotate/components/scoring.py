@@ -47,6 +47,16 @@ def gold_items(doc: Doc, task: str) -> dict[Key, str]:
     return gold
 
 
+def score_weights(name: str) -> dict[str, float]:
+    """A factory's ``default_score_weights``: F counts, the rest is reported.
+
+    Keys carry the component name, as its scores do; spaCy keys factory weights by the factory
+    name (as spancat's ``spans_sc_f``), so they match a component added under its factory's name.
+    A component under another name sets ``[training.score_weights]`` itself.
+    """
+    return {f"{name}_f": 1.0, f"{name}_p": 0.0, f"{name}_r": 0.0, f"{name}_acc": 0.0}
+
+
 def score_component(examples: Iterable[Any], task: str, labels: Sequence[str], none_label: str,
                     doc_level: bool = False) -> dict[str, Any]:
     """Scores of one component over ``examples`` (see the module docstring)."""

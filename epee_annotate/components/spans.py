@@ -7,8 +7,7 @@ the marked mention always reaches the model; such results are flagged ``truncate
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from spacy.language import Language
 from spacy.tokens import Doc
@@ -39,11 +38,3 @@ class SpanClassifier(EpeeComponent):
             items.append(Item(marked, "mention", span.start_char, span.end_char, span=span, clipped=cut))
         return items
 
-    def to_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> None:
-        super().to_disk(path, exclude=exclude)
-        self.mentions.to_disk(Path(path))
-
-    def from_disk(self, path: str | Path, *, exclude: Iterable[str] = ()) -> "SpanClassifier":
-        super().from_disk(path, exclude=exclude)
-        self.mentions.from_disk(Path(path))
-        return self

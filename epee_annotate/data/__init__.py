@@ -1,4 +1,7 @@
-"""Training data: loaders for generic JSONL/CSV, PHEE, DDI 2013 and MedMNIST, all giving ``Example`` lists."""
+"""Training data: JSONL/CSV/TSV/Parquet, PHEE, DDI 2013 and MedMNIST loaders giving ``Example`` lists.
+
+Every file is read by the format registry (``epee_annotate.formats``), as the batch jobs read theirs.
+"""
 
 from .ddi import DDI_LABELS, ddi_drug_lexicon, load_ddi, subsample_negatives
 from .examples import DataError, Example, label_counts, sorted_labels, split_by_group

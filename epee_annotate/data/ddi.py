@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import logging
 import random
-import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
+from .. import filesystem
 from ..vocab import DDI_LABELS, DDI_NEGATIVE
-from .examples import Example, SkipCounter, require_examples
+from .examples import Example, SkipCounter, read_records, require_examples
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +39,14 @@ class _BadElement(ValueError):
     """An element's attributes do not fit the corpus format."""
 
 
-def ddi_files(path: str | Path) -> list[Path]:
-    """The XML files at ``path`` (a file, or a directory searched recursively), sorted."""
-    source = Path(path)
-    if source.is_file():
-        return [source]
-    if not source.is_dir():
-        raise FileNotFoundError(f"DDI path {str(source)!r} does not exist")
-    files = sorted(p for p in source.rglob("*.xml") if p.is_file())
-    if not files:
-        raise FileNotFoundError(f"no .xml files under {str(source)!r}")
-    return files
+def ddi_files(path: str | Path) -> list[str]:
+    """The XML files at ``path`` (a file, or a directory searched recursively; path or URI), sorted."""
+    location = str(path)
+    if filesystem.is_file(location):
+        return [location]
+    if not filesystem.exists(location):
+        raise FileNotFoundError(f"DDI path {location!r} does not exist")
+    return filesystem.expand([location], lambda p: p.lower().endswith(".xml"))
 
 
 def parse_offsets(value: str | None) -> list[Span]:
@@ -82,33 +79,18 @@ def _pair_spans(head: list[Span], tail: list[Span]) -> tuple[Span, Span] | None:
     return None
 
 
-def _parse_file(path: Path, counter: SkipCounter) -> ET.Element | None:
-    try:
-        return ET.parse(path).getroot()
-    except ET.ParseError as error:
-        line, column = error.position
-        counter.bad(f"{path} line {line}", f"malformed XML at column {column}")
-    except OSError as error:
-        counter.bad(str(path), f"cannot read ({type(error).__name__})")
-    return None
-
-
-def load_ddi(path: str | Path, on_error: str = "stop") -> list[Example]:
-    """Relation examples for every entity pair under ``path``, in file order."""
+def load_ddi(path: str | Path, on_error: str = "stop", encoding: str = "utf-8") -> list[Example]:
+    """Relation examples for every entity pair under ``path``, in file order (reader: ``formats.ddi``)."""
     files = ddi_files(path)
     counter = SkipCounter(on_error, str(path))
     examples: list[Example] = []
     dropped: Counter = Counter()
     for file in files:
-        root = _parse_file(file, counter)
-        if root is None:
-            continue
-        document = root.get("id") or file.stem
-        for sentence in root.iter("sentence"):
+        for record in read_records(file, "ddi", counter, encoding):
             try:
-                examples += _sentence_examples(sentence, document, dropped)
+                examples += _sentence_examples(record.data, dropped)
             except _BadElement as error:
-                counter.bad(f"{file} sentence {sentence.get('id')}", str(error))
+                counter.bad(record.position, str(error))
     counter.finish()
     if dropped:
         logger.info("DDI %s: dropped pairs %s", path, dict(dropped))
@@ -116,34 +98,32 @@ def load_ddi(path: str | Path, on_error: str = "stop") -> list[Example]:
     return examples
 
 
-def _sentence_examples(sentence: ET.Element, document: str, dropped: Counter) -> list[Example]:
-    text = sentence.get("text")
-    if text is None:
-        raise _BadElement("sentence has no text attribute")
+def _sentence_examples(sentence: dict, dropped: Counter) -> list[Example]:
+    text = sentence["text"]
     entities = {}
-    for entity in sentence.iter("entity"):
-        spans = parse_offsets(entity.get("charOffset"))
+    for entity in sentence["entities"]:
+        spans = parse_offsets(entity["charOffset"])
         if spans[-1][1] > len(text):
-            raise _BadElement(f"entity {entity.get('id')} offsets run past the sentence end")
-        entities[entity.get("id")] = spans
+            raise _BadElement(f"entity {entity['id']} offsets run past the sentence end")
+        entities[entity["id"]] = spans
     out = []
-    for pair in sentence.iter("pair"):
-        ident = pair.get("id")
-        if pair.get("e1") not in entities or pair.get("e2") not in entities:
+    for pair in sentence["pairs"]:
+        ident = pair["id"]
+        if pair["e1"] not in entities or pair["e2"] not in entities:
             raise _BadElement(f"pair {ident} names an entity the sentence does not have")
-        positive = (pair.get("ddi") or "").lower() == "true"
-        label = (pair.get("type") or "").lower() if positive else NEGATIVE
+        positive = (pair["ddi"] or "").lower() == "true"
+        label = (pair["type"] or "").lower() if positive else NEGATIVE
         if label not in DDI_LABELS:
             if positive and not label:
                 dropped["positive without type"] += 1
                 continue
             raise _BadElement(f"pair {ident} has type {label!r}, expected one of {DDI_LABELS[1:]}")
-        spans = _pair_spans(entities[pair.get("e1")], entities[pair.get("e2")])
+        spans = _pair_spans(entities[pair["e1"]], entities[pair["e2"]])
         if spans is None:
             dropped["overlapping entities"] += 1
             continue
         head, tail = spans
-        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, document))
+        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, sentence["document"]))
     return out
 
 
@@ -169,13 +149,11 @@ def ddi_drug_lexicon(directory: str | Path) -> dict[str, str]:
     counts: dict[str, Counter] = {}
     counter = SkipCounter("skip", str(directory))
     for file in ddi_files(directory):
-        root = _parse_file(file, counter)
-        if root is None:
-            continue
-        for entity in root.iter("entity"):
-            text, kind = (entity.get("text") or "").strip().lower(), entity.get("type")
-            if text and kind:
-                counts.setdefault(text, Counter())[kind] += 1
+        for record in read_records(file, "ddi", counter):
+            for entity in record.data["entities"]:
+                text, kind = (entity["text"] or "").strip().lower(), entity["type"]
+                if text and kind:
+                    counts.setdefault(text, Counter())[kind] += 1
     counter.finish()
     rank = {kind: i for i, kind in enumerate(ENTITY_TYPE_ORDER)}
     return {

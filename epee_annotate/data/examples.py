@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..formats import BadRecordError, ReadOptions, Record, read_file
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,9 @@ def split_by_group(
     return train, dev
 
 
+STOP_HINT = "(use on_error='skip' to skip bad records)"
+
+
 class SkipCounter:
     """Applies the ``on_error`` rule: raise at the first bad record, or count and skip it."""
 
@@ -72,17 +78,36 @@ class SkipCounter:
         self.source = source
         self.skipped: list[str] = []
 
-    def bad(self, where: str, why: str) -> None:
-        """Report one bad record (``where`` is e.g. "line 7"; ``why`` must not quote data)."""
+    @property
+    def read_options(self) -> dict[str, str]:
+        """The reader's ``on_bad_record`` mode for this rule (``formats.ReadOptions``)."""
+        return {"on_bad_record": "failfast" if self.on_error == "stop" else "permissive"}
+
+    def bad(self, position: str, why: str) -> None:
+        """Report one bad record (``position`` is e.g. "notes.csv line 7"; ``why`` must not quote data)."""
         if self.on_error == "stop":
-            raise DataError(f"{self.source}, {where}: {why} (use on_error='skip' to skip bad records)")
-        self.skipped.append(where)
+            raise DataError(f"{position}: {why} {STOP_HINT}")
+        self.skipped.append(position)
 
     def finish(self) -> None:
         """Log how many records were skipped and where (positions only: records may hold PHI)."""
         if self.skipped:
             shown = ", ".join(self.skipped[:10]) + (", ..." if len(self.skipped) > 10 else "")
             logger.warning("skipped %d bad record(s) in %s (%s)", len(self.skipped), self.source, shown)
+
+
+def read_records(path: str | os.PathLike, fmt: str, counter: SkipCounter, encoding: str = "utf-8",
+                 **format_options: Any) -> Iterator[Record]:
+    """The good records of one file through the format registry; bad ones go to ``counter``."""
+    options = ReadOptions(encoding=encoding, **counter.read_options)
+    try:
+        for record in read_file(str(path), fmt, options, **format_options):
+            if record.error is None:
+                yield record
+            else:  # permissive: count it (failfast raised in the reader)
+                counter.bad(record.position, record.error)
+    except BadRecordError as error:
+        raise DataError(f"{error} {STOP_HINT}") from None
 
 
 def require_examples(examples: Sequence[Example], source: str, skipped: int = 0) -> None:

@@ -1,6 +1,6 @@
-"""Generic JSONL/CSV loaders for text, relation and image-list data.
+"""Generic JSONL/CSV/TSV/Parquet loaders for text, relation and image-list data (readers: ``formats``).
 
-Columns (CSV header or JSONL keys):
+Columns (CSV header, JSONL keys or Parquet columns):
 
 - text: ``text``, ``label``;
 - relation: ``text``, ``head_start``, ``head_end``, ``tail_start``, ``tail_end``, ``label``
@@ -15,12 +15,12 @@ strings. A bad record stops loading with an error naming the file and line, unle
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-from .examples import DataError, Example, SkipCounter, require_examples
+from .. import filesystem
+from ..formats import HeaderError, ReadOptions, read_csv_header
+from .examples import DataError, Example, SkipCounter, read_records, require_examples
 
 REQUIRED = {
     "text": ("text", "label"),
@@ -33,28 +33,45 @@ class RecordError(ValueError):
     """One record does not fit the expected columns."""
 
 
+TABLE_FORMATS = ("jsonl", "csv", "tsv", "parquet")
+
+
 def load_records(path: str | Path, fmt: str, task: str, on_error: str = "stop",
-                 columns: dict[str, str] | None = None) -> list[Example]:
-    """Examples of ``task`` from a JSONL or CSV file (``fmt`` = "jsonl" or "csv")."""
-    source = Path(path)
+                 columns: dict[str, str] | None = None, encoding: str = "utf-8") -> list[Example]:
+    """Examples of ``task`` from a JSONL, CSV, TSV or Parquet file (``fmt``), read through ``formats``."""
+    source = str(path)
     columns = dict(columns or {})
     if task not in REQUIRED:
         raise ValueError(f"task must be one of {sorted(REQUIRED)}, got {task!r}")
-    if not source.is_file():
-        raise FileNotFoundError(f"data file {str(source)!r} does not exist")
-    counter = SkipCounter(on_error, str(source))
-    reader = {"jsonl": _jsonl_rows, "csv": _csv_rows}.get(fmt)
-    if reader is None:
-        raise ValueError(f"generic format must be 'jsonl' or 'csv', got {fmt!r}")
+    if fmt not in TABLE_FORMATS:
+        raise ValueError(f"generic format must be one of {list(TABLE_FORMATS)}, got {fmt!r}")
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"data file {source!r} does not exist")
+    if task == "image" and filesystem.is_uri(source):  # the images it lists are decoded from local files
+        raise ValueError(f"an image list must be a local file, got {source!r}")
+    if fmt in ("csv", "tsv"):
+        _check_header(source, fmt, task, columns, encoding)
+    counter = SkipCounter(on_error, source)
     examples = []
-    for line, row in reader(source, task, counter, columns):
+    for record in read_records(source, fmt, counter, encoding):
         try:
-            examples.append(_example(_rename(row, columns), task, source.parent))
+            examples.append(_example(_rename(record.data, columns), task, Path(source).parent))
         except RecordError as error:
-            counter.bad(f"line {line}", str(error))
+            counter.bad(record.position, str(error))
     counter.finish()
-    require_examples(examples, str(source), len(counter.skipped))
+    require_examples(examples, source, len(counter.skipped))
     return examples
+
+
+def _check_header(source: str, fmt: str, task: str, columns: dict[str, str], encoding: str) -> None:
+    """A missing column is a file-level problem (no row could be read), so it always stops."""
+    try:
+        header = read_csv_header(source, fmt, ReadOptions(encoding))
+    except HeaderError as error:
+        raise DataError(f"{source}, line 1: cannot read the header ({error})") from None
+    missing = [columns.get(c, c) for c in REQUIRED[task] if columns.get(c, c) not in header]
+    if missing:
+        raise DataError(f"{source}: missing column(s) {missing}; found {header}")
 
 
 def _rename(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
@@ -64,48 +81,6 @@ def _rename(row: dict[str, Any], columns: dict[str, str]) -> dict[str, Any]:
     renamed = {k: v for k, v in row.items() if k not in columns}
     renamed.update({standard: row[own] for standard, own in columns.items() if own in row})
     return renamed
-
-
-def _jsonl_rows(source: Path, task: str, counter: SkipCounter, columns: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(source, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as error:
-                counter.bad(f"line {number}", f"not valid JSON ({error.msg} at column {error.colno})")
-                continue
-            if not isinstance(row, dict):
-                counter.bad(f"line {number}", f"expected a JSON object, got {type(row).__name__}")
-                continue
-            yield number, row
-
-
-def _csv_rows(source: Path, task: str, counter: SkipCounter, columns: dict[str, str]) -> Iterator[tuple[int, dict[str, Any]]]:
-    with open(source, encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle, strict=True)
-        try:
-            header = reader.fieldnames or []
-        except csv.Error as error:
-            raise DataError(f"{source}, line 1: cannot read the CSV header ({error})") from None
-        # A missing column is a file-level problem: no row could be read, so always stop.
-        missing = [columns.get(c, c) for c in REQUIRED[task] if columns.get(c, c) not in header]
-        if missing:
-            raise DataError(f"{source}: missing column(s) {missing}; found {header}")
-        while True:
-            start = reader.line_num + 1
-            try:
-                row = next(reader)
-            except StopIteration:
-                return
-            except csv.Error as error:
-                counter.bad(f"line {start}", f"malformed CSV ({error})")
-                continue
-            if None in row or any(value is None for value in row.values()):
-                counter.bad(f"line {start}", f"expected {len(header)} fields")
-                continue
-            yield start, row
 
 
 def _example(row: dict[str, Any], task: str, base: Path) -> Example:

@@ -5,27 +5,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..formats import UnsupportedFormat, format_of
 from .ddi import DDI_LABELS, load_ddi, subsample_negatives
 from .examples import Example, sorted_labels
-from .generic import load_records
+from .generic import TABLE_FORMATS, load_records
 from .medmnist import load_medmnist, medmnist_label_names
 from .phee import load_phee, phee_labels
 
-FORMATS = ("jsonl", "csv", "phee", "ddi", "npz", "images")
+# Training formats: the registry's labelled formats (``formats.FORMATS``), plus "images", a CSV or
+# JSONL list of image paths and labels.
 _TASKS = {
     "jsonl": ("text", "relation"),
     "csv": ("text", "relation"),
+    "tsv": ("text", "relation"),
+    "parquet": ("text", "relation"),
     "phee": ("text",),
     "ddi": ("relation",),
     "npz": ("image",),
     "images": ("image",),
 }
+FORMATS = tuple(_TASKS)
 
 
 def check_format(fmt: str, task: str) -> None:
     """A clear error when a format cannot feed a task."""
     if fmt not in FORMATS:
-        raise ValueError(f"format must be one of {list(FORMATS)}, got {fmt!r}")
+        raise UnsupportedFormat(f"unsupported training data format {fmt!r}; supported: {', '.join(FORMATS)}")
     if task not in _TASKS[fmt]:
         raise ValueError(f"format {fmt!r} gives {'/'.join(_TASKS[fmt])} data, not {task!r}")
 
@@ -36,34 +41,36 @@ def load_examples(
     task: str,
     split: str | None = None,
     on_error: str = "stop",
+    encoding: str = "utf-8",
     **options: Any,
 ) -> list[Example]:
     """Examples from ``path`` in ``format`` for ``task``.
 
     ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
     ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
-    ``label_names`` (npz), ``columns`` (jsonl, csv, images: standard name -> the file's column).
-    For "images", ``path`` is a CSV or JSONL list (by extension).
+    ``label_names`` (npz), ``columns`` (jsonl, csv, tsv, parquet, images: standard name -> the file's
+    column). For "images", ``path`` is a CSV, TSV or JSONL list (by extension). ``encoding`` is the text
+    encoding of text formats (refused by the others). Files are read through ``epee_annotate.formats``.
     """
     check_format(format, task)
     if on_error not in ("stop", "skip"):
         raise ValueError(f"on_error must be 'stop' or 'skip', got {on_error!r}")
-    if format in ("jsonl", "csv"):
+    if format in TABLE_FORMATS:
         _no_options(format, options, ("columns",))
-        return load_records(path, format, task, on_error, options.get("columns"))
+        return load_records(path, format, task, on_error, options.get("columns"), encoding)
     if format == "images":
         _no_options(format, options, ("columns",))
-        fmt = "csv" if Path(path).suffix.lower() == ".csv" else "jsonl"
-        return load_records(path, fmt, "image", on_error, options.get("columns"))
+        fmt = format_of(str(path), ("csv", "tsv")) or "jsonl"
+        return load_records(path, fmt, "image", on_error, options.get("columns"), encoding)
     if format == "phee":
         _no_options(format, options, ("both", "no_event"))
-        return load_phee(path, on_error=on_error, **options)
+        return load_phee(path, on_error=on_error, encoding=encoding, **options)
     if format == "ddi":
         _no_options(format, options, ("negative_ratio", "seed"))
-        examples = load_ddi(path, on_error)
+        examples = load_ddi(path, on_error, encoding)
         return subsample_negatives(examples, options.get("negative_ratio"), options.get("seed", 0))
     _no_options(format, options, ("label_names",))
-    return load_medmnist(path, split or "train", options.get("label_names"))
+    return load_medmnist(path, split or "train", options.get("label_names"), encoding)
 
 
 def _no_options(fmt: str, options: dict[str, Any], allowed: Sequence[str] = ()) -> None:

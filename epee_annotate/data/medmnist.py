@@ -9,34 +9,27 @@ Inputs are the uint8 image arrays themselves.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .examples import DataError, Example, require_examples
+from .. import filesystem
+from ..formats.npz import NpzError, splits_of
+from .examples import DataError, Example, SkipCounter, read_records, require_examples
 
 PNEUMONIAMNIST_LABELS = ["normal", "pneumonia"]
 
 
-def _read_split(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+def _read_split(path: str, split: str, encoding: str = "utf-8") -> tuple[list[np.ndarray], np.ndarray]:
+    """(images, labels) of one split, read through the format registry (``formats.npz``)."""
     try:
-        from ..imaging import load_npz_split
-    except ImportError:  # imaging not importable: read the arrays directly
-        load_npz_split = None
-    if load_npz_split is not None:
-        try:
-            return load_npz_split(path, split)
-        except ValueError as error:  # ImageReadError is a ValueError
-            raise DataError(f"{path}: {error}") from None
-    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-        if f"{split}_images" not in archive.files or f"{split}_labels" not in archive.files:
-            splits = sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
-            raise DataError(f"{path}: split {split!r} not in npz; available splits: {splits}")
-        images, labels = archive[f"{split}_images"], archive[f"{split}_labels"]
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    return images, labels.astype(np.int64)
+        records = list(read_records(path, "npz", SkipCounter("stop", str(path)), encoding, split=split))
+    except NpzError as error:
+        raise DataError(f"{path}: {error}") from None
+    labels = np.array([r.data["label"] for r in records], dtype=np.int64)
+    return [r.data["image"] for r in records], labels
 
 
 def medmnist_label_names(num_classes: int, label_names: Sequence[str] | None = None) -> list[str]:
@@ -49,13 +42,14 @@ def medmnist_label_names(num_classes: int, label_names: Sequence[str] | None = N
     return names
 
 
-def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[str] | None = None) -> list[Example]:
+def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[str] | None = None,
+                  encoding: str = "utf-8") -> list[Example]:
     """Image examples of one split of a MedMNIST archive."""
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"npz file {str(source)!r} does not exist")
-    images, labels = _read_split(source, split)
-    if labels.ndim != 1:
+    source = str(path)
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"npz file {source!r} does not exist")
+    images, labels = _read_split(source, split, encoding)
+    if labels.ndim == 2:
         raise DataError(f"{source}: split {split!r} is multi-label (labels {labels.shape}); single-label only")
     if len(labels) and labels.min() < 0:
         raise DataError(f"{source}: split {split!r} has negative class ids")
@@ -71,5 +65,5 @@ def load_medmnist(path: str | Path, split: str = "train", label_names: Sequence[
 
 def npz_splits(path: str | Path) -> list[str]:
     """The splits (``<split>_images`` arrays) a MedMNIST-style archive holds."""
-    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
-        return sorted(k[: -len("_images")] for k in archive.files if k.endswith("_images"))
+    with filesystem.open_input(str(path)) as handle, np.load(io.BytesIO(handle.read()), allow_pickle=False) as archive:
+        return splits_of(archive.files)

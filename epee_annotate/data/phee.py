@@ -22,14 +22,15 @@ PubMed id (the part of ``id`` before the last underscore), so dev splits keep ab
 
 from __future__ import annotations
 
-import json
 import logging
+import os
 from collections import Counter
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
+from .. import filesystem
 from ..vocab import PV_EVENT_LABELS
-from .examples import Example, SkipCounter, require_examples
+from .examples import Example, SkipCounter, read_records, require_examples
 
 logger = logging.getLogger(__name__)
 
@@ -58,63 +59,30 @@ def sentence_label(event_types: Sequence[str], both: str = "majority") -> str | 
 
 
 def load_phee(
-    path: str | Path, both: str = "majority", no_event: str = "skip", on_error: str = "stop"
+    path: str | Path, both: str = "majority", no_event: str = "skip", on_error: str = "stop", encoding: str = "utf-8"
 ) -> list[Example]:
-    """Sentence-classification examples from a PHEE JSON-lines file."""
+    """Sentence-classification examples from a PHEE JSON-lines file (reader: ``formats.phee``)."""
     if both not in ("majority", "adverse", "skip"):
         raise ValueError(f"both must be 'majority', 'adverse' or 'skip', got {both!r}")
     if no_event not in ("skip", "none"):
         raise ValueError(f"no_event must be 'skip' or 'none', got {no_event!r}")
-    source = Path(path)
-    if not source.is_file():
-        raise FileNotFoundError(f"PHEE file {str(source)!r} does not exist")
-    counter = SkipCounter(on_error, str(source))
+    source = str(path)
+    if not filesystem.is_file(source):
+        raise FileNotFoundError(f"PHEE file {source!r} does not exist")
+    counter = SkipCounter(on_error, source)
     examples, dropped = [], Counter()
-    with open(source, encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                text, types, ident = _parse(raw)
-            except ValueError as error:
-                counter.bad(f"line {number}", str(error))
-                continue
-            label = sentence_label(types, both)
-            if not types and no_event == "none":
-                label = NO_EVENT
-            if label is None:
-                dropped["no event" if not types else "both types"] += 1
-                continue
-            group = ident.rsplit("_", 1)[0] if ident else None
-            examples.append(Example(text, label, ident, group))
+    for record in read_records(source, "phee", counter, encoding):
+        text, types, ident = record.data["text"], record.data["event_types"], record.data["id"]
+        label = sentence_label(types, both)
+        if not types and no_event == "none":
+            label = NO_EVENT
+        if label is None:
+            dropped["no event" if not types else "both types"] += 1
+            continue
+        group = ident.rsplit("_", 1)[0] if ident else None
+        examples.append(Example(text, label, ident, group))
     counter.finish()
     if dropped:
-        logger.info("PHEE %s: dropped %s", source.name, dict(dropped))
-    require_examples(examples, str(source), len(counter.skipped))
+        logger.info("PHEE %s: dropped %s", os.path.basename(source), dict(dropped))
+    require_examples(examples, source, len(counter.skipped))
     return examples
-
-
-def _parse(raw: str) -> tuple[str, list[str], str | None]:
-    try:
-        record: Any = json.loads(raw)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"not valid JSON ({error.msg} at column {error.colno})") from None
-    if not isinstance(record, dict):
-        raise ValueError("expected a JSON object")
-    text = record.get("context")
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("'context' must be a non-empty string")
-    annotations = record.get("annotations")
-    if not isinstance(annotations, list) or not annotations or not isinstance(annotations[0], dict):
-        raise ValueError("'annotations' must be a non-empty list")
-    events = annotations[0].get("events", [])
-    if not isinstance(events, list):
-        raise ValueError("'annotations[0].events' must be a list")
-    types = []
-    for event in events:
-        kind = event.get("event_type") if isinstance(event, dict) else None
-        if kind not in PHEE_LABELS:
-            raise ValueError(f"event_type must be one of {PHEE_LABELS}")  # not echoed: could be anything
-        types.append(kind)
-    ident = record.get("id")
-    return text, types, None if ident is None else str(ident)

@@ -16,7 +16,7 @@ from typing import Any, Iterable, Sequence
 from ..model import MultiExitModel
 from ..policies import ExitPolicy
 from ..prediction import Prediction
-from .reading import MAX_PIXELS, DecodedImage, ImageReadError, read_image
+from ..image_decoding import MAX_PIXELS, DecodedImage, ImageReadError, read_image
 
 DECODE_ERROR_PREFIX = "cannot decode image: "
 

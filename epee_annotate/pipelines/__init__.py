@@ -1,10 +1,12 @@
 """Ray Data batch jobs: EHR exports and image archives -> Parquet (see docs/batch_jobs.md).
 
 Modules: ``jobs`` (``run_notes_job``, ``run_images_job`` and their option dataclasses),
-``notes`` / ``images`` (the per-actor annotators), ``sources`` (readers), ``schema`` (the
-explicit output schema and its metadata), ``output`` (all-or-nothing output directories),
-``summary`` (run summary), ``runtime`` (Ray session, actor pool settings, resource checks),
-``errors`` (setting errors the command line maps to its flags).
+``notes`` / ``images`` (the per-actor annotators), ``sources`` (a Ray Data adapter over the
+``formats`` readers), ``schema`` (the explicit output schema and its metadata), ``publish`` (the
+job's output sink: datasets, side files, ``_SUCCESS`` manifest), ``output`` (all-or-nothing local
+directories), ``summary`` (run summary), ``runtime`` (Ray session, actor pool settings, resource
+checks), ``errors`` (setting errors the command line maps to its flags). Nothing here prints or
+changes process-wide state.
 Importing this package is cheap: Ray is imported only when a job runs.
 """
 

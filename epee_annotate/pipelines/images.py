@@ -16,17 +16,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ..imaging.classify import ImagePrediction, classify_decoded, classify_images
-from ..imaging.reading import MAX_PIXELS, DecodedImage
-from ..policies import ExitPolicy
-from ..policy_settings import resolve_policy
+from ..image_decoding import MAX_PIXELS, DecodedImage
+from ..imaging.classify import DECODE_ERROR_PREFIX, ImagePrediction, classify_decoded, classify_images
+from ..policies import ExitPolicy, resolve_policy
+from ..prediction import Prediction
 from ..vocab import DICOM_COLUMNS
 from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table
+from .sources import READ_ERROR, SOURCE_FILE
 
 
 def job_policy(knobs: dict[str, Any] | None, default: ExitPolicy) -> ExitPolicy:
-    """``--entropy/--patience/--budget`` as a policy (``policy_settings.resolve_policy``), else ``default``."""
-    policy = resolve_policy(knobs, prefix="--")
+    """The job's policy settings as a policy (``policies.resolve_policy``), else ``default``."""
+    policy = resolve_policy(knobs)
     return default if policy is None else policy
 
 
@@ -79,9 +80,15 @@ class ImageAnnotator:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "bytes" in batch.column_names:
-            paths = [self.path_prefix + path for path in batch.column("path").to_pylist()]
-            results = classify_images(self.model, batch.column("bytes").to_pylist(), self.policy,
-                                      self.model_batch_size, self.frames, names=paths, max_pixels=self.max_pixels)
+            paths = [self.path_prefix + path for path in batch.column(SOURCE_FILE).to_pylist()]
+            errors = batch.column(READ_ERROR).to_pylist()
+            read = [i for i, error in enumerate(errors) if error is None]
+            data = batch.column("bytes").to_pylist()
+            results = classify_images(self.model, [data[i] for i in read], self.policy, self.model_batch_size,
+                                      self.frames, names=[paths[i] for i in read], max_pixels=self.max_pixels)
+            results += [ImagePrediction(paths[i], None, Prediction.failed(f"{DECODE_ERROR_PREFIX}{errors[i]}",
+                                                                          self.model.num_layers))
+                        for i, error in enumerate(errors) if error is not None]
             rows = [{"doc_id": r.source, "path": r.source, **self._row(r)} for r in results]
         else:
             columns = batch.to_pydict()

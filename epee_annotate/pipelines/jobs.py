@@ -1,32 +1,36 @@
 """The two batch jobs: read (Ray Data) -> annotate (actor pool) -> write Parquet -> summary.
 
 ``run_notes_job`` and ``run_images_job`` are what the ``annotate-notes`` / ``annotate-images``
-commands call. Every input yields at least one row; the dataset appears at ``out`` only when
-the whole job succeeded (see ``publish.job_output``: a rename locally, a staging prefix and a
-``_SUCCESS`` manifest on object storage). ``--resume`` continues an interrupted job (``resume``).
+commands call; they return the run summary (a dict) and print nothing. Every input yields at
+least one row; the output appears at ``out`` only when the whole job succeeded, with the rows
+in ``out/annotations/`` and the ``_SUCCESS`` manifest and summary beside it (``publish``).
+``resume`` continues an interrupted job (``resume`` module).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
 from .. import __version__
-from ..policy_settings import given_settings, policy_overrides, resolve_policy
+from ..formats import BAD_RECORD_MODES, ReadOptions
+from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
 from ..runtimes import RuntimeSettingError, check_runtime
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from . import storage
+from .. import storage
+from ..extras import require
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .publish import Staging, check_job_output, job_output
-from .runtime import ActorSettings, bound_actor_start, check_cluster_fits, configure_progress, ray_session
+from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
+from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
-from .summary import format_summary, summarize, write_summary
+from .summary import summarize, write_summary
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +46,8 @@ class JobOptions:
     model_batch_size: int = 32  # model inputs per forward pass
     model_batch_tokens: int | None = None  # notes: a budget of padded tokens per forward pass (size still caps rows)
     address: str | None = None
-    entropy: float | None = None
-    patience: int | None = None
-    budget: int | None = None
+    # Exit-policy settings (flat keys of the policy registry; empty: each checkpoint's default).
+    policy: dict[str, Any] = field(default_factory=dict)
     autocast: str | None = None
     runtime: str | None = None  # runtimes.RUNTIMES; None = torch
     partition_by_task: bool = False
@@ -75,12 +78,18 @@ class JobOptions:
             raise SettingError(str(error), "runtime") from None
         if self.actor_start_timeout_s <= 0:
             raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
-        resolve_policy(self.policy_knobs, prefix="--")  # conflicting policy flags: one clear error, both jobs
+        unknown = sorted(set(self.policy) - set(setting_keys()))
+        if unknown:
+            raise SettingError(f"unknown exit-policy settings {unknown}; known: {', '.join(setting_keys())}", "policy")
+        try:
+            resolve_policy(self.policy)  # conflicting settings: one clear error, both jobs
+        except PolicySettingError as error:
+            raise SettingError(str(error), *given_settings(self.policy)) from None
 
     @property
     def policy_knobs(self) -> dict[str, Any] | None:
         """The policy settings given (None: each checkpoint's default)."""
-        return given_settings(asdict(self)) or None
+        return given_settings(self.policy) or None
 
     def parameters(self) -> dict[str, Any]:
         """Job parameters for the output metadata."""
@@ -99,6 +108,17 @@ class NotesJob:
     keep_columns: Sequence[str] = ()
     fmt: str | None = None
     annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
+    encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
+    on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
+
+    def __post_init__(self) -> None:
+        if self.on_bad_record not in BAD_RECORD_MODES:
+            raise SettingError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; got "
+                               f"{self.on_bad_record!r}", "on_bad_record")
+        try:
+            self.read_options = ReadOptions(self.encoding, self.on_bad_record)
+        except ValueError as error:  # an unknown encoding
+            raise SettingError(str(error), "encoding") from None
 
 
 @dataclass
@@ -128,28 +148,20 @@ def _threads(actors: ActorSettings) -> int:
     return max(1, int(actors.cpus_per_actor))
 
 
-def _write(ds, staging: Staging, schema: pa.Schema, options: JobOptions) -> None:
-    """Write with the explicit schema; an input with no rows still gets one (empty) file with it."""
-    partition = ["task"] if options.partition_by_task else None
-    rows_per_file = None if partition else options.rows_per_file
-    filesystem, path = storage.resolve(staging.data)
-    ds.write_parquet(path, filesystem=filesystem, schema=schema, partition_cols=partition,
-                     min_rows_per_file=rows_per_file)
-    if not (storage.exists(staging.data) and storage.list_files(staging.data, lambda p: p.endswith(".parquet"))):
-        import pyarrow.parquet as pq
-
-        filesystem.create_dir(path, recursive=True)
-        pq.write_table(rows_to_table([], schema).replace_schema_metadata(schema.metadata), f"{path}/empty.parquet",
-                       filesystem=filesystem)
+def _partition(options: JobOptions) -> list[str]:
+    return ["task"] if options.partition_by_task else []
 
 
-def _start(options: JobOptions) -> None:
-    """Checks and settings once Ray is up: the pool must fit the cluster, its start must be bounded."""
-    import ray
+@contextmanager
+def _job_on_ray(options: JobOptions) -> Iterator[str]:
+    """Ray for one job (see ``runtime``): the pool must fit the cluster, its start is bounded; yields Ray's mode."""
+    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
+                     options.extra_cpus) as mode:
+        import ray
 
-    check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
-    configure_progress(options.progress, options.verbose)
-    bound_actor_start(options.actor_start_timeout_s)
+        check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
+        with job_data_context(options.progress, options.verbose, options.actor_start_timeout_s):
+            yield mode
 
 
 def _with_unreadable(ds, rows: list[dict[str, Any]], schema: pa.Schema):
@@ -165,16 +177,10 @@ def _with_unreadable(ds, rows: list[dict[str, Any]], schema: pa.Schema):
 UNREADABLE_PART = "unreadable-{i}.parquet"  # fixed name: a resumed run rewrites it, never adds a copy
 
 
-def _write_unreadable(rows: list[dict[str, Any]], staging: Staging, schema: pa.Schema, options: JobOptions) -> None:
+def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Schema, options: JobOptions) -> None:
     """The unreadable-file error rows as their own part (resume: Ray does not checkpoint a union)."""
-    import pyarrow.dataset as pads
-
-    filesystem, path = storage.resolve(staging.data)
     table = rows_to_table(rows, schema).replace_schema_metadata(schema.metadata)
-    # Partitioned as Ray's write_parquet does it (pyarrow's write_dataset, hive flavor).
-    pads.write_dataset(table, path, format="parquet", filesystem=filesystem,
-                       partitioning=["task"] if options.partition_by_task else None, partitioning_flavor="hive",
-                       basename_template=UNREADABLE_PART, existing_data_behavior="overwrite_or_ignore")
+    sink.write_table(table, MAIN_DATASET, UNREADABLE_PART, _partition(options))
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
@@ -188,16 +194,17 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     from .resume import checkpoint_config
 
     pipeline_started = time.perf_counter()
-    with job_output(options.out, options.overwrite, options.resume) as staging:
+    write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
+    with job_output(options.out, options.overwrite, options.resume) as sink:
         try:
-            if not staging.checkpoint:
-                _write(_with_unreadable(ds, unreadable, schema), staging, schema, options)
+            if not sink.checkpoint:
+                sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
             else:
                 if ds is not None:  # the dataset's own context: its write plans the checkpointing
-                    ds.context.checkpoint_config = checkpoint_config(keys, staging.checkpoint)
-                    _write(ds, staging, schema, options)
+                    ds.context.checkpoint_config = checkpoint_config(keys, sink.checkpoint)
+                    sink.write_ray(ds, MAIN_DATASET, **write)
                 if unreadable:
-                    _write_unreadable(unreadable, staging, schema, options)
+                    _write_unreadable(unreadable, sink, schema, options)
         except GetTimeoutError as error:
             raise TimeoutError(
                 f"the {options.actors.num_actors} annotation actor(s) did not start within "
@@ -207,130 +214,150 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
             ) from error
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
-        summary = summarize(staging.data, options.partition_by_task, timings, job)
-        summary["output"] = staging.out
-        write_summary(summary, staging.data)
-        staging.extra["rows"] = summary["rows"]
-    print(format_summary(summary), flush=True)
+        summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
+        summary["output"] = sink.out
+        summary["dataset"] = sink.location(MAIN_DATASET)
+        write_summary(summary, sink)
     return summary
+
+
+def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any], options: JobOptions,
+              **more: Any) -> dict[str, Any]:
+    """The provenance every output records in its schema metadata (``schema.job_metadata``)."""
+    return {"package_version": __version__, "job": job, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "components": components, **more, "inputs": inputs, "parameters": options.parameters()}
+
+
+def _check_job(options: JobOptions) -> None:
+    """What can be refused before any slow work: Ray missing, an output that may not be written."""
+    require("ray.data", "a batch job")
+    check_job_output(options.out, options.overwrite, options.resume)
 
 
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
-    from .resume import NoteKeys, check_resumable_ids
-    from .sources import note_passthrough_fields, read_notes, resolve_note_inputs, unreadable_inputs
+    from .resume import NoteKeys
+    from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
     started = time.perf_counter()
     options = job.options
-    check_job_output(options.out, options.overwrite, options.resume)  # refuse before any slow work
+    _check_job(options)
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
-    passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns)
+    passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
+                                          job.read_options)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
-                "batch_tokens": options.model_batch_tokens,
-                "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime}
+                "batch_tokens": options.model_batch_tokens, "device": options.actors.device,
+                "autocast": options.autocast, "runtime": options.runtime}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
     # runtime exports its graphs here once, so the actors find them cached.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
-    schema = output_schema("notes", passthrough, options.include_text)
-    schema = with_job_metadata(schema, {
-        "package_version": __version__, "job": "notes", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "components": components, "pipeline": job.source.describe(),
-        "inputs": {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
-                   "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)},
-        "parameters": options.parameters(),
-    })
-    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
-                     options.extra_cpus) as mode:
+    inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
+              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
+    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
+                               _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
+    with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
-        _start(options)
         keys = NoteKeys(columns)
-        ds = None
-        if files:
-            if options.resume:
-                check_resumable_ids(read_notes(fmt, files, columns.read_columns), keys)
-            ds = options.actors.map_batches(
-                read_notes(fmt, files, columns.read_columns),
-                job.annotator,
-                fn_constructor_kwargs={
-                    "source": job.source, "columns": columns, "settings": settings,
-                    "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
-                    "include_text": options.include_text, "threads": _threads(options.actors),
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
+        ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s)
 
 
+def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
+                     schema: pa.Schema):
+    """The notes read and annotated on the actor pool (a lazy Ray Dataset); ids checked first when resuming."""
+    from .resume import check_resumable_ids
+    from .sources import read_notes
+
+    options = job.options
+    if options.resume:
+        check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), keys)
+    return options.actors.map_batches(
+        read_notes(columns.fmt, files, columns.read_columns, options=job.read_options),
+        job.annotator,
+        fn_constructor_kwargs={
+            "source": job.source, "columns": columns, "settings": settings,
+            "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
+            "include_text": options.include_text, "threads": _threads(options.actors),
+        },
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+    )
+
+
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
-    from .images import ImageAnnotator, job_policy, load_image_model
+    from .images import job_policy, load_image_model
     from ..imaging.classify import DECODE_ERROR_PREFIX
     from .resume import PathKeys
-    from .sources import read_image_files, read_npz, resolve_image_inputs, unreadable_inputs
+    from .sources import read_image_files, read_npz
 
     started = time.perf_counter()
     options = job.options
     if options.resume and job.npz:
         raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
                            "resume", "npz")
-    check_job_output(options.out, options.overwrite, options.resume)
+    _check_job(options)
+    if not job.npz:  # fail at once, not per DICOM file on the workers
+        require("pydicom", "the images job on image files")
     # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
-    model = load_image_model(job.checkpoint, runtime=options.runtime)
+    model = load_image_model(job.checkpoint, runtime=job.options.runtime)
     policy = job_policy(options.policy_knobs, model.default_policy)
-    passthrough: list[pa.Field] = []
-    files: list[str] = []
-    unreadable: dict[str, str] = {}
-    if job.npz:
-        inputs_meta = {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
-    else:
-        listed = resolve_image_inputs(job.inputs)
-        files, unreadable = unreadable_inputs(listed)
-        inputs_meta = {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
-    with ray_session(options.address, options.actors, options.worker_logs, options.verbose,
-                     options.extra_cpus) as mode:
+    files, unreadable, inputs = _image_inputs(job)
+    with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
-        _start(options)
-        ds = None
+        ds, passthrough = None, []
         if job.npz:
-            ds, label_field = read_npz(storage.fetch(job.npz), job.split)  # the driver reads it whole anyway
+            ds, label_field = read_npz(job.npz, job.split)  # the driver reads it whole anyway
             passthrough = [label_field]
         elif files:
             ds = read_image_files(files)
         # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
         keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
-        logger.info("images job: %s, Ray %s", inputs_meta, mode)
-        schema = with_job_metadata(output_schema("images", passthrough), {
-            "package_version": __version__, "job": "images", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "components": [{
-                "task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
-                "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
-                "policy_config": policy.to_dict(),
-            }],
-            "inputs": inputs_meta,
-            "parameters": options.parameters(),
-        })
-        checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
+        logger.info("images job: %s, Ray %s", inputs, mode)
+        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
+                     "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
+                     "policy_config": policy.to_dict()}
+        schema = with_job_metadata(output_schema("images", passthrough),
+                                   _metadata("images", [component], inputs, options))
         if ds is not None:
-            ds = options.actors.map_batches(
-                ds,
-                ImageAnnotator,
-                fn_constructor_kwargs={
-                    "checkpoint": checkpoint, "schema": schema.remove_metadata(),
-                    "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-                    "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
-                    "frames": job.frames,
-                    "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
-                    "path_prefix": keys.prefix,
-                },
-                batch_size=options.batch_size,
-                batch_format="pyarrow",
-            )
+            ds = _annotated_images(job, ds, schema, keys.prefix)
         errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
                    "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s)
+
+
+def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
+    """(readable files, unreadable file -> reason, inputs metadata); no files for an npz archive."""
+    from .sources import resolve_image_inputs, unreadable_inputs
+
+    if job.npz:
+        return [], {}, {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
+    listed = resolve_image_inputs(job.inputs)
+    files, unreadable = unreadable_inputs(listed)
+    return files, unreadable, {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
+
+
+def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
+    """``ds`` classified on the actor pool (a lazy Ray Dataset)."""
+    from .images import ImageAnnotator
+
+    options = job.options
+    checkpoint = job.checkpoint if storage.is_uri(job.checkpoint) else str(Path(job.checkpoint).resolve())
+    return options.actors.map_batches(
+        ds,
+        ImageAnnotator,
+        fn_constructor_kwargs={
+            "checkpoint": checkpoint, "schema": schema.remove_metadata(),
+            "task_name": job.task_name, "policy_knobs": options.policy_knobs,
+            "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
+            "frames": job.frames, "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+            "path_prefix": path_prefix,
+        },
+        batch_size=options.batch_size,
+        batch_format="pyarrow",
+    )

@@ -8,10 +8,10 @@ Per-document outcomes (documented in docs/batch_jobs.md):
 * rows about the whole input (this one and the two below) have ``task="input"`` (``INPUT_TASK``),
   so partitioned outputs have no null partition;
 * the note text is missing, empty or whitespace: one row ``kind="doc"``, ``status="empty"``;
-* anything else (missing id, text not a string, invalid UTF-8, malformed or too deeply nested
-  JSON line, a CSV row with the wrong number of fields, an unreadable file, the pipeline failing
-  on this note): one row ``status="error"`` with a one-line reason naming file and line/row and
-  the kind of fault, never quoting the note;
+* anything else (missing id, text not a string, an error record of the reader: invalid UTF-8,
+  malformed or too deeply nested JSON line, a CSV row with the wrong number of fields, an
+  unreadable file; the pipeline failing on this note): one row ``status="error"`` with a one-line
+  reason naming file and line/row and the kind of fault, never quoting the note;
 * an annotation whose model input could not be classified: ``status="error"`` with the model's
   reason (``Prediction.error``).
 """
@@ -21,18 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 
-from ..policy_settings import setting_keys
-from . import storage
+from .. import storage
+from ..formats import Record
+from ..policies import setting_keys
 from .errors import SettingError
 from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
-from .sources import LINE_NO, RAW_LINE, READ_ERROR, SOURCE_FILE, parse_json_line
+from .sources import TYPED_FORMATS, block_records
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ class PipelineSource:
         from .. import components  # noqa: F401  (registers the epee_* factories)
 
         # None means "keep the pipeline's value", except for policy keys: a job's policy replaces the whole
-        # saved one (policy_settings.policy_overrides), so its unset keys must reach the config as null.
+        # saved one (policies.policy_overrides), so its unset keys must reach the config as null.
         policy_keys = {"policy", *setting_keys()}
         settings = {k: v for k, v in settings.items() if v is not None or k in policy_keys}
         if self.checkpoint:
@@ -240,46 +240,31 @@ def _keep_value(value: Any, as_string: bool) -> Any:
 
 
 def extract_notes(batch: pa.Table, columns: NoteColumns) -> list[NoteInput]:
-    """One NoteInput per input row; problems are recorded in ``error``, never raised."""
-    text_formats = columns.fmt in ("csv", "tsv", "jsonl", "json")
-    names = set(batch.column_names)
-    count = batch.num_rows
-    files = batch.column(SOURCE_FILE).to_pylist() if SOURCE_FILE in names else [None] * count
-    lines = batch.column(LINE_NO).to_pylist() if LINE_NO in names else [None] * count
-    read_errors = batch.column(READ_ERROR).to_pylist() if READ_ERROR in names else [None] * count
-    unit = "line" if columns.fmt == "jsonl" else "data row"
-    if columns.fmt == "jsonl":
-        records = []
-        for raw, line, path in zip(batch.column(RAW_LINE).to_pylist(), lines, files):
-            try:
-                records.append((parse_json_line(raw), None))
-            except ValueError as error:
-                records.append(({}, f"{os.path.basename(path)} line {line}: {error}"))
-    else:
-        records = list(zip(batch.select(columns.read_columns).to_pylist(), read_errors))
+    """One NoteInput per input row (``sources.records_block``); problems are recorded in ``error``, never raised."""
+    as_strings = columns.fmt not in TYPED_FORMATS
     notes = []
-    for (record, error), path, line in zip(records, files, lines):
-        where = f"{os.path.basename(path)} {unit} {line}: " if path and line is not None else ""
+    for record, error, where, path in block_records(batch, columns.read_columns):
+        position = f"{Record(path, where).position}: "
         try:
-            notes.append(_note_input(record, error, where, columns, text_formats))
+            notes.append(_note_input(record, error, position, columns, as_strings))
         except Exception as problem:  # noqa: BLE001 - one odd record must not sink the batch
-            notes.append(NoteInput(None, None, {}, f"{where}record could not be read ({type(problem).__name__})"))
+            notes.append(NoteInput(None, None, {}, f"{position}record could not be read ({type(problem).__name__})"))
     return notes
 
 
 def _note_input(record: dict[str, Any], error: str | None, where: str, columns: NoteColumns,
-                text_formats: bool) -> NoteInput:
+                as_strings: bool) -> NoteInput:
     """The NoteInput of one parsed record; ``error`` is a read error found earlier."""
-    keep = {c: _keep_value(record.get(c), text_formats) for c in columns.keep_columns}
-    if error is not None:
-        return NoteInput(None, None, keep, error)
+    keep = {c: _keep_value(record.get(c), as_strings) for c in columns.keep_columns}
     try:
         doc_id = _doc_id(record.get(columns.id_column))
     except ValueError as problem:
-        return NoteInput(None, None, keep, f"{where}{problem}")
+        return NoteInput(None, None, keep, error or f"{where}{problem}")
+    if error is not None:  # a read error: the record's id, when it could be read, says which note
+        return NoteInput(doc_id, None, keep, error)
     if doc_id is None:
         return NoteInput(None, None, keep, f"{where}missing id (column {columns.id_column!r})")
-    if columns.fmt == "jsonl" and columns.text_column not in record:
+    if columns.text_column not in record:
         return NoteInput(doc_id, None, keep, f"{where}no {columns.text_column!r} field")
     try:
         text = _note_text(record.get(columns.text_column))

@@ -62,7 +62,8 @@ def move_into_place(staging: Path, out: Path, overwrite: bool, tag: str) -> None
     """Rename ``staging`` to ``out`` (replacing it when ``overwrite``); same filesystem, so atomic."""
     if out.exists():
         if not overwrite:  # someone else created it while we ran
-            raise FileExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}")
+            raise OutputExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}",
+                                    "overwrite")
         old = out.parent / f".{out.name}.old-{tag}"
         os.replace(out, old)
         os.replace(staging, out)

@@ -4,7 +4,7 @@ Ray Data (>= 2.5x, ``ray.data.checkpoint``) records, for every Parquet part it w
 in that part (pending before the write, committed after it); on the next run it deletes the
 parts whose checkpoint was never committed and drops the input rows whose id is committed,
 right after the read. Its stock filter needs the id column in the *input* rows, under the
-output's name and type. Our inputs carry raw records (a JSON line, CSV bytes, an id column of
+output's name and type. Our inputs carry raw records (``sources.records_block``: an id field of
 any name or type), so ``DocIdCheckpointFilter`` derives each input row's ``doc_id`` with the
 very code the annotator uses (``notes.extract_notes``; the file path for images) and drops
 the committed ones. Everything else (2-phase commit, cleanup, loading) is Ray's.
@@ -51,7 +51,9 @@ class PathKeys:
     prefix: str = ""
 
     def __call__(self, block: pa.Table) -> list[str | None]:
-        return [self.prefix + path for path in block.column("path").to_pylist()]
+        from .sources import SOURCE_FILE
+
+        return [self.prefix + path for path in block.column(SOURCE_FILE).to_pylist()]
 
     def with_problems(self, block: pa.Table) -> tuple[list[str | None], list[str | None]]:
         return self(block), [None] * block.num_rows
@@ -87,7 +89,7 @@ _CLASSES: tuple | None = None
 
 def checkpoint_config(keys, checkpoint_path: str):
     """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``)."""
-    from . import storage
+    from .. import storage
 
     global _CLASSES
     if _CLASSES is None:  # Ray is imported only when a job runs

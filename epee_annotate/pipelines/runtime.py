@@ -1,8 +1,13 @@
 """Ray session and actor-pool settings shared by the batch jobs.
 
-Quiet by default: a job shows one progress bar (or, when stdout is not a terminal, one progress
-line every ``QUIET_LOG_INTERVAL_S`` seconds) and its summary. Ray's own start-up messages, the
-core worker's notices, per-operator progress and execution plans appear with ``verbose``.
+No process-wide side effects: a job starts Ray only when none is running (with Ray's own
+``logging_level`` option: ERROR, INFO with ``verbose``) and stops it at the end, and it sets its
+Ray Data options (progress, actor start bound) on the current ``DataContext`` for its own
+duration only (``job_data_context``). How quiet a terminal is (Ray's loggers, the progress line
+interval, the core worker's native log level) is the command line's business (``cli.quiet``).
+
+Why ``logging_level`` and not ``ray.init(logging_config=...)``: Ray's ``LoggingConfig`` also
+installs a handler and a level on the driver's root logger, i.e. the caller's own logging.
 """
 
 from __future__ import annotations
@@ -106,48 +111,6 @@ def check_cluster_fits(settings: ActorSettings, resources: dict[str, float], ext
         )
 
 
-QUIET_LOG_INTERVAL_S = 30
-PROGRESS_LOGGER = "ray.data._internal.progress.logging_progress"  # Ray Data's non-terminal progress lines
-
-
-class _TotalProgressOnly(logging.Filter):
-    """Keep only the "Total Progress: n/N" line of Ray Data's logged progress block."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.getMessage().startswith("Total Progress")
-
-
-def quiet_ray(verbose: bool) -> None:
-    """Set Ray's driver-side logging for a job: everything with ``verbose``, else warnings-free and one progress line."""
-    import ray.data  # noqa: F401  (importing Ray configures its loggers: set levels after that)
-
-    try:
-        from ray.data._internal.progress.logging_progress import LoggingExecutionProgressManager
-    except ImportError:  # another Ray layout: its default interval stays
-        LoggingExecutionProgressManager = None
-    progress_logger = logging.getLogger(PROGRESS_LOGGER)
-    for old in [f for f in progress_logger.filters if isinstance(f, _TotalProgressOnly)]:
-        progress_logger.removeFilter(old)
-    if verbose:
-        logging.getLogger("ray").setLevel(logging.INFO)
-        logging.getLogger("ray.data").setLevel(logging.NOTSET)
-        if LoggingExecutionProgressManager is not None:  # Ray's own default interval
-            LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = int(
-                os.environ.get("RAY_DATA_NON_TTY_PROGRESS_LOG_INTERVAL", 10))
-        return
-    # The core worker's C++ notices (e.g. about actor constructor arguments and restarts) go to
-    # stderr at error level although nothing is wrong; real failures still raise in the driver.
-    # (Ray reads this when the driver's core worker starts, in ray.init.)
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    logging.getLogger("ray").setLevel(logging.ERROR)  # token-auth notice, "Started a local Ray instance"
-    logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans, sink notices, bar notices
-    progress_logger.setLevel(logging.INFO)
-    progress_logger.addFilter(_TotalProgressOnly())
-    if LoggingExecutionProgressManager is not None:
-        LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC = max(
-        LoggingExecutionProgressManager.LOG_REPORT_INTERVAL_SEC, QUIET_LOG_INTERVAL_S)
-
-
 @contextmanager
 def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
     """Point file descriptor 2 at /dev/null (C++ start-up notices); Python errors still raise afterwards."""
@@ -171,47 +134,66 @@ def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
 @contextmanager
 def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool = False,
                 verbose: bool = False, extra_cpus: float = 0) -> Iterator[str]:
-    """Use the running Ray, join ``address``/RAY_ADDRESS, or start an embedded local Ray; yield which."""
+    """Use the running Ray, join ``address``/RAY_ADDRESS, or start an embedded local Ray; yield which.
+
+    A Ray started here is shut down at the end, and the environment variables ``ray.init`` sets in
+    this process (e.g. ``RAY_USAGE_STATS_ENABLED``, ``PYTHONBREAKPOINT``) are put back as they were.
+    """
     import ray
 
-    quiet_ray(verbose)
     if ray.is_initialized():
         yield "existing"
         return
+    environment = dict(os.environ)
     address = address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.ERROR
-    # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
-    with _native_stderr_silenced(not verbose):
-        if address:
-            ray.init(address=address, log_to_driver=worker_logs, logging_level=level)
-            mode = f"cluster {address}"
-        else:
-            # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
-            ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False, log_to_driver=worker_logs,
-                     logging_level=level)
-            mode = "local"
     try:
-        yield mode
+        # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
+        with _native_stderr_silenced(not verbose):
+            if address:
+                ray.init(address=address, log_to_driver=worker_logs, logging_level=level)
+                mode = f"cluster {address}"
+            else:
+                # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
+                ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False,
+                         log_to_driver=worker_logs, logging_level=level)
+                mode = "local"
+        try:
+            yield mode
+        finally:
+            ray.shutdown()
     finally:
-        ray.shutdown()
+        _restore_environment(environment)
 
 
-def bound_actor_start(timeout_s: float) -> None:
-    """Make Ray Data wait at most ``timeout_s`` for the pool's actors to start (model loading included).
+def _restore_environment(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
-    Without it Ray Data waits forever when the actors cannot be placed; with it the job fails
-    with ``ray.exceptions.GetTimeoutError``, which the jobs turn into a message (``jobs._finish``).
+
+@contextmanager
+def job_data_context(progress: bool, verbose: bool, actor_start_timeout_s: float) -> Iterator[None]:
+    """The job's Ray Data options on the current ``DataContext``, restored when the job ends.
+
+    Progress: one overall bar (per-operator bars too with ``verbose``), or none. The actor start
+    bound (``wait_for_min_actors_s``): without it Ray Data waits forever when the actors cannot be
+    placed; with it the job fails with ``ray.exceptions.GetTimeoutError``, which the jobs turn into
+    a message (``jobs._finish``).
     """
     from ray.data import DataContext
 
-    DataContext.get_current().wait_for_min_actors_s = max(1, int(math.ceil(timeout_s)))
-
-
-def configure_progress(enabled: bool, verbose: bool = False) -> None:
-    """Ray Data progress for this driver: one overall bar (per-operator bars too with ``verbose``), or none."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = enabled
-    ctx.enable_operator_progress_bars = enabled and verbose
-    ctx.print_on_execution_start = verbose
+    context = DataContext.get_current()
+    values = {"enable_progress_bars": progress, "enable_operator_progress_bars": progress and verbose,
+              "print_on_execution_start": verbose,
+              "wait_for_min_actors_s": max(1, int(math.ceil(actor_start_timeout_s)))}
+    saved = {name: getattr(context, name) for name in values}
+    for name, value in values.items():
+        setattr(context, name, value)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(context, name, value)

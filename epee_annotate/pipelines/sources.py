@@ -1,118 +1,71 @@
-"""Input side of the batch jobs: resolve files/globs/directories and open them as Ray datasets.
+"""Input side of the batch jobs: a thin Ray Data adapter over the format registry (``epee_annotate.formats``).
 
-Text formats are read so that one bad record never fails a whole block:
+Files are listed through ``epee_annotate.filesystem`` and read by ``RecordsDatasource``, whose read
+tasks call the very readers training uses, so hardening (byte-order mark, declared encoding,
+malformed records) is the same for both. Each record becomes one row of a block:
 
-* CSV: ``CsvNotesDatasource`` streams each file through pyarrow's CSV reader; the id, text and
-  pass-through columns are read as raw bytes (quoted fields may span lines) and decoded per
-  document, so invalid UTF-8 becomes that document's error row. A row with the wrong number of
-  fields is one error row naming its data-row number; a file pyarrow cannot parse further (binary
-  content, a bad row that is not UTF-8) gives one error row naming the file, the fault and the
-  first data row not read (rows of the failing 4 MiB block are lost with it). pyarrow's own messages quote
-  the row, so they are never passed on.
-* JSONL/NDJSON: read line by line (``JsonLinesDatasource``); each line is parsed per document,
-  so a malformed line (too deeply nested, too large, invalid UTF-8), a non-string text or a
-  missing id is one error row. Blank lines are skipped; a UTF-8 byte-order mark is ignored.
-* A listed path that cannot be read as a file (dangling symlink, symlink loop, no permission) is
-  kept in the file list and becomes one error row (``unreadable_inputs``), never a job failure.
-* JSON (``.json`` starting with ``[``: one array per file): ``ray.data.read_json`` (Arrow), which
-  needs well-formed files; a ``.json`` file that does not start with ``[`` is read as JSON Lines.
-* Parquet: ``ray.data.read_parquet`` of the needed columns only; pass-through columns keep
-  their Parquet types. CSV/JSON pass-through columns are written as strings.
+* ``__record``: the record's requested fields as JSON text (Parquet: the columns themselves, typed);
+* ``__where`` / ``__source_file``: its position ("line 3", "row 7") and file;
+* ``__read_error``: for an error record, its one-line message (file, position, reason; never the text).
+
+A listed path that cannot be read as a file (dangling symlink, symlink loop, no permission) is
+kept in the file list and becomes one error row (``unreadable_inputs``), never a job failure.
 """
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-from ..file_checks import unreadable_reason
-from . import storage
+from .. import filesystem
+from ..formats import HeaderError, ReadOptions, Record, format_of, read_csv_header, read_stream, sniff_json
+from ..formats.registry import split_name
+from ..vocab import NOTE_FORMATS
 from .errors import SettingError
 
-NOTE_FORMATS = {
-    ".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json",
-    ".parquet": "parquet", ".pq": "parquet",
-}
-IMAGE_EXTENSIONS = {".dcm", ".dicom", ".ima", ".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+# A notes job reads ``NOTE_FORMATS``; these are also recognised from file names (.json: JSON Lines or
+# a JSON array, by its first character). The others are read when named (``fmt``).
+NAMED_NOTE_FORMATS = ("csv", "tsv", "jsonl", "parquet")
+FOLDER_FORMATS = ("txt", "ddi")  # named: only files with their extensions are read from a folder
+IMAGE_FORMATS = ("image", "dicom")
 # Column names used between the reader and the annotator (never written).
-RAW_LINE, LINE_NO, SOURCE_FILE, READ_ERROR = "__raw_line", "__line_no", "__source_file", "__read_error"
-UTF8_BOM = b"\xef\xbb\xbf"
-
-
-def expand_paths(specs: Sequence[str], keep) -> list[str]:
-    """Files named by paths, globs or directories (recursively), filtered by ``keep(path)``; sorted.
-
-    Entries of a directory or glob that cannot be read (dangling symlinks, loops) are kept so the
-    job can report them (see ``unreadable_inputs``); ``keep`` must not open them.
-    """
-    found: list[str] = []
-    remote: list[str] = []
-    for spec in specs:
-        if storage.is_uri(spec):  # object storage: same rules, through pyarrow.fs
-            remote += storage.list_files(str(spec), keep)
-            continue
-        spec = os.path.expanduser(str(spec))
-        if os.path.isdir(spec):
-            for root, dirs, files in os.walk(spec):
-                dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-                found += [os.path.join(root, f) for f in sorted(files) if keep(os.path.join(root, f))]
-        elif glob.has_magic(spec):
-            matches = [m for m in sorted(glob.glob(spec, recursive=True))
-                       if (os.path.isfile(m) or os.path.islink(m)) and keep(m)]
-            if not matches:
-                raise FileNotFoundError(f"no input files match {spec!r}")
-            found += matches
-        elif os.path.isfile(spec):
-            found.append(spec)
-        else:
-            raise FileNotFoundError(f"input {spec!r} does not exist")
-    unique = sorted({os.path.abspath(p) for p in found} | set(remote))
-    if not unique:
-        raise FileNotFoundError(f"no input files found in {list(specs)}")
-    return unique
-
-
-def _visible(path: str) -> bool:
-    return not os.path.basename(path).startswith((".", "_"))
-
-
-def input_problem(path: str) -> str | None:
-    """Why a listed input cannot be read, or None; object-storage listings hold only existing objects."""
-    return None if storage.is_uri(path) else unreadable_reason(path)
+RECORD, WHERE, SOURCE_FILE, READ_ERROR = "__record", "__where", "__source_file", "__read_error"
+TYPED_FORMATS = ("parquet",)  # records keep the file's column types instead of JSON text
+ROWS_PER_BLOCK = 2048
 
 
 def unreadable_inputs(files: Sequence[str]) -> tuple[list[str], dict[str, str]]:
     """(readable files, {unreadable file: reason}); each unreadable one becomes an error row."""
-    problems = {path: reason for path in files if (reason := input_problem(path)) is not None}
+    problems = {path: reason for path in files if (reason := filesystem.problem(path)) is not None}
     return [path for path in files if path not in problems], problems
 
 
 def note_format(path: str) -> str | None:
-    """Input format from a file name; ``.json`` is JSON Lines unless the file starts with '['."""
-    fmt = NOTE_FORMATS.get(os.path.splitext(os.path.basename(path).lower())[1])
-    if fmt == "json":
-        # Many exports (PHEE included) are JSON Lines named .json.
-        try:
-            with storage.open_input(path) as handle:
-                head = handle.read(4096).removeprefix(UTF8_BOM).lstrip(b" \t\r\n")
-        except OSError:  # unreadable: reported as an error row, its format does not matter
-            return "jsonl"
-        fmt = "json" if head.startswith(b"[") else "jsonl"
-    return fmt
+    """Input format from a file name (``.json``: JSON Lines unless the file starts with '[')."""
+    if split_name(path)[0] == ".json":
+        return sniff_json(path)
+    return format_of(path, NAMED_NOTE_FORMATS)
+
+
+def _keeps(fmt: str | None):
+    """Which listed files a job with format ``fmt`` reads (None: any file whose name says a note format)."""
+    if fmt is None:
+        return lambda p: filesystem.visible(p) and note_format(p) is not None
+    if fmt in FOLDER_FORMATS:  # a folder of notes may hold other files
+        return lambda p: filesystem.visible(p) and format_of(p, (fmt,)) == fmt
+    return filesystem.visible
 
 
 def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[str, list[str]]:
     """(format, files): one format per job, taken from ``fmt`` or the file names."""
-    if fmt is not None and fmt not in set(NOTE_FORMATS.values()):
-        raise SettingError(f"the format must be one of {sorted(set(NOTE_FORMATS.values()))}, got {fmt!r}", "fmt")
-    files = expand_paths(specs, lambda p: _visible(p) and (fmt is not None or note_format(p) is not None))
+    if fmt is not None and fmt not in NOTE_FORMATS:
+        raise SettingError(f"unsupported notes format {fmt!r}; supported: {', '.join(NOTE_FORMATS)}", "fmt")
+    files = filesystem.expand(specs, _keeps(fmt))
     if fmt is None:
-        readable = [f for f in files if input_problem(f) is None] or files
+        readable = [f for f in files if filesystem.problem(f) is None] or files
         formats = {note_format(f) for f in readable}
         if None in formats:
             unknown = [f for f in readable if note_format(f) is None][:3]
@@ -124,68 +77,37 @@ def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[s
 
 
 def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
-    """Image files: known extensions, plus extension-less files (common for DICOM) in directories."""
+    """Image files: raster and DICOM extensions, plus extension-less files (common for DICOM)."""
     def keep(path: str) -> bool:
         name = os.path.basename(path)
-        if not _visible(path) or name.upper() == "DICOMDIR":
-            return False
-        ext = os.path.splitext(name)[1].lower()
-        return ext in IMAGE_EXTENSIONS or ext == ""
+        return filesystem.visible(path) and name.upper() != "DICOMDIR" and format_of(path, IMAGE_FORMATS) is not None
 
-    return expand_paths(specs, keep)
+    return filesystem.expand(specs, keep)
 
 
 # ----- notes ---------------------------------------------------------------------------
-def csv_header(path: str, delimiter: str) -> list[str]:
-    """Column names of a CSV file (its first record only); ValueError without file content when unreadable.
-
-    Only the header is read: a bad row further down is that row's error, not the job's.
-    """
-    import csv
-    import io
-
+def csv_header(path: str, fmt: str, options: ReadOptions = ReadOptions()) -> list[str]:
+    """Column names of a CSV/TSV file (its first record only); ValueError without file content when unreadable."""
     try:
-        # errors="replace": the reader decodes ahead, and invalid UTF-8 below the header is a row's error.
-        with storage.open_input(path) as raw, io.TextIOWrapper(raw, encoding="utf-8-sig", errors="replace",
-                                                                newline="") as text:
-            return next(csv.reader(text, delimiter=delimiter), [])
-    except csv.Error:  # its message may quote the row
-        raise ValueError(f"{path}: not a readable CSV file (malformed header row)") from None
-
-
-def _csv_fault(error: BaseException) -> str:
-    """The kind of a pyarrow CSV failure, without the row text pyarrow puts in its message."""
-    message = str(error)
-    row = re.search(r"Row #(\d+)", message)
-    if "Expected" in message and "columns" in message:
-        kind = "wrong number of fields"
-    elif "UTF-8" in message or isinstance(error, UnicodeDecodeError):
-        kind = "not valid UTF-8"
-    elif "Empty CSV" in message:
-        kind = "empty file"
-    else:
-        kind = type(error).__name__
-    return f"{kind} at data row {int(row.group(1)) - 1}" if row else kind
+        return read_csv_header(path, fmt, options)
+    except HeaderError as error:
+        raise ValueError(f"{path}: not a readable CSV file ({error})") from None
 
 
 def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text_column: str,
-                            keep_columns: Sequence[str]) -> list[pa.Field]:
+                            keep_columns: Sequence[str], options: ReadOptions = ReadOptions()) -> list[pa.Field]:
     """Output fields of the pass-through columns; checks that the named columns exist where we can."""
     needed = [id_column, text_column, *keep_columns]
     if len(set(needed)) != len(needed):
         raise SettingError(f"the id, text and pass-through columns must all differ: {needed}",
                            "id_column", "text_column", "keep_columns")
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
+        first = _parquet_schema(files[0])
         for path in files:
-            schema = pq.read_schema(storage.open_input(path))
+            schema = _parquet_schema(path)
             missing = [c for c in needed if c not in schema.names]
             if missing:
                 raise ValueError(f"{path}: column(s) {missing} not found; columns are {schema.names}")
-        first = pq.read_schema(storage.open_input(files[0]))
-        for path in files[1:]:
-            schema = pq.read_schema(storage.open_input(path))
             differ = [c for c in keep_columns if schema.field(c).type != first.field(c).type]
             if differ:
                 raise ValueError(f"{path}: column(s) {differ} have other types than in {files[0]}; "
@@ -193,37 +115,67 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
         return [pa.field(c, first.field(c).type) for c in keep_columns]
     if fmt in ("csv", "tsv"):
         for path in files:
-            names = csv_header(path, "\t" if fmt == "tsv" else ",")
+            names = csv_header(path, fmt, options)
             missing = [c for c in needed if c not in names]
             if missing:
                 # The header's names are not listed: in a file without a header they are note text.
                 raise ValueError(f"{path}: column(s) {missing} not found in its header row "
                                  f"({len(names)} columns; check the id/text column names)")
-    # JSON(L) keys are only known per record: a missing id/text is that record's error row.
+    # Other formats' fields are only known per record: a missing id/text is that record's error row.
     return [pa.field(c, pa.string()) for c in keep_columns]
 
 
-def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_blocks: int | None = None):
-    """A Ray dataset of raw note records in ``fmt`` (see module docstring for per-format rules)."""
-    import ray.data
+def _parquet_schema(path: str) -> pa.Schema:
+    import pyarrow.parquet as pq
 
-    columns = list(columns)
-    filesystem = storage.filesystem_of(list(files))
-    files = storage.ray_paths(list(files))
-    if fmt in ("csv", "tsv"):
-        source = CsvNotesDatasource(list(files), columns=columns, delimiter="\t" if fmt == "tsv" else ",",
-                                    filesystem=filesystem)
-        return ray.data.read_datasource(source, override_num_blocks=num_blocks)
-    if fmt == "jsonl":
-        return ray.data.read_datasource(JsonLinesDatasource(list(files), filesystem=filesystem),
-                                        override_num_blocks=num_blocks)
-    if fmt == "json":
-        return ray.data.read_json(list(files), override_num_blocks=num_blocks,
-                                  filesystem=filesystem).select_columns(columns)
-    if fmt == "parquet":
-        return ray.data.read_parquet(list(files), columns=columns, override_num_blocks=num_blocks,
-                                     filesystem=filesystem)
-    raise ValueError(f"unknown notes format {fmt!r}")
+    with filesystem.open_input(path) as handle:
+        return pq.read_schema(handle)
+
+
+def records_block(records: Iterable[Record], schema: pa.Schema | None = None) -> pa.Table:
+    """Records as one block (module docstring); ``schema`` types the columns of typed formats."""
+    records = list(records)
+    errors = [r.message for r in records]
+    block: dict[str, pa.Array] = {}
+    if schema is None:
+        encoded = [_json(r.data) for r in records]  # error records keep what they could read (e.g. the id)
+        for i, text in enumerate(encoded):
+            if text is None and errors[i] is None:
+                errors[i] = f"{records[i].position}: record cannot be passed on (not JSON encodable)"
+        block[RECORD] = pa.array(encoded, pa.large_string())
+    else:
+        block.update(_typed_columns([r.data for r in records], schema))
+    block[WHERE] = pa.array([r.where for r in records], pa.string())
+    block[SOURCE_FILE] = pa.array([str(r.source) for r in records], pa.string())
+    block[READ_ERROR] = pa.array(errors, pa.string())
+    return pa.table(block)
+
+
+def _json(data: dict[str, Any]) -> str | None:
+    try:  # ASCII escapes: a lone surrogate from a JSON "\\ud800" escape stays encodable in an Arrow string
+        return json.dumps(data)
+    except (TypeError, ValueError, RecursionError):
+        return None
+
+
+def _typed_columns(rows: list[dict[str, Any]], schema: pa.Schema) -> dict[str, pa.Array]:
+    """The columns of ``schema`` typed as the first file has them; other files' types are inferred."""
+    try:
+        table = pa.Table.from_pylist(rows, schema=schema)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # a later file types the id or text column differently
+        table = pa.Table.from_pylist([{c: row.get(c) for c in schema.names} for row in rows])
+    return {name: table.column(name).combine_chunks() for name in schema.names}
+
+
+def block_records(block: pa.Table, columns: Sequence[str]) -> list[tuple[dict[str, Any], str | None, str, str]]:
+    """(fields, read error, position, file) of each row of a ``records_block`` block."""
+    names = set(block.column_names)
+    if RECORD in names:
+        datas = [json.loads(x) if x is not None else {} for x in block.column(RECORD).to_pylist()]
+    else:
+        datas = block.select([c for c in columns if c in names]).to_pylist()
+    return list(zip(datas, block.column(READ_ERROR).to_pylist(), block.column(WHERE).to_pylist(),
+                    block.column(SOURCE_FILE).to_pylist()))
 
 
 def _file_based_datasource():
@@ -232,163 +184,75 @@ def _file_based_datasource():
     return FileBasedDatasource
 
 
-class JsonLinesDatasource(_file_based_datasource()):
-    """JSON Lines as raw lines (bytes, line number, file), parsed later one record at a time."""
+class RecordsDatasource(_file_based_datasource()):
+    """Ray Data source whose read tasks run a registry reader over each file (``fmt`` None: by file name)."""
 
-    _FILE_EXTENSIONS = ["jsonl", "ndjson", "json"]
-    LINES_PER_BLOCK = 2048
-
-    def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
-        raws: list[bytes] = []
-        numbers: list[int] = []
-        for number, line in enumerate(_split_lines(f), start=1):
-            if number == 1:
-                line = line.removeprefix(UTF8_BOM)
-            if not line.strip():
-                continue
-            raws.append(line)
-            numbers.append(number)
-            if len(raws) >= self.LINES_PER_BLOCK:
-                yield _line_block(raws, numbers, path)
-                raws, numbers = [], []
-        if raws:
-            yield _line_block(raws, numbers, path)
-
-
-def _split_lines(f, chunk_size: int = 1 << 20) -> Iterator[bytes]:
-    """Split a binary stream on b"\\n" only (JSON strings may hold U+2028 etc.)."""
-    pending = b""
-    while True:
-        chunk = f.read(chunk_size)
-        if not chunk:
-            break
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        yield from (line.rstrip(b"\r") for line in lines)
-    if pending:
-        yield pending.rstrip(b"\r")
-
-
-def _line_block(raws: list[bytes], numbers: list[int], path: str) -> pa.Table:
-    return pa.table({
-        RAW_LINE: pa.array(raws, pa.binary()),
-        LINE_NO: pa.array(numbers, pa.int64()),
-        SOURCE_FILE: pa.array([path] * len(raws), pa.string()),
-    })
-
-
-def parse_json_line(raw: bytes) -> dict[str, Any]:
-    """One JSONL record; raises ValueError with a one-line reason (never quoting the content)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as error:
-        raise ValueError(f"line is not valid UTF-8 (byte {error.start})") from None
-    try:
-        record = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"line is not valid JSON ({error.msg} at column {error.colno})") from None
-    except RecursionError:
-        raise ValueError("line is nested too deeply to parse (RecursionError)") from None
-    except MemoryError:
-        raise ValueError(f"line is too large to parse ({len(raw)} bytes, MemoryError)") from None
-    if not isinstance(record, dict):
-        raise ValueError(f"line is a JSON {type(record).__name__}, not an object")
-    return record
-
-
-class CsvNotesDatasource(_file_based_datasource()):
-    """CSV/TSV notes as raw-bytes columns plus data-row number, file and a per-row read error."""
-
-    _FILE_EXTENSIONS = ["csv", "tsv", "txt"]
-
-    def __init__(self, paths: Sequence[str], columns: Sequence[str], delimiter: str = ",", **kwargs: Any):
+    def __init__(self, paths: Sequence[str], fmt: str | None, options: ReadOptions,
+                 schema: pa.Schema | None = None, default_format: str | None = None, **kwargs: Any):
         super().__init__(list(paths), **kwargs)
-        self.columns = list(columns)
-        self.delimiter = delimiter
+        self.fmt = fmt
+        self.default_format = default_format
+        self.options = options
+        self.record_schema = schema
+
+    def _open_input_source(self, filesystem, path: str, **open_args):
+        # Raw and seekable (Parquet, npz need random access); the registry decompresses by file name.
+        return filesystem.open_input_file(path)
 
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
-        from pyarrow import csv
+        fmt = self.fmt or format_of(path, IMAGE_FORMATS) or self.default_format
+        chunk: list[Record] = []
+        for record in read_stream(f, path, fmt, self.options):
+            chunk.append(record)
+            if len(chunk) >= ROWS_PER_BLOCK:
+                yield records_block(chunk, self.record_schema)
+                chunk = []
+        if chunk:
+            yield records_block(chunk, self.record_schema)
 
-        bad_rows: list[int | None] = []
 
-        def skip_bad_row(row) -> str:  # pyarrow counts the header as row 1
-            bad_rows.append(row.number - 1 if row.number is not None else None)
-            return "skip"
+def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_blocks: int | None = None,
+               options: ReadOptions = ReadOptions()):
+    """A Ray dataset of note records in ``fmt``, one row per record (module docstring)."""
+    import ray.data
 
-        next_row = 1
-        try:
-            reader = csv.open_csv(
-                f, read_options=csv.ReadOptions(use_threads=False, block_size=4 << 20),
-                parse_options=csv.ParseOptions(delimiter=self.delimiter, newlines_in_values=True,
-                                               invalid_row_handler=skip_bad_row),
-                convert_options=csv.ConvertOptions(include_columns=self.columns,
-                                                   column_types={c: pa.binary() for c in self.columns},
-                                                   strings_can_be_null=False),
-            )
-            for batch in reader:
-                table = pa.Table.from_batches([batch]).select(self.columns)
-                yield self._block(table, next_row, bad_rows, path)
-                next_row += table.num_rows + len(bad_rows)
-                bad_rows = []
-        except (pa.ArrowException, UnicodeDecodeError) as error:
-            fault = _csv_fault(error)
-            # pyarrow parses a block (4 MiB) at a time: the rows of the failing block are lost too.
-            yield self._errors([f"{os.path.basename(path)}: CSV parse error ({fault}); data rows {next_row} "
-                                "onward were not read"], path)
-
-    def _block(self, table: pa.Table, first_row: int, bad_rows: list[int | None], path: str) -> pa.Table:
-        """The good rows numbered around the skipped bad ones, then one error row per bad row."""
-        skipped = {n for n in bad_rows if n is not None}
-        numbers, n = [], first_row
-        while len(numbers) < table.num_rows:
-            if n not in skipped:
-                numbers.append(n)
-            n += 1
-        block = table.append_column(LINE_NO, pa.array(numbers, pa.int64()))
-        block = block.append_column(SOURCE_FILE, pa.array([path] * table.num_rows, pa.string()))
-        block = block.append_column(READ_ERROR, pa.nulls(table.num_rows, pa.string()))
-        if not bad_rows:
-            return block
-        name = os.path.basename(path)
-        messages = [f"{name} data row {n}: wrong number of fields" if n is not None
-                    else f"{name}: a data row has the wrong number of fields" for n in bad_rows]
-        return pa.concat_tables([block, self._errors(messages, path, bad_rows)])
-
-    def _errors(self, messages: list[str], path: str, rows: Sequence[int | None] | None = None) -> pa.Table:
-        count = len(messages)
-        columns = {c: pa.nulls(count, pa.binary()) for c in self.columns}
-        return pa.table({**columns, LINE_NO: pa.array(rows or [None] * count, pa.int64()),
-                         SOURCE_FILE: pa.array([path] * count, pa.string()),
-                         READ_ERROR: pa.array(messages, pa.string())})
+    options = ReadOptions(options.encoding, options.on_bad_record, list(columns))
+    schema = None
+    if fmt in TYPED_FORMATS:
+        first = _parquet_schema(files[0])
+        schema = pa.schema([first.field(c) for c in columns if c in first.names])
+    source = RecordsDatasource(filesystem.ray_paths(list(files)), fmt, options, schema,
+                               filesystem=filesystem.filesystem_of(list(files)))
+    return ray.data.read_datasource(source, override_num_blocks=num_blocks)
 
 
 # ----- images --------------------------------------------------------------------------
+IMAGE_SCHEMA = pa.schema([("bytes", pa.binary()), ("path", pa.string())])
+
+
 def read_image_files(files: Sequence[str], num_blocks: int | None = None):
-    """Ray dataset of (bytes, path) rows, one per file."""
+    """Ray dataset of (bytes, path) rows, one per file (``path`` without the scheme, as Ray gives it)."""
     import ray.data
 
-    return ray.data.read_binary_files(storage.ray_paths(list(files)), include_paths=True,
-                                      override_num_blocks=num_blocks, filesystem=storage.filesystem_of(list(files)))
+    source = RecordsDatasource(filesystem.ray_paths(list(files)), None, ReadOptions(), IMAGE_SCHEMA,
+                               default_format="dicom", filesystem=filesystem.filesystem_of(list(files)))
+    return ray.data.read_datasource(source, override_num_blocks=num_blocks)
 
 
 def npz_table(path: str, split: str) -> pa.Table:
     """MedMNIST-style archive as rows: doc_id, reference label, raw uint8 pixels, shape, archive path."""
-    from ..imaging import load_npz_split
+    from ..formats import read_file
 
-    images, labels = load_npz_split(path, split)
-    shape = images.shape[1:]
-    flat = images.reshape(len(images), -1)
-    if labels.ndim == 1:
-        reference = pa.array(labels, pa.int64())
-    else:
-        reference = pa.array([list(map(int, row)) for row in labels], pa.list_(pa.int64()))
-    width = len(str(max(len(images) - 1, 0)))
+    records = list(read_file(path, "npz", split=split))
+    multi = any(isinstance(r.data["label"], list) for r in records)
+    shape = list(records[0].data["image"].shape) if records else []
     return pa.table({
-        "doc_id": pa.array([f"{split}-{i:0{width}d}" for i in range(len(images))], pa.string()),
-        "reference_label": reference,
-        "pixels": pa.array([row.tobytes() for row in flat], pa.binary()),
-        "shape": pa.array([list(shape)] * len(images), pa.list_(pa.int32())),
-        "path": pa.array([os.path.abspath(path)] * len(images), pa.string()),
+        "doc_id": pa.array([r.data["id"] for r in records], pa.string()),
+        "reference_label": pa.array([r.data["label"] for r in records],
+                                    pa.list_(pa.int64()) if multi else pa.int64()),
+        "pixels": pa.array([r.data["image"].tobytes() for r in records], pa.binary()),
+        "shape": pa.array([shape] * len(records), pa.list_(pa.int32())),
+        "path": pa.array([filesystem.absolute(path)] * len(records), pa.string()),
     })
 
 

@@ -1,22 +1,26 @@
 """Run summary of a batch job: counts, labels, exit layers, speed-up and throughput.
 
 Computed from the written dataset itself (a few narrow columns read back), so it describes
-exactly what a reader of the output will see. Written as ``_summary.json`` and ``_summary.png``
-inside the output directory (Parquet readers skip files starting with ``_``).
+exactly what a reader of the output will see. Written as ``summary.json`` and ``summary.png``
+beside the dataset (``publish.JobSink.write_file``), never among its Parquet files.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
 from .schema import STATUSES
 
-SUMMARY_JSON = "_summary.json"
-SUMMARY_PNG = "_summary.png"
+if TYPE_CHECKING:
+    from .publish import JobSink
+
+SUMMARY_JSON = "summary.json"
+SUMMARY_PNG = "summary.png"
 _COLUMNS = ["doc_id", "task", "kind", "status", "label", "exit_layer", "num_layers"]
 
 
@@ -24,7 +28,7 @@ def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: lis
     """The written dataset (or some columns of it) as one table."""
     import pyarrow.dataset as pads
 
-    from .storage import resolve
+    from ..storage import resolve
 
     filesystem, path = resolve(dataset_dir)
     dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning="hive" if partitioned else None)
@@ -93,17 +97,19 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  {task}: {info['rows']} rows; mean exit layer {info['mean_exit_layer']:.2f}/{info['num_layers']} "
             f"(speed-up x{info['layer_speedup']:.2f}); exits {histogram}; labels {labels}"
         )
+    if summary.get("dataset"):
+        lines.append(f"dataset: {summary['dataset']}")
     return "\n".join(lines)
 
 
-def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
-    """Exit-layer histogram per task and rows per status, as a PNG."""
-    import matplotlib
+def plot_summary(summary: dict[str, Any]) -> bytes:
+    """Exit-layer histogram per task and rows per status, as PNG bytes (Agg canvas: no global backend)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8), gridspec_kw={"width_ratios": [3, 1]})
+    fig = Figure(figsize=(10, 3.8))
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [3, 1]})
     tasks = summary["tasks"]
     width = 0.8 / max(len(tasks), 1)
     for i, (task, info) in enumerate(tasks.items()):
@@ -122,21 +128,12 @@ def plot_summary(summary: dict[str, Any], path: str | Path) -> None:
     right.set_title("Rows per status")
     fig.suptitle(f"{summary['job']} job: {summary['documents']} inputs, {summary['rows']} rows", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
-def write_summary(summary: dict[str, Any], dataset_dir: str | Path) -> None:
-    """``_summary.json`` and ``_summary.png`` inside the dataset directory (local or object storage)."""
-    from .storage import is_uri, upload_dir
-
-    if is_uri(dataset_dir):  # written locally, then uploaded
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="epee-summary-") as local:
-            write_summary(summary, local)
-            upload_dir(local, str(dataset_dir))
-        return
-    directory = Path(dataset_dir)
-    (directory / SUMMARY_JSON).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    plot_summary(summary, directory / SUMMARY_PNG)
+def write_summary(summary: dict[str, Any], sink: JobSink) -> None:
+    """``summary.json`` and ``summary.png`` beside the job's datasets (local or object storage)."""
+    sink.write_file(SUMMARY_JSON, (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    sink.write_file(SUMMARY_PNG, plot_summary(summary))

@@ -1,24 +1,36 @@
-"""Where a path points: local files or object storage (``s3://``, ``gs://``, ``abfs://``, ``hdfs://`` ...).
+"""One filesystem API for local paths and object storage (``s3://``, ``gs://``, ``abfs://``, ``hdfs://`` ...).
 
-Filesystems come from ``pyarrow.fs.FileSystem.from_uri`` (as Ray Data resolves them), so
-credentials and endpoints are read from the usual environment (``AWS_*`` incl.
-``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_*``, Hadoop's
-``CLASSPATH``); a scheme pyarrow lacks goes through fsspec (``pyarrow.fs.FSSpecHandler``).
-Listing follows the local rules of ``sources.expand_paths``: directories recursively, skipping
-names that start with ``.`` or ``_``; globs with ``*``, ``?``, ``[...]`` and ``**``.
+Callers open, list and glob through these functions and never branch on the scheme. Filesystems
+come from ``pyarrow.fs.FileSystem.from_uri`` (as Ray Data resolves them), so credentials and
+endpoints are read from the usual environment (``AWS_*`` incl. ``AWS_ENDPOINT_URL``,
+``GOOGLE_APPLICATION_CREDENTIALS``, ``AZURE_STORAGE_*``, Hadoop's ``CLASSPATH``); a scheme pyarrow
+lacks goes through fsspec (``pyarrow.fs.FSSpecHandler``).
+
+Listing (``expand``): directories recursively, skipping names that start with ``.`` or ``_``;
+globs with ``*``, ``?``, ``[...]`` and ``**``. Local entries that cannot be read (dangling
+symlinks, loops) are listed, so callers can report them (``problem``), never skip them silently.
 """
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
 import posixpath
 import re
-from typing import Callable, Iterator
+import stat
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence
 
-import pyarrow as pa
-import pyarrow.fs as pafs
+if TYPE_CHECKING:
+    import pyarrow.fs as pafs
+
+
+def _pyarrow_fs():
+    """``pyarrow.fs``, imported on first use: the command line builds its parser without pyarrow."""
+    import pyarrow.fs
+
+    return pyarrow.fs
 
 
 def is_uri(location: str | os.PathLike) -> bool:
@@ -29,6 +41,9 @@ def is_uri(location: str | os.PathLike) -> bool:
 
 def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
     """(filesystem, path inside it) for a URI or a local path (made absolute)."""
+    import pyarrow as pa
+
+    pafs = _pyarrow_fs()
     text = str(location)
     if not is_uri(text):
         text = text[len("file://"):] if text.startswith("file://") else text
@@ -46,6 +61,11 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
 
         protocol, path = text.split("://", 1)
         return pafs.PyFileSystem(pafs.FSSpecHandler(fsspec.filesystem(protocol))), path
+
+
+def absolute(location: str) -> str:
+    """The location as recorded in outputs: URIs as given, local paths made absolute."""
+    return str(location) if is_uri(location) else os.path.abspath(os.path.expanduser(str(location)))
 
 
 def scheme(location: str) -> str:
@@ -84,7 +104,15 @@ def open_input(location: str):
     return fs.open_input_file(path)
 
 
+def is_file(location: str | os.PathLike) -> bool:
+    """True when ``location`` names a file (a local path, following symlinks, or an object)."""
+    pafs = _pyarrow_fs()
+    fs, path = resolve(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
 def exists(location: str) -> bool:
+    pafs = _pyarrow_fs()
     fs, path = resolve(location)
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
@@ -124,6 +152,7 @@ def _glob_regex(pattern: str) -> re.Pattern:
 
 
 def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
+    pafs = _pyarrow_fs()
     selector = pafs.FileSelector(base, recursive=True, allow_not_found=True)
     for info in fs.get_file_info(selector):
         if info.type == pafs.FileType.File:
@@ -132,6 +161,7 @@ def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
 
 def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
     """Files (as URIs) named by a URI to a file, a directory prefix or a glob; sorted."""
+    pafs = _pyarrow_fs()
     fs, path = resolve(spec)
     prefix = scheme(spec)
     if glob.has_magic(path):
@@ -156,19 +186,6 @@ def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
     raise FileNotFoundError(f"input {spec!r} does not exist")
 
 
-def delete_tree(location: str) -> None:
-    """Remove a directory/prefix and everything under it (missing is fine)."""
-    fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
-
-
-def upload_dir(local_dir: str, location: str) -> None:
-    """Copy a local directory's files under ``location`` (keeps relative paths)."""
-    fs, path = resolve(location)
-    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-
-
 _FETCHED: dict[str, str] = {}
 
 
@@ -177,6 +194,7 @@ def fetch(location: str) -> str:
 
     Each Ray actor calls this itself, so no node needs the driver's files: only the URI.
     """
+    pafs = _pyarrow_fs()
     if not is_uri(location):
         return location
     location = str(location).rstrip("/")
@@ -197,3 +215,66 @@ def fetch(location: str) -> str:
         pafs.copy_files(path, target, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
         _FETCHED[location] = target
     return _FETCHED[location]
+
+
+def visible(location: str) -> bool:
+    """False for names that start with "." or "_" (hidden files, Hadoop/Spark markers)."""
+    return not posixpath.basename(str(location).rstrip("/")).startswith((".", "_"))
+
+
+def expand(specs: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+    """Files named by paths, URIs, globs or directories (recursively), filtered by ``keep(path)``; sorted.
+
+    ``keep`` must not open the files: unreadable entries are kept for ``problem`` to report.
+    """
+    found: list[str] = []
+    for spec in specs:
+        found += list_files(str(spec), keep) if is_uri(spec) else _list_local(str(spec), keep)
+    unique = sorted(set(found))
+    if not unique:
+        raise FileNotFoundError(f"no input files found in {list(specs)}")
+    return unique
+
+
+def _list_local(spec: str, keep: Callable[[str], bool]) -> list[str]:
+    """Local listing with ``os`` (unlike pyarrow's, it lists dangling symlinks and loops instead of failing)."""
+    spec = os.path.expanduser(spec[len("file://"):] if spec.startswith("file://") else spec)
+    if os.path.isdir(spec):
+        found = []
+        for root, dirs, files in os.walk(spec):
+            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
+            found += [os.path.join(root, f) for f in sorted(files) if keep(os.path.join(root, f))]
+        return [os.path.abspath(p) for p in found]
+    if glob.has_magic(spec):
+        matches = [m for m in sorted(glob.glob(spec, recursive=True)) if (os.path.isfile(m) or os.path.islink(m))
+                   and keep(m)]
+        if not matches:
+            raise FileNotFoundError(f"no input files match {spec!r}")
+        return [os.path.abspath(p) for p in matches]
+    if os.path.isfile(spec):
+        return [os.path.abspath(spec)]
+    raise FileNotFoundError(f"input {spec!r} does not exist")
+
+
+def problem(location: str | os.PathLike) -> str | None:
+    """Why a listed file cannot be opened (dangling or looping symlink, not a file, no access); None if it can.
+
+    Object-storage listings hold only existing objects, so a URI has no such problem.
+    """
+    if is_uri(location):
+        return None
+    try:
+        info = os.stat(location)  # follows symlinks
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if os.path.islink(location):
+            return "dangling symbolic link (its target does not exist)"
+        if error.errno == errno.ENOENT:
+            return "file not found"
+        return f"cannot be read ({error.strerror or type(error).__name__})"
+    if not stat.S_ISREG(info.st_mode):
+        return "not a regular file (a directory or device)"
+    if not os.access(location, os.R_OK):
+        return "cannot be read (permission denied)"
+    return None

@@ -1,5 +1,8 @@
 """Decode DICOM, raster (PNG/JPEG/TIFF/BMP) and MedMNIST .npz files into float arrays.
 
+Core layer: the model's image encoder decodes file inputs with it (``inputs.to_unit_array``), and
+the imaging and data readers build on it (``epee_annotate.imaging`` re-exports its public names).
+
 Decoding, plus an optional early downscale: the final resize and model normalisation happen
 downstream. Every image comes back as float32 in [0, 1], shape (H, W) for grayscale or (H, W, 3)
 for colour.
@@ -54,21 +57,27 @@ import io
 import os
 import re
 import warnings
-import zipfile
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from PIL import Image, ImageOps, UnidentifiedImageError
-from pydicom.datadict import tag_for_keyword
-from pydicom.multival import MultiValue
-from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 
-from ..file_checks import unreadable_reason
-from ..vocab import DICOM_COLUMNS, FRAME_MODES
+try:  # the imaging extra: raster images decode without it, DICOM files need it (_require_pydicom)
+    import pydicom
+    from pydicom.datadict import tag_for_keyword
+    from pydicom.multival import MultiValue
+    from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+except ImportError as _error:
+    if (_error.name or "").split(".")[0] != "pydicom":
+        raise
+    pydicom = None
+
+from .extras import missing
+from .filesystem import problem as unreadable_reason
+from .formats.npz import NpzError, load_split
+from .vocab import DICOM_COLUMNS, FRAME_MODES
 
 __all__ = ["MAX_PIXELS", "DecodedImage", "ImageReadError", "is_dicom", "load_npz_split", "read_image"]
 
@@ -130,6 +139,8 @@ def read_image(
     """
     if frames not in FRAME_MODES:
         raise ValueError(f"frames must be one of {FRAME_MODES}, got {frames!r}")
+    if extra_tags:
+        _require_pydicom()
     for keyword in extra_tags:
         if tag_for_keyword(keyword) is None:
             raise ValueError(f"unknown DICOM keyword in extra_tags: {keyword!r}")
@@ -172,31 +183,51 @@ class _Limits:
 def load_npz_split(path: str | os.PathLike, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Load MedMNIST f"{split}_images" (uint8 (N,H,W) or (N,H,W,3)) and f"{split}_labels" (int64).
 
-    Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K).
+    Labels are (N,) for single-label sets; multi-label sets such as ChestMNIST keep (N, K). The
+    archive is read by ``formats.npz``; its faults come back as ImageReadError.
     """
     try:
-        # Open the file ourselves: np.load leaks its handle when the archive is corrupt.
-        with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as npz:
-            keys = set(npz.files)
-            found = f"{split}_images" in keys and f"{split}_labels" in keys
-            if found:
-                images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        with open(path, "rb") as fh:
+            return load_split(fh, split)
+    except OSError as exc:
         raise ImageReadError(f"cannot read npz archive ({type(exc).__name__})") from exc
-    if not found:
-        splits = sorted(k[: -len("_images")] for k in keys if k.endswith("_images"))
-        raise ImageReadError(f"split {split!r} not in npz; available splits: {splits}")
-    if images.dtype != np.uint8 or not (images.ndim == 3 or (images.ndim == 4 and images.shape[-1] == 3)):
-        raise ImageReadError(f"expected uint8 (N,H,W) or (N,H,W,3) images, got {images.dtype} {images.shape}")
-    if labels.ndim == 2 and labels.shape[1] == 1:
-        labels = labels[:, 0]
-    if labels.ndim not in (1, 2) or len(labels) != len(images):
-        raise ImageReadError(f"labels shape {labels.shape} does not match {len(images)} images")
-    return images, labels.astype(np.int64)
+    except NpzError as exc:
+        raise ImageReadError(str(exc)) from exc
+
+
+def _require_pydicom() -> None:
+    if pydicom is None:
+        raise missing("pydicom", "decoding DICOM")
 
 
 def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str], limits: _Limits) -> list[DecodedImage]:
     """Decode a DICOM Part 10 file following the module's documented rules."""
+    _require_pydicom()
+    ds = _read_dicom_header(stream)
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):
+        raise ImageReadError(f"unsupported DICOM photometric interpretation {photometric[:24]!r}")
+    _check_decoder(ds)
+    n_frames = int(ds.get("NumberOfFrames") or 1)
+    decoded_frames = 1 if frames == "middle" else n_frames
+    limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
+                 else f"DICOM image ({decoded_frames} frames)")
+    stack, indices = _dicom_frames(ds, frames, n_frames)
+    shown = _dicom_display(ds, stack, photometric, frames)
+    for img in shown if frames != "mip" else shown[None]:
+        _check_not_constant(img)
+    metadata = _metadata(ds, extra_tags)
+    factor = limits.factor(int(ds.Rows), int(ds.Columns))
+    if frames == "mip":
+        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
+    return [
+        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
+        for i, img in zip(indices, shown)
+    ]
+
+
+def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
+    """The parsed file, refused unless it is a complete image object with pixel data and a size."""
     try:
         ds = pydicom.dcmread(stream)
     except Exception as exc:  # pydicom raises many types (EOFError, struct.error, ...) on damaged headers
@@ -209,15 +240,11 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         raise ImageReadError("DICOM has no pixel data (a non-image object such as a structured report, or truncated)")
     if not int(ds.get("Rows") or 0) or not int(ds.get("Columns") or 0):
         raise ImageReadError("zero-size DICOM image (Rows or Columns is 0 or missing)")
-    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if photometric not in (*_MONO, *_RGB_LIKE, "PALETTE COLOR"):
-        raise ImageReadError(f"unsupported DICOM photometric interpretation {photometric[:24]!r}")
-    _check_decoder(ds)
+    return ds
 
-    n_frames = int(ds.get("NumberOfFrames") or 1)
-    decoded_frames = 1 if frames == "middle" else n_frames
-    limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
-                 else f"DICOM image ({decoded_frames} frames)")
+
+def _dicom_frames(ds: pydicom.Dataset, frames: str, n_frames: int) -> tuple[np.ndarray, list[int]]:
+    """The stored frames to decode (only the middle one for frames="middle") and their indices."""
     try:
         if frames == "middle" and n_frames > 1:
             stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
@@ -229,28 +256,19 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         raise _pixel_data_error(ds, exc) from exc
     if stack.size == 0:
         raise ImageReadError("zero-size DICOM image (no pixels decoded)")
+    return stack, indices
 
+
+def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, frames: str) -> np.ndarray:
+    """Stored values -> display values in [0, 1] (VOI for monochrome, LUT for palette colour)."""
     if photometric in _MONO:
         per_frame = frames != "mip"
         shown = np.stack([_display_mono(f, ds) for f in stack]) if per_frame else _display_mono(stack, ds)
-        if photometric == "MONOCHROME1":
-            shown = 1.0 - shown
-    elif photometric == "PALETTE COLOR":
+        return 1.0 - shown if photometric == "MONOCHROME1" else shown
+    if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(stack, ds)
-        shown = rgb / np.iinfo(rgb.dtype).max
-    else:
-        shown = np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
-    for img in shown if frames != "mip" else shown[None]:
-        _check_not_constant(img)
-
-    metadata = _metadata(ds, extra_tags)
-    factor = limits.factor(int(ds.Rows), int(ds.Columns))
-    if frames == "mip":
-        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
-    return [
-        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
-        for i, img in zip(indices, shown)
-    ]
+        return rgb / np.iinfo(rgb.dtype).max
+    return np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
 
 
 def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
