@@ -40,6 +40,7 @@ class MultiExitModel(nn.Module):
         self.autocast_dtype: torch.dtype | None = None
         self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
         self.int8 = False  # backbone Linear layers replaced by dynamically quantized ones
+        self.runtime_engine: Any = None  # an ONNX Runtime engine (runtimes.apply_runtime); None = torch
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -152,6 +153,19 @@ class MultiExitModel(nn.Module):
         name = self.checkpoint_dir.name if self.checkpoint_dir is not None else self.config.base_model
         return f"{name}@{digest}"
 
+    @property
+    def runtime(self) -> str:
+        """The runtime answering ``predict`` and ``exit_probs`` (one of ``runtimes.RUNTIMES``)."""
+        if self.runtime_engine is not None:
+            return self.runtime_engine.name
+        return "torch-int8" if self.int8 else "torch"
+
+    def use_runtime(self, runtime: str | None, threads: int | None = None) -> "MultiExitModel":
+        """Infer with ``runtime`` ("torch", "torch-int8", "onnx", "onnx-int8"), in place; see ``epee_annotate.runtimes``."""
+        from .runtimes import apply_runtime
+
+        return apply_runtime(self, runtime, threads)
+
     def set_default_policy(self, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> None:
         self.config.default_policy = policy.to_dict()
         self.config.calibration = calibration
@@ -171,6 +185,8 @@ class MultiExitModel(nn.Module):
         """
         if self.device.type != "cpu":
             raise ValueError("int8 dynamic quantization runs on CPU; load the model with device='cpu'")
+        if self.runtime_engine is not None:
+            raise ValueError(f"this model runs {self.runtime!r}; load it again for runtime 'torch-int8'")
         if not self.int8:
             with warnings.catch_warnings():
                 # torch.ao's quantized-tensor deprecation notice; the kernels are what we measure.
@@ -183,6 +199,8 @@ class MultiExitModel(nn.Module):
     # ----- training forward --------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of every exit, (M, B, K)."""
+        if self.runtime_engine is not None:  # its graphs hold the weights as exported: training would not reach them
+            raise ValueError(f"this model answers through runtime {self.runtime!r}; train a model loaded without it")
         features = self.backbone(batch)
         return torch.stack([head(f) for head, f in zip(self.heads, features)])
 
@@ -199,11 +217,17 @@ class MultiExitModel(nn.Module):
                 rows.append(InputError(f"{type(error).__name__}: {error}"))
         return rows
 
-    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int) -> list[list[int]]:
-        """Index groups for valid rows: length buckets for text, input order for images."""
+    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int,
+                max_tokens: int | None = None) -> list[list[int]]:
+        """Index groups for valid rows: length buckets for text, input order for images.
+
+        ``max_tokens``: text only, a budget of padded tokens per batch (``engine.length_buckets``).
+        """
+        if max_tokens is not None and self.task == "image":
+            raise ValueError("a token budget applies to text; images are all one size: set the batch size")
         valid = [i for i, row in enumerate(rows) if isinstance(row, EncodedRow)]
         lengths = [rows[i].length for i in valid]
-        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size)]
+        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size, max_tokens)]
 
     def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:
         batch = self.encoder.collate(rows, padding_side)
@@ -215,8 +239,12 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        max_tokens: int | None = None,
     ) -> list[Prediction]:
-        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered."""
+        """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
+
+        ``max_tokens``: batches by a budget of padded tokens (text), ``batch_size`` capping their rows.
+        """
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         if isinstance(inputs, (str, dict)):
@@ -228,9 +256,13 @@ class MultiExitModel(nn.Module):
         results: list[Prediction | None] = [
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
         ]
-        for group in tqdm(self.batches(rows, batch_size), desc="predict", unit="batch", disable=not progress):
+        for group in tqdm(self.batches(rows, batch_size, max_tokens), desc="predict", unit="batch",
+                          disable=not progress):
             batch = self.collate([rows[i] for i in group])
-            outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
+            if self.runtime_engine is not None:
+                outcome = self.runtime_engine.run_early_exit(batch, policy)
+            else:
+                outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype)
             probs = outcome.probs.cpu()
             confidence, label_id = probs.max(-1)
             # Python lists once per batch: indexing tensors row by row cost ~15 us a row, a share of small models' time.
@@ -266,7 +298,10 @@ class MultiExitModel(nn.Module):
         groups = self.batches(rows, batch_size)
         for group in progress_iter(groups, "all exits", "batch", bar=progress):
             batch = self.collate([rows[i] for i in group])
-            out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
+            if self.runtime_engine is not None:
+                out[group] = self.runtime_engine.run_all_exits(batch)
+            else:
+                out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
         return out
 
 

@@ -216,6 +216,7 @@ def test_pipeline_sources_apply_settings_and_replace_saved_policy(tmp_path, mode
     nlp = PipelineSource(checkpoint=str(checkpoint), task_name="cls").load({"policy": {"budget": 2}})
     (info,) = component_info(nlp)
     assert info["task"] == "cls" and info["policy"] == "budgeted(layer=2)" and info["labels"] == ["neg", "pos", "other"]
+    assert info["runtime"] == "torch"  # recorded in the job metadata
     digest = model_factory("bert").config.weights_sha256[:12]
     assert len(digest) == 12 and info["checkpoint_id"] == f"ckpt@{digest}"  # this checkpoint, not its base
     nlp.to_disk(tmp_path / "pipe")

@@ -79,3 +79,21 @@ def columns_from_args(args: argparse.Namespace) -> dict[str, str]:
     """The renamed columns as {standard name: column in the file}."""
     return {name: getattr(args, f"{name}_column") for name in COLUMN_OPTIONS
             if getattr(args, f"{name}_column", None)}
+
+
+# ----- runtime -------------------------------------------------------------------------------------
+def add_runtime_argument(parser) -> None:
+    """--runtime: torch, torch-int8, onnx or onnx-int8 (``epee_annotate.runtimes.RUNTIMES``)."""
+    from ..runtimes import RUNTIME_HELP, RUNTIMES
+
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default=None, help=f"{RUNTIME_HELP} (default torch)")
+
+
+def runtime_from_args(args: argparse.Namespace) -> str | None:
+    """--runtime, with the older --int8 flag (where a command has it) as another name for torch-int8."""
+    runtime = getattr(args, "runtime", None)
+    if getattr(args, "int8", False):
+        if runtime not in (None, "torch-int8"):
+            raise ValueError(f"--int8 means --runtime torch-int8; it cannot be combined with --runtime {runtime}")
+        return "torch-int8"
+    return runtime

@@ -11,7 +11,8 @@ from typing import Any
 
 from ..vocab import METRICS
 from .common import (
-    add_column_arguments, add_policy_arguments, add_threads_argument, apply_threads, columns_from_args,
+    add_column_arguments, add_policy_arguments, add_runtime_argument, add_threads_argument, apply_threads,
+    columns_from_args, runtime_from_args,
 )
 
 log = logging.getLogger("epee_annotate.evaluate")
@@ -126,7 +127,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     run.add_argument("--int8", action="store_true",
-                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost)")
+                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost); "
+                          "the same as --runtime torch-int8")
+    add_runtime_argument(run)
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
     add_threads_argument(run)
@@ -157,13 +160,14 @@ def _load_model(args):
 
     from ..model import MultiExitModel
 
+    runtime = runtime_from_args(args)
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # the int8 and ONNX runtimes are CPU runtimes
+        device = "cuda" if torch.cuda.is_available() and runtime in (None, "torch") else "cpu"
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     model = MultiExitModel.from_pretrained(args.checkpoint, device=device)
-    return model.quantize_dynamic() if getattr(args, "int8", False) else model
+    return model.use_runtime(runtime)
 
 
 def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:

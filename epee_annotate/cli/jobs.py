@@ -7,13 +7,14 @@ import logging
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
-from .common import add_policy_arguments, policy_settings_from_args
+from .common import add_policy_arguments, add_runtime_argument, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
 FLAGS = {
     "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
-    "autocast": "--autocast", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
+    "model_batch_tokens": "--model-batch-tokens", "autocast": "--autocast", "runtime": "--runtime",
+    "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
@@ -40,8 +41,12 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 puts models on cuda")
     run.add_argument("--autocast", choices=AUTOCAST_MODES, default=None, help="mixed precision on GPU")
+    add_runtime_argument(run)
     run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
+    run.add_argument("--model-batch-tokens", type=int, default=None, metavar="T",
+                     help="notes: form model batches by padded tokens (at most T per forward pass; "
+                          "--model-batch-size still caps the rows)")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
     run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
@@ -65,8 +70,8 @@ def _options(args: argparse.Namespace):
                            args.max_task_retries)
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
-        model_batch_size=args.model_batch_size, address=args.address, policy=policy_settings_from_args(args),
-        autocast=args.autocast,
+        model_batch_size=args.model_batch_size, model_batch_tokens=args.model_batch_tokens, address=args.address,
+        policy=policy_settings_from_args(args), autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,

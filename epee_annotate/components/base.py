@@ -35,6 +35,7 @@ from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
 from ..policies import ExitPolicy, resolve_policy
 from ..prediction import Prediction
+from ..runtimes import check_runtime
 from ..vocab import AUTOCAST_MODES
 from .extensions import register_extensions, replace_task_records, set_result
 from .medspacy_support import quiet_medspacy
@@ -118,6 +119,8 @@ class EpeeComponent(Pipe):
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
+        runtime: str = "torch",
+        batch_tokens: int | None = None,
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
@@ -126,10 +129,13 @@ class EpeeComponent(Pipe):
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1 or null, got {batch_tokens}")
         if autocast is not None and autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.runtime = check_runtime(runtime, device, autocast)
         register_extensions()
         quiet_medspacy()
         self.nlp = nlp
@@ -139,6 +145,7 @@ class EpeeComponent(Pipe):
         # policy dict with "name".
         self._policy = resolve_policy(policy_settings, policy)
         self.batch_size = int(batch_size)
+        self.batch_tokens = batch_tokens
         self.device = device
         self.autocast = autocast
         self.min_confidence = min_confidence
@@ -177,7 +184,7 @@ class EpeeComponent(Pipe):
             logger.warning("component %r: checkpoint labels %s differ from the expected %s",
                            self.name, model.labels, self.expected_labels)
         model.use_autocast(self.autocast)
-        return model
+        return model.use_runtime(self.runtime)
 
     @property
     def policy(self) -> ExitPolicy:
@@ -236,7 +243,8 @@ class EpeeComponent(Pipe):
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
-        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
+        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
+                                                    max_tokens=self.batch_tokens) if inputs else []
         failed = sum(not p.ok for p in predictions)
         if failed:
             logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))
@@ -250,6 +258,8 @@ class EpeeComponent(Pipe):
         import torch
 
         torch.set_num_threads(1)
+        if self.runtime.startswith("onnx"):
+            self._model = None  # ONNX Runtime sessions do not survive a fork: reload (the graphs are cached)
         self._pid = os.getpid()
 
     def _check_order(self) -> None:

@@ -31,15 +31,15 @@ def job_policy(knobs: dict[str, Any] | None, default: ExitPolicy) -> ExitPolicy:
     return default if policy is None else policy
 
 
-def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None = None):
-    """A multi-exit image checkpoint, checked to be one."""
+def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None = None, runtime: str | None = None):
+    """A multi-exit image checkpoint, checked to be one, inferring with ``runtime`` (runtimes.RUNTIMES)."""
     from ..model import MultiExitModel
 
     model = MultiExitModel.from_pretrained(checkpoint, device=device)
     if model.task != "image":
         raise ValueError(f"{checkpoint!r} is a {model.task!r} checkpoint; the images job needs an image one")
     model.use_autocast(autocast)
-    return model
+    return model.use_runtime(runtime)
 
 
 class ImageAnnotator:
@@ -57,6 +57,7 @@ class ImageAnnotator:
         policy_knobs: dict[str, Any] | None = None,
         device: str = "cpu",
         autocast: str | None = None,
+        runtime: str | None = None,
         frames: str = "middle",
         model_batch_size: int = 32,
         threads: int | None = None,
@@ -67,7 +68,7 @@ class ImageAnnotator:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = load_image_model(checkpoint, device, autocast)
+        self.model = load_image_model(checkpoint, device, autocast, runtime)
         self.policy = job_policy(policy_knobs, self.model.default_policy)
         self.policy_text = self.policy.describe()
         self.schema = schema

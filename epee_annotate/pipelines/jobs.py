@@ -21,6 +21,7 @@ import pyarrow as pa
 from .. import __version__
 from ..formats import BAD_RECORD_MODES, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
+from ..runtimes import RuntimeSettingError, check_runtime
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
 from ..extras import require
@@ -43,10 +44,12 @@ class JobOptions:
     actors: ActorSettings = field(default_factory=ActorSettings)
     batch_size: int = 64  # inputs per actor call (and per nlp.pipe batch)
     model_batch_size: int = 32  # model inputs per forward pass
+    model_batch_tokens: int | None = None  # notes: a budget of padded tokens per forward pass (size still caps rows)
     address: str | None = None
     # Exit-policy settings (flat keys of the policy registry; empty: each checkpoint's default).
     policy: dict[str, Any] = field(default_factory=dict)
     autocast: str | None = None
+    runtime: str | None = None  # runtimes.RUNTIMES; None = torch
     partition_by_task: bool = False
     include_text: bool = False
     progress: bool = True
@@ -64,9 +67,15 @@ class JobOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
             raise SettingError("batch sizes must be >= 1", "batch_size", "model_batch_size")
+        if self.model_batch_tokens is not None and self.model_batch_tokens < 1:
+            raise SettingError("the model batch token budget must be >= 1", "model_batch_tokens")
         if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
             raise SettingError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}; got {self.autocast!r}",
                                "autocast")
+        try:
+            check_runtime(self.runtime, self.actors.device, self.autocast)
+        except RuntimeSettingError as error:
+            raise SettingError(str(error), "runtime") from None
         if self.actor_start_timeout_s <= 0:
             raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
         unknown = sorted(set(self.policy) - set(setting_keys()))
@@ -130,6 +139,9 @@ class ImagesJob:
             raise SettingError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}", "frames")
         if self.options.include_text:
             raise SettingError("include_text applies to the notes job only", "include_text")
+        if self.options.model_batch_tokens is not None:
+            raise SettingError("a token budget applies to text; images are all one size: set the model batch size",
+                               "model_batch_tokens")
 
 
 def _threads(actors: ActorSettings) -> int:
@@ -236,8 +248,10 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
                                           job.read_options)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
-                "device": options.actors.device, "autocast": options.autocast}
-    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
+                "batch_tokens": options.model_batch_tokens, "device": options.actors.device,
+                "autocast": options.autocast, "runtime": options.runtime}
+    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
+    # runtime exports its graphs here once, so the actors find them cached.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
@@ -290,7 +304,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     _check_job(options)
     if not job.npz:  # fail at once, not per DICOM file on the workers
         require("pydicom", "the images job on image files")
-    model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
+    # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
+    model = load_image_model(job.checkpoint, runtime=job.options.runtime)
     policy = job_policy(options.policy_knobs, model.default_policy)
     files, unreadable, inputs = _image_inputs(job)
     with _job_on_ray(options) as mode:
@@ -339,8 +354,8 @@ def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
         fn_constructor_kwargs={
             "checkpoint": checkpoint, "schema": schema.remove_metadata(),
             "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-            "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
-            "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+            "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
+            "frames": job.frames, "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
             "path_prefix": path_prefix,
         },
         batch_size=options.batch_size,

@@ -157,6 +157,7 @@ def component_info(nlp) -> list[dict[str, Any]]:
         info.append({
             "task": pipe.name, "factory": type(pipe).__name__, "checkpoint_id": model.checkpoint_id,
             "checkpoint_task": model.task, "labels": list(model.labels), "num_layers": model.num_layers,
+            "runtime": model.runtime,
             "policy": pipe.policy.describe(), "policy_config": pipe.policy.to_dict(),
         })
     if not info:
