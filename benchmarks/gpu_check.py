@@ -82,8 +82,8 @@ def ray_job(checkpoint: Path, texts: Sequence[str], gpus: float, policy: ExitPol
     notes = work / "notes.jsonl"
     notes.write_text("".join(json.dumps({"id": f"n{i}", "text": t}) + "\n" for i, t in enumerate(texts)))
     budget = policy.layer if isinstance(policy, BudgetedExit) else None  # else the checkpoint's own (calibrated) policy
-    options = JobOptions(out=str(work / "out"), actors=ActorSettings(1, 1.0, gpus), budget=budget, progress=False,
-                         verbose=False)
+    options = JobOptions(out=str(work / "out"), actors=ActorSettings(1, 1.0, gpus),
+                         policy={} if budget is None else {"budget": budget}, progress=False, verbose=False)
     return run_notes_job(NotesJob(inputs=[str(notes)], source=PipelineSource(checkpoint=str(checkpoint), scope="doc"),
                                   options=options))
 
