@@ -18,7 +18,7 @@ FLAGS = {
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
-    "on_bad_record": "--on-bad-record",
+    "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
 }
 
 
@@ -46,6 +46,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
     run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
                      help="fail when the actors have not started (model loaded) after S seconds")
+    run.add_argument("--storage-timeout", type=float, default=None, metavar="S",
+                     help="bound of each object-store call (S3, GCS) in seconds (default: $EPEE_STORAGE_TIMEOUT_S, "
+                          "else 60)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started in-process)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -61,6 +64,8 @@ def _options(args: argparse.Namespace):
     from ..pipelines.jobs import JobOptions
     from ..pipelines.runtime import ActorSettings
 
+    _storage_timeout(args.storage_timeout)
+
     actors = ActorSettings(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.max_restarts,
                            args.max_task_retries)
     return JobOptions(
@@ -73,15 +78,29 @@ def _options(args: argparse.Namespace):
     )
 
 
+def _storage_timeout(seconds: float | None) -> None:
+    """--storage-timeout as the process's storage bound; Ray workers get it from ``runtime.ray_session``."""
+    import os
+
+    from ..filesystem import TIMEOUT_VARIABLE, storage_timeout_s
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise ValueError(f"--storage-timeout must be > 0 seconds, got {seconds:g}")
+        os.environ[TIMEOUT_VARIABLE] = f"{seconds:g}"
+    storage_timeout_s()  # a malformed environment value fails here, before any work
+
+
 def _with_flags(build: Callable[[], Any]) -> Any:
-    """Run ``build``; a SettingError gets this command line's option names as advice."""
+    """Run ``build``; a SettingError (or a storage timeout) gets this command line's option names as advice."""
+    from ..filesystem import StorageTimeoutError
     from ..pipelines.errors import OutputExistsError, SettingError
 
     try:
         return build()
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
-    except SettingError as error:
+    except (SettingError, StorageTimeoutError) as error:
         from ..policies import settings
 
         known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}

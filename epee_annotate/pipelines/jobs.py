@@ -24,10 +24,10 @@ from ..policies import PolicySettingError, given_settings, policy_overrides, res
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
 from ..extras import require
-from .errors import SettingError
+from .errors import SettingError, WaitTimeoutError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
-from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
+from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session, wait_for_free_resources
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
 from .summary import summarize, write_summary
 
@@ -148,6 +148,8 @@ def _job_on_ray(options: JobOptions) -> Iterator[str]:
         import ray
 
         check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
+        wait_for_free_resources(options.actors, ray.available_resources, options.actor_start_timeout_s,
+                                options.extra_cpus)
         with job_data_context(options.progress, options.verbose, options.actor_start_timeout_s):
             yield mode
 
@@ -194,11 +196,11 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 if unreadable:
                     _write_unreadable(unreadable, sink, schema, options)
         except GetTimeoutError as error:
-            raise TimeoutError(
+            raise WaitTimeoutError(
                 f"the {options.actors.num_actors} annotation actor(s) did not start within "
                 f"{options.actor_start_timeout_s:g} s (each needs {options.actors.cpus_per_actor:g} CPU"
                 f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
-                "the cluster may be busy or too small, or loading the model is slow"
+                "the cluster may be busy or too small, or loading the model is slow", "actor_start_timeout_s",
             ) from error
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
