@@ -19,6 +19,7 @@ FLAGS = {
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
     "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
+    "trust_unhashed_weights": "--allow-unhashed-weights",
 }
 
 
@@ -34,6 +35,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
                           "id; needs unique ids); a first run with it is resumable")
+
+    parser.add_argument("--allow-unhashed-weights", action="store_true",
+                        help="load checkpoints that record no weights_sha256 (their weights cannot be checked); "
+                             "recorded in the output metadata")
 
     run = parser.add_argument_group("execution")
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
@@ -75,6 +80,7 @@ def _options(args: argparse.Namespace):
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
+        trust_unhashed_weights=args.allow_unhashed_weights,
     )
 
 
@@ -93,6 +99,7 @@ def _storage_timeout(seconds: float | None) -> None:
 
 def _with_flags(build: Callable[[], Any]) -> Any:
     """Run ``build``; a SettingError (or a storage timeout) gets this command line's option names as advice."""
+    from ..checkpoint import UnhashedWeightsError
     from ..filesystem import StorageTimeoutError
     from ..pipelines.errors import OutputExistsError, SettingError
 
@@ -100,7 +107,7 @@ def _with_flags(build: Callable[[], Any]) -> Any:
         return build()
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
-    except (SettingError, StorageTimeoutError) as error:
+    except (SettingError, StorageTimeoutError, UnhashedWeightsError) as error:
         from ..policies import settings
 
         known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}
