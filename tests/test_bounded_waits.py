@@ -30,10 +30,28 @@ def test_resource_wait_is_bounded_and_names_its_setting():
     assert caught.value.settings == ("actor_start_timeout_s",)
 
 
+def _slow_annotator():
+    """A note annotator whose start (model loading) takes longer than any bound the test sets."""
+    from epee_annotate.pipelines.notes import NoteAnnotator
+
+    class SlowStart(NoteAnnotator):
+        def __init__(self, *args, **kwargs):
+            import time
+
+            time.sleep(15)
+            super().__init__(*args, **kwargs)
+
+    return SlowStart
+
+
 @pytest.mark.ray
-def test_job_on_a_cluster_whose_cpus_another_job_holds_ends_with_the_bound(model_factory, tmp_path, capsys):
-    """A 2-CPU Ray whose one CPU another actor holds: the pool fits the cluster but never the free CPUs."""
+def test_shared_cluster_waits_end_within_the_actor_start_bound(model_factory, tmp_path, capsys):
+    """A 2-CPU Ray whose one CPU another job's actor holds: the pool fits the cluster but never the free
+    CPUs. Then, with the CPUs free, actors that do not start in time. Both end with the bound's message."""
     ray = pytest.importorskip("ray")
+    from epee_annotate.pipelines.jobs import JobOptions, NotesJob, run_notes_job
+    from epee_annotate.pipelines.notes import PipelineSource
+
     model_factory("bert").save_pretrained(tmp_path / "ckpt")
     (tmp_path / "notes.jsonl").write_text("".join(json.dumps({"id": i, "text": "rash"}) + "\n" for i in range(4)))
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -42,11 +60,18 @@ def test_job_on_a_cluster_whose_cpus_another_job_holds_ends_with_the_bound(model
         ray.get(holder.ping.remote())
         code = main(["annotate-notes", str(tmp_path / "notes.jsonl"), "--checkpoint", str(tmp_path / "ckpt"),
                      "--out", str(tmp_path / "out"), "--actor-start-timeout", "2", "--no-progress"])
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert code == 2 and "waited 2 s for 2 CPUs free on the Ray cluster" in error
+        assert error.endswith("(see --actor-start-timeout)") and not (tmp_path / "out").exists()
+        ray.kill(holder)
+        job = NotesJob([str(tmp_path / "notes.jsonl")], PipelineSource(checkpoint=str(tmp_path / "ckpt")),
+                       JobOptions(out=str(tmp_path / "out"), actor_start_timeout_s=3, progress=False),
+                       annotator=_slow_annotator())
+        with pytest.raises(WaitTimeoutError, match="did not start within 3 s") as caught:
+            run_notes_job(job)
+        assert caught.value.settings == ("actor_start_timeout_s",)
     finally:
         ray.shutdown()
-    error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert code == 2 and "waited 2 s for 2 CPUs free on the Ray cluster" in error
-    assert error.endswith("(see --actor-start-timeout)") and not (tmp_path / "out").exists()
 
 
 def test_unreachable_gcs_endpoint_ends_with_the_storage_bound(monkeypatch, tmp_path, capsys):

@@ -164,8 +164,9 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
 
     A Ray started here is shut down at the end, and the environment variables ``ray.init`` sets in
     this process (e.g. ``RAY_USAGE_STATS_ENABLED``, ``PYTHONBREAKPOINT``) are put back as they were.
-    Its workers get this process's storage timeout (``filesystem.storage_timeout_s``); a running Ray's
-    workers keep the one they were started with.
+    Workers get this process's storage timeout (``filesystem.storage_timeout_s``): a local Ray's
+    inherit this environment, a joined cluster's get it in the job's runtime environment; an
+    already running Ray's workers keep the one they were started with.
     """
     import ray
 
@@ -175,7 +176,7 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
     environment = dict(os.environ)
     address = address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.ERROR
-    runtime_env = {"env_vars": {TIMEOUT_VARIABLE: f"{storage_timeout_s():g}"}}
+    runtime_env = {"env_vars": {TIMEOUT_VARIABLE: f"{storage_timeout_s():g}"}} if address else None
     try:
         # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
         with _native_stderr_silenced(not verbose):
@@ -185,7 +186,7 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
             else:
                 # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
                 ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False,
-                         log_to_driver=worker_logs, logging_level=level, runtime_env=runtime_env)
+                         log_to_driver=worker_logs, logging_level=level)
                 mode = "local"
         try:
             yield mode
