@@ -45,10 +45,9 @@ def is_uri(location: str | os.PathLike) -> bool:
     return "://" in text and not text.startswith("file://")
 
 
-# Scheme -> what it is; the one list of the URIs this package reads and writes.
-SCHEMES = {"s3": "S3 and S3-compatible stores", "gs": "Google Cloud Storage", "gcs": "Google Cloud Storage",
-           "abfs": "Azure (ADLS Gen2 / Blob)", "abfss": "Azure (ADLS Gen2 / Blob)", "az": "Azure (ADLS Gen2 / Blob)",
-           "hdfs": "HDFS", "viewfs": "HDFS", "file": "local files"}
+# The one list of the URI schemes this package reads and writes (S3, GCS, Azure, HDFS; file:// is local).
+SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "az", "hdfs", "viewfs", "file")
+AZURE_SCHEMES = ("abfs", "abfss", "az")
 TIMED_SCHEMES = ("s3", "gs", "gcs")  # the clients with a timeout setting (``_bounded_filesystem``)
 TIMEOUT_VARIABLE = "EPEE_STORAGE_TIMEOUT_S"
 DEFAULT_TIMEOUT_S = 60.0
@@ -68,7 +67,7 @@ class StorageTimeoutError(TimeoutError):
 
 
 def storage_timeout_s() -> float:
-    """The bound of every object-store call, in seconds: ``EPEE_STORAGE_TIMEOUT_S`` or 60."""
+    """The bound of each S3 and GCS call, in seconds: ``EPEE_STORAGE_TIMEOUT_S`` or 60."""
     text = os.environ.get(TIMEOUT_VARIABLE, "")
     try:
         value = float(text) if text else DEFAULT_TIMEOUT_S
@@ -180,7 +179,7 @@ def resolve(location: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
         cut = next(i for i, p in enumerate(parts) if glob.has_magic(p))
         fs, base = resolve(f"{head}://{'/'.join(parts[:cut])}")
         return fs, "/".join([base.rstrip("/"), *parts[cut:]])
-    if _scheme_name(text) in ("abfs", "abfss", "az"):
+    if _scheme_name(text) in AZURE_SCHEMES:
         return _azure(text)
     with bounded(text):  # from_uri may ask the store (an S3 bucket's region)
         fs, path = pafs.FileSystem.from_uri(text)
