@@ -13,7 +13,9 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
-from .checkpoint import MultiExitConfig, local_checkpoint, read_config, read_weights, write_config, write_weights
+from .checkpoint import (
+    MultiExitConfig, local_checkpoint, read_config, read_weights, verify_weights, write_config, write_weights,
+)
 from .engine import length_buckets, run_all_exits, run_early_exit
 from .heads import make_exit_heads
 from .inputs import TASK_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
@@ -39,6 +41,8 @@ class MultiExitModel(nn.Module):
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
         self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
+        self.weights_sha256 = ""  # of the weights as loaded (checked) or saved: computed, never just read
+        self.unhashed_weights = False  # loaded from a checkpoint without a hash, trusted by the caller
         self.int8 = False  # backbone Linear layers replaced by dynamically quantized ones
         self.runtime_engine: Any = None  # an ONNX Runtime engine (runtimes.apply_runtime); None = torch
 
@@ -93,10 +97,16 @@ class MultiExitModel(nn.Module):
         return cls(backbone, config, preprocessor)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiExitModel":
-        """Load a checkpoint written by ``save_pretrained`` (safetensors only); a URI is downloaded first."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        trust_unhashed_weights: bool = False) -> "MultiExitModel":
+        """Load a checkpoint written by ``save_pretrained`` (safetensors only); a URI is downloaded first.
+
+        The weights are checked against the hash the checkpoint records; one without a hash loads only
+        with ``trust_unhashed_weights`` (then ``unhashed_weights`` is True).
+        """
         path = local_checkpoint(directory)
         config = read_config(path)
+        digest = verify_weights(path, config, trust_unhashed_weights, source=directory)
         backbone_class(config.model_type)  # clear error for unknown architectures
         backbone = backbone_from_config(AutoConfig.from_pretrained(path), config.pooling)
         if config.task == "image":
@@ -108,6 +118,7 @@ class MultiExitModel(nn.Module):
         model = cls(backbone, config, preprocessor)
         read_weights(model, path)
         model.checkpoint_dir = path.resolve()
+        model.weights_sha256, model.unhashed_weights = digest, not config.weights_sha256
         return model.eval().to(device)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -120,6 +131,7 @@ class MultiExitModel(nn.Module):
         self.preprocessor.save_pretrained(path)
         write_weights(self, self.config, path)
         self.checkpoint_dir = path.resolve()
+        self.weights_sha256, self.unhashed_weights = self.config.weights_sha256, False
 
     def save_config(self, directory: str | Path) -> None:
         """Rewrite only ``epee_config.json`` (e.g. after calibration), keeping the weights."""
@@ -148,8 +160,8 @@ class MultiExitModel(nn.Module):
 
     @property
     def checkpoint_id(self) -> str:
-        """This fine-tuned checkpoint: its directory name + its own weights hash ("<base>@unsaved" before saving)."""
-        digest = self.config.weights_sha256[:12] or "unsaved"
+        """This fine-tuned checkpoint: its directory name + the hash of the weights it loaded or saved ("@unsaved" before)."""
+        digest = self.weights_sha256[:12] or "unsaved"
         name = self.checkpoint_dir.name if self.checkpoint_dir is not None else self.config.base_model
         return f"{name}@{digest}"
 

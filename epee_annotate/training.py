@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from .calibration.data import dev_fingerprint
-from .checkpoint import CONFIG_NAME, read_config, read_weights, write_config
+from .checkpoint import CONFIG_NAME, read_config, read_weights, verify_weights, write_config
 from .data.examples import Example
 from .inputs import EncodedRow, InputError
 from .metrics import classification_metrics
@@ -435,6 +435,7 @@ def train(
     write_config(saved, out)
     read_weights(model, out)
     model.config.training, model.config.weights_sha256 = saved.training, saved.weights_sha256
+    model.weights_sha256 = verify_weights(out, saved)
     if not keep_state:  # optimizer state is ~2x the weights; only a later --resume needs it
         shutil.rmtree(state_dir, ignore_errors=True)
     model.eval()

@@ -19,7 +19,8 @@ FLAGS = {
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
-    "on_bad_record": "--on-bad-record",
+    "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
+    "trust_unhashed_weights": "--allow-unhashed-weights",
 }
 
 
@@ -36,6 +37,10 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
                      help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
                           "id; needs unique ids); a first run with it is resumable")
 
+    parser.add_argument("--allow-unhashed-weights", action="store_true",
+                        help="load checkpoints that record no weights_sha256 (their weights cannot be checked); "
+                             "recorded in the output metadata")
+
     run = parser.add_argument_group("execution")
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
@@ -51,6 +56,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
     run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
                      help="fail when the actors have not started (model loaded) after S seconds")
+    run.add_argument("--storage-timeout", type=float, default=None, metavar="S",
+                     help="bound of each object-store call (S3, GCS) in seconds (default: $EPEE_STORAGE_TIMEOUT_S, "
+                          "else 60)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started in-process)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -66,6 +74,8 @@ def _options(args: argparse.Namespace):
     from ..pipelines.jobs import JobOptions
     from ..pipelines.runtime import ActorSettings
 
+    _storage_timeout(args.storage_timeout)
+
     actors = ActorSettings(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.max_restarts,
                            args.max_task_retries)
     return JobOptions(
@@ -75,18 +85,34 @@ def _options(args: argparse.Namespace):
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
         actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
+        trust_unhashed_weights=args.allow_unhashed_weights,
     )
 
 
+def _storage_timeout(seconds: float | None) -> None:
+    """--storage-timeout as the process's storage bound; Ray workers get it from ``runtime.ray_session``."""
+    import os
+
+    from ..filesystem import TIMEOUT_VARIABLE, storage_timeout_s
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise ValueError(f"--storage-timeout must be > 0 seconds, got {seconds:g}")
+        os.environ[TIMEOUT_VARIABLE] = f"{seconds:g}"
+    storage_timeout_s()  # a malformed environment value fails here, before any work
+
+
 def _with_flags(build: Callable[[], Any]) -> Any:
-    """Run ``build``; a SettingError gets this command line's option names as advice."""
+    """Run ``build``; a SettingError (or a storage timeout) gets this command line's option names as advice."""
+    from ..checkpoint import UnhashedWeightsError
+    from ..filesystem import StorageTimeoutError
     from ..pipelines.errors import OutputExistsError, SettingError
 
     try:
         return build()
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
-    except SettingError as error:
+    except (SettingError, StorageTimeoutError, UnhashedWeightsError) as error:
         from ..policies import settings
 
         known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}

@@ -124,6 +124,7 @@ class EpeeComponent(Pipe):
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
+        trust_unhashed_weights: bool = False,
     ):
         if checkpoint is None:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
@@ -151,6 +152,7 @@ class EpeeComponent(Pipe):
         self.min_confidence = min_confidence
         self.none_label = none_label
         self.expected_labels = list(expected_labels) if expected_labels else None
+        self.trust_unhashed_weights = bool(trust_unhashed_weights)
         # Loaded on first use: spacy.load builds components from the saved config (the original
         # checkpoint path) and then calls from_disk, which points them at the saved copy.
         self._model: MultiExitModel | None = None
@@ -175,7 +177,8 @@ class EpeeComponent(Pipe):
 
             if not torch.cuda.is_available():
                 raise ValueError(f"component {self.name!r}: device {self.device!r} asked for but CUDA is not available")
-        model = MultiExitModel.from_pretrained(checkpoint, device=self.device)
+        model = MultiExitModel.from_pretrained(checkpoint, device=self.device,
+                                               trust_unhashed_weights=self.trust_unhashed_weights)
         if model.task != self.task and model.task not in self.older_tasks:
             raise ValueError(
                 f"component {self.name!r} needs a {self.task!r} checkpoint; {checkpoint!r} is a {model.task!r} one"

@@ -25,11 +25,11 @@ from ..runtimes import RuntimeSettingError, check_runtime
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
 from ..extras import require
-from .errors import SettingError
+from .errors import SettingError, WaitTimeoutError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
-from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
-from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
+from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session, wait_for_free_resources
+from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, weights_record, with_job_metadata
 from .summary import summarize, write_summary
 
 logger = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ class JobOptions:
     rows_per_file: int | None = 100_000
     actor_start_timeout_s: float = 600.0  # the longest wait for the actor pool (model loading included)
     resume: bool = False
+    trust_unhashed_weights: bool = False  # load checkpoints that record no weights hash (recorded in the metadata)
 
     @property
     def extra_cpus(self) -> int:
@@ -160,6 +161,8 @@ def _job_on_ray(options: JobOptions) -> Iterator[str]:
         import ray
 
         check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
+        wait_for_free_resources(options.actors, ray.available_resources, options.actor_start_timeout_s,
+                                options.extra_cpus)
         with job_data_context(options.progress, options.verbose, options.actor_start_timeout_s):
             yield mode
 
@@ -206,11 +209,11 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 if unreadable:
                     _write_unreadable(unreadable, sink, schema, options)
         except GetTimeoutError as error:
-            raise TimeoutError(
+            raise WaitTimeoutError(
                 f"the {options.actors.num_actors} annotation actor(s) did not start within "
                 f"{options.actor_start_timeout_s:g} s (each needs {options.actors.cpus_per_actor:g} CPU"
                 f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
-                "the cluster may be busy or too small, or loading the model is slow"
+                "the cluster may be busy or too small, or loading the model is slow", "actor_start_timeout_s",
             ) from error
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
@@ -247,9 +250,11 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
                                           job.read_options)
+    # The opt-in only when given: None keeps a pipeline config's own setting.
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "batch_tokens": options.model_batch_tokens, "device": options.actors.device,
-                "autocast": options.autocast, "runtime": options.runtime}
+                "autocast": options.autocast, "runtime": options.runtime,
+                "trust_unhashed_weights": options.trust_unhashed_weights or None}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
     # runtime exports its graphs here once, so the actors find them cached.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
@@ -305,7 +310,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
     if not job.npz:  # fail at once, not per DICOM file on the workers
         require("pydicom", "the images job on image files")
     # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
-    model = load_image_model(job.checkpoint, runtime=job.options.runtime)
+    model = load_image_model(job.checkpoint, runtime=options.runtime,
+                             trust_unhashed_weights=options.trust_unhashed_weights)
     policy = job_policy(options.policy_knobs, model.default_policy)
     files, unreadable, inputs = _image_inputs(job)
     with _job_on_ray(options) as mode:
@@ -319,7 +325,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
         keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
         logger.info("images job: %s, Ray %s", inputs, mode)
-        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
+        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, **weights_record(model),
+                     "checkpoint": str(job.checkpoint),
                      "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
                      "policy_config": policy.to_dict()}
         schema = with_job_metadata(output_schema("images", passthrough),
@@ -356,7 +363,7 @@ def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
             "task_name": job.task_name, "policy_knobs": options.policy_knobs,
             "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
             "frames": job.frames, "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
-            "path_prefix": path_prefix,
+            "path_prefix": path_prefix, "trust_unhashed_weights": options.trust_unhashed_weights,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
