@@ -187,6 +187,23 @@ def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
 
 
 _FETCHED: dict[str, str] = {}
+FETCH_PREFIX = "epee-fetch-"
+
+
+def _remove_dead_fetches(folder: str) -> None:
+    """Remove the fetched copies (e.g. checkpoints) of processes on this machine that no longer run."""
+    import shutil
+
+    for entry in os.scandir(folder):
+        pid = entry.name[len(FETCH_PREFIX):].split("-", 1)[0]
+        if not (entry.name.startswith(FETCH_PREFIX) and pid.isdigit() and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        except OSError:  # alive, another user's
+            pass
 
 
 def fetch(location: str) -> str:
@@ -204,8 +221,9 @@ def fetch(location: str) -> str:
         import tempfile
 
         fs, path = resolve(location)
-        local = tempfile.mkdtemp(prefix="epee-fetch-")
-        atexit.register(shutil.rmtree, local, True)
+        _remove_dead_fetches(tempfile.gettempdir())
+        local = tempfile.mkdtemp(prefix=f"{FETCH_PREFIX}{os.getpid()}-")
+        atexit.register(shutil.rmtree, local, True)  # a killed process skips this: the next fetch removes it
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise FileNotFoundError(f"{location!r} does not exist")

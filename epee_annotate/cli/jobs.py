@@ -18,7 +18,7 @@ FLAGS = {
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
-    "on_bad_record": "--on-bad-record",
+    "on_bad_record": "--on-bad-record", "lock_lease_s": "--lock-lease",
 }
 
 
@@ -34,6 +34,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
                           "id; needs unique ids); a first run with it is resumable")
+    out.add_argument("--lock-lease", type=float, default=60.0, metavar="S",
+                     help="the output lock's lease: another job waits for this one to end, or to send no "
+                          "heartbeat for S seconds (a dead driver on another host), before it takes --out over")
 
     run = parser.add_argument_group("execution")
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
@@ -69,7 +72,7 @@ def _options(args: argparse.Namespace):
         autocast=args.autocast,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
-        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
+        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume, lock_lease_s=args.lock_lease,
     )
 
 
