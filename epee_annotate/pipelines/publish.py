@@ -276,9 +276,16 @@ def claim_output(out: str, overwrite: bool, resume: bool = False, inputs: Sequen
     check_apart(out, inputs)  # before touching anything
     normal = normalised_output(out)
     with OutputLock(normal, lease_s) as lock:
-        for action in recover(normal):
+        done = recover(normal)
+        for action in done:
             logger.warning("output %s: %s", normal, action)
-        check_job_output(out, overwrite, resume, inputs)
+        try:
+            check_job_output(out, overwrite, resume, inputs)
+        except OutputExistsError as error:
+            if any(action.startswith("finished") for action in done):
+                raise OutputExistsError(f"{error}: the interrupted publish of an earlier run was just finished "
+                                        "(check it with verify)", *error.settings) from None
+            raise
         yield lock
 
 
