@@ -136,6 +136,39 @@ def _committed_parts(checkpoint_dir: Path) -> Callable[[], bool]:
     return ready
 
 
+def _object_storage_scenarios(command: Callable[..., list[str]], env: dict[str, str],
+                              log: Callable[[str], Path], notes: int) -> list[tuple[str, dict[str, object], str]]:
+    """Kill during publish and a stale lock, on S3 (the environment points at the loopback server)."""
+    import boto3
+
+    from epee_annotate.pipelines.lock import LockRecord
+
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="faults")
+    results = []
+    # SIGKILL halfway through the publish copy; the same command again finishes that publish.
+    out = "s3://faults/killed_publish"
+    driver = Driver(command(out), {**env, "FAULTS_KILL_IN_PUBLISH": "1"}, log("publish_killed"))
+    code_killed = driver.wait()
+    left = driver.leftovers()
+    partial = client.list_objects_v2(Bucket="faults", Prefix="killed_publish/annotations/").get("Contents", [])
+    rerun = Driver(command(out), env, log("publish_rerun"))
+    code = rerun.wait()
+    finished = "finished the interrupted publish" in rerun.output()
+    results.append(("kill during publish (S3)", _count(out, notes),
+                    f"killed: exit {code_killed} with {len(partial)} data file(s) copied, no _SUCCESS; "
+                    f"rerun exit {code}, finished it: {finished}; processes left: {len(left)} {left[:3]}"))
+    # A lock left by a driver on another host that died (lease expired): taken over, logged.
+    out = "s3://faults/stale_lock"
+    stale = LockRecord("someone", "node-7", 4242, "dead", time.time() - 600, time.time() - 600, 60)
+    client.put_object(Bucket="faults", Key="stale_lock/_LOCK", Body=stale.encode())
+    run = Driver(command(out, "--resume"), env, log("stale_lock"))
+    code = run.wait()
+    logged = "took over the lock of someone (pid 4242 on node-7" in run.output()
+    results.append(("stale lock (S3)", _count(out, notes), f"exit {code}, takeover logged: {logged}"))
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--notes", type=int, default=96)
@@ -192,47 +225,12 @@ def main() -> None:
                     f"processes left: {len(left_changed)}"))
 
     # 4 and 5 on object storage (a moto S3 server on the loopback interface).
-    from moto.server import ThreadedMotoServer
+    from epee_annotate.testing import loopback_s3_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    s3_env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-              "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-              "AWS_EC2_METADATA_DISABLED": "true"}
-    os.environ.update(s3_env)
-    env.update(s3_env)
-    import boto3
-
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="faults")
     try:
-        # 4. SIGKILL halfway through the publish copy; the same command again finishes that publish.
-        out = "s3://faults/killed_publish"
-        driver = Driver(command(out), {**env, "FAULTS_KILL_IN_PUBLISH": "1"}, log("publish_killed"))
-        code_killed = driver.wait()
-        left_publish = driver.leftovers()
-        partial = [o["Key"] for o in client.list_objects_v2(Bucket="faults", Prefix="killed_publish/annotations/")
-                   .get("Contents", [])]
-        rerun = Driver(command(out), env, log("publish_rerun"))
-        code = rerun.wait()
-        finished = "finished the interrupted publish" in rerun.output()
-        results.append(("kill during publish (S3)", _count(out, args.notes),
-                         f"killed: exit {code_killed} with {len(partial)} data file(s) copied, no _SUCCESS; "
-                         f"rerun exit {code}, finished it: {finished}; processes left: {len(left_publish)}"))
-
-        # 5. A lock left by a driver on another host that died (lease expired): taken over, logged.
-        out = "s3://faults/stale_lock"
-        from epee_annotate.pipelines.lock import LockRecord
-
-        stale = LockRecord("someone", "node-7", 4242, "dead", time.time() - 600, time.time() - 600, 60)
-        client.put_object(Bucket="faults", Key="stale_lock/_LOCK", Body=stale.encode())
-        run = Driver(command(out, "--resume"), env, log("stale_lock"))
-        code = run.wait()
-        logged = "took over the lock of someone (pid 4242 on node-7" in run.output()
-        results.append(("stale lock (S3)", _count(out, args.notes), f"exit {code}, takeover logged: {logged}"))
+        with loopback_s3_server() as s3_env:
+            results += _object_storage_scenarios(command, {**env, **s3_env}, log, args.notes)
     finally:
-        server.stop()
         for index in range(1, Driver.count + 1):  # Ray's session folders of this benchmark's drivers
             shutil.rmtree(f"/tmp/rfault{os.getpid()}_{index}", ignore_errors=True)
 
