@@ -340,3 +340,21 @@ def test_fetched_copies_of_killed_processes_are_removed(tmp_path, monkeypatch):
     mine.mkdir()
     filesystem._remove_dead_fetches(str(tmp_path))
     assert not leftover.exists() and mine.exists()
+
+
+def test_the_holder_renews_its_lease(tmp_path, s3):
+    for out in (str(tmp_path / "out"), f"s3://{BUCKET}/renewed"):
+        with OutputLock(out, lease_s=0.6) as lock:
+            fs, path = storage.resolve(lock.location)
+
+            def heartbeat() -> float:
+                with fs.open_input_stream(path) as handle:
+                    return LockRecord.parse(handle.read()).heartbeat
+
+            first = heartbeat()
+            deadline = time.monotonic() + 10
+            while heartbeat() == first:
+                assert time.monotonic() < deadline, f"{out}: no heartbeat within 10 s"
+                time.sleep(0.05)
+            lock.check()
+        assert not storage.exists(lock.location)

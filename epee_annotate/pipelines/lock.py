@@ -61,7 +61,7 @@ class LockRecord:
     @classmethod
     def new(cls, lease_s: float) -> "LockRecord":
         now = time.time()
-        user = os.environ.get("USER") or os.environ.get("USERNAME") or str(os.getuid())
+        user = os.environ.get("USER") or os.environ.get("USERNAME") or _user_name()
         return cls(user, socket.gethostname(), os.getpid(), uuid.uuid4().hex, now, now, lease_s)
 
     @classmethod
@@ -86,6 +86,15 @@ class LockRecord:
         return (f"{self.owner} (pid {self.pid} on {self.host}, started "
                 f"{time.strftime('%Y-%m-%dT%H:%M:%S%z', time.localtime(self.acquired))}, "
                 f"last heartbeat {age:.0f} s ago, lease {self.lease_s:g} s)")
+
+
+def _user_name() -> str:
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a uid with no passwd entry (containers)
+        return f"uid {os.getuid()}"
 
 
 def _alive(pid: int) -> bool:
