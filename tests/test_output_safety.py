@@ -358,3 +358,9 @@ def test_the_holder_renews_its_lease(tmp_path, s3):
                 time.sleep(0.05)
             lock.check()
         assert not storage.exists(lock.location)
+
+
+def test_the_same_checkpoint_with_other_settings_names_the_settings():
+    old = fingerprint([], [{"checkpoint_id": "pv@01", "policy": "epee(0.2)", "labels": ["a"]}], {})
+    new = fingerprint([], [{"checkpoint_id": "pv@01", "policy": "epee(0.6)", "labels": ["a"]}], {})
+    assert differences(old, new) == ["models pv@01: policy changed"]

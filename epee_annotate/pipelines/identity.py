@@ -72,7 +72,7 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 5) -> lis
             shown = ", ".join(os.path.basename(p.rstrip("/")) for p in paths[:limit])
             found.append(f"input files {what}: {len(paths)} ({shown}{', ...' if len(paths) > limit else ''})")
     if _digest(before.get("models")) != _digest(after.get("models")):
-        found.append(f"models: {_describe_models(before.get('models'))} -> {_describe_models(after.get('models'))}")
+        found.append(_models_change(before.get("models"), after.get("models")))
     old_opts, new_opts = before.get("options", {}), after.get("options", {})
     for key in sorted(set(old_opts) | set(new_opts)):
         if _digest(old_opts.get(key)) != _digest(new_opts.get(key)):
@@ -80,9 +80,19 @@ def differences(old: dict[str, Any], new: dict[str, Any], limit: int = 5) -> lis
     return found or ["the job's fingerprint"]
 
 
+def _models_change(old: Any, new: Any) -> str:
+    """``models: a@hash -> b@hash``, or (same checkpoints) which of their settings differ."""
+    if _describe_models(old) != _describe_models(new) or not (isinstance(old, list) and isinstance(new, list)):
+        return f"models: {_describe_models(old)} -> {_describe_models(new)}"
+    keys = sorted({k for a, b in zip(old, new) for k in set(a) | set(b) if _digest(a.get(k)) != _digest(b.get(k))})
+    return f"models {_describe_models(new)}: {', '.join(keys)} changed"
+
+
 def _describe_models(models: Any) -> str:
     if isinstance(models, list):
         return ", ".join(str(m.get("checkpoint_id", "?")) if isinstance(m, dict) else str(m) for m in models)
+    if isinstance(models, dict):
+        return str(models.get("checkpoint_id", "?"))
     return _short(models)
 
 

@@ -142,8 +142,10 @@ class OutputLock:
         previous = self._store.acquire(self.record)
         if previous is not None and not previous.released:
             self.took_over = previous
-            logger.warning("output %s: took over the lock of %s, whose lease had expired", self.out,
-                           previous.describe())
+            why = ("its lease expired" if time.time() > previous.heartbeat + previous.lease_s
+                   else "its process has ended")
+            logger.warning("output %s: took over the lock of %s: %s without releasing it", self.out,
+                           previous.describe(), why)
         self._thread = threading.Thread(target=self._heartbeat, name="epee-output-lock", daemon=True)
         self._thread.start()
 
