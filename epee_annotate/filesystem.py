@@ -318,8 +318,6 @@ def _list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
 
 
 _FETCHED: dict[str, str] = {}
-
-
 def fetch(location: str) -> str:
     """A local copy of a remote file or directory prefix (once per process, in a temp dir); local paths as-is.
 

@@ -195,7 +195,8 @@ def test_cli_refuses_existing_output_before_doing_work(tmp_path, capsys):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "in.csv").write_text("id,text\n1,x\n")
-    code = main(["annotate-notes", str(tmp_path / "in.csv"), "--checkpoint", str(tmp_path),
+    (tmp_path / "ckpt").mkdir()
+    code = main(["annotate-notes", str(tmp_path / "in.csv"), "--checkpoint", str(tmp_path / "ckpt"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
 

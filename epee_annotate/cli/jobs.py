@@ -20,7 +20,7 @@ FLAGS = {
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
     "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
-    "trust_unhashed_weights": "--allow-unhashed-weights",
+    "trust_unhashed_weights": "--allow-unhashed-weights", "lock_lease_s": "--lock-lease",
 }
 
 
@@ -36,6 +36,9 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
                           "id; needs unique ids); a first run with it is resumable")
+    out.add_argument("--lock-lease", type=float, default=60.0, metavar="S",
+                     help="the output lock's lease: another job waits for this one to end, or to send no "
+                          "heartbeat for S seconds (a dead driver on another host), before it takes --out over")
 
     parser.add_argument("--allow-unhashed-weights", action="store_true",
                         help="load checkpoints that record no weights_sha256 (their weights cannot be checked); "
@@ -84,7 +87,7 @@ def _options(args: argparse.Namespace):
         policy=policy_settings_from_args(args), autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
-        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
+        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume, lock_lease_s=args.lock_lease,
         trust_unhashed_weights=args.allow_unhashed_weights,
     )
 

@@ -27,7 +27,9 @@ from .. import storage
 from ..extras import require
 from .errors import SettingError, WaitTimeoutError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
+from .identity import check_same_job, fingerprint, read_identity, summary as identity_summary, write_identity
+from .lock import OutputLock
+from .publish import MAIN_DATASET, JobSink, claim_output, identity_location, job_output
 from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session, wait_for_free_resources
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, weights_record, with_job_metadata
 from .summary import summarize, write_summary
@@ -59,6 +61,7 @@ class JobOptions:
     actor_start_timeout_s: float = 600.0  # the longest wait for the actor pool (model loading included)
     resume: bool = False
     trust_unhashed_weights: bool = False  # load checkpoints that record no weights hash (recorded in the metadata)
+    lock_lease_s: float = 60.0  # the output lock's lease: a holder silent this long is taken over
 
     @property
     def extra_cpus(self) -> int:
@@ -187,7 +190,7 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float) -> dict[str, Any]:
+            started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any]) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
@@ -198,7 +201,10 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
 
     pipeline_started = time.perf_counter()
     write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
-    with job_output(options.out, options.overwrite, options.resume) as sink:
+    with job_output(options.out, options.overwrite, options.resume, lock) as sink:
+        sink.extra["identity"] = identity_summary(identity)
+        if options.resume:
+            write_identity(identity_location(options.out), identity)
         try:
             if not sink.checkpoint:
                 sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
@@ -231,20 +237,38 @@ def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any]
             "components": components, **more, "inputs": inputs, "parameters": options.parameters()}
 
 
-def _check_job(options: JobOptions) -> None:
-    """What can be refused before any slow work: Ray missing, an output that may not be written."""
+@contextmanager
+def _claimed(options: JobOptions, sources: Sequence[str | None]) -> Iterator[OutputLock]:
+    """What can be refused before any slow work (Ray missing, an output that may not be written, another
+    job on it), then the output's lock for the whole job (``publish.claim_output``)."""
     require("ray.data", "a batch job")
-    check_job_output(options.out, options.overwrite, options.resume)
+    with claim_output(options.out, options.overwrite, options.resume, [s for s in sources if s],
+                      options.lock_lease_s) as lock:
+        yield lock
+
+
+def _start_identity(options: JobOptions, inputs: Sequence[str], models: Any, settings: dict[str, Any]) -> dict:
+    """The job's fingerprint; a resumable run refuses, naming what differs, when the interrupted run's differs."""
+    identity = fingerprint(inputs, models, {**settings, "policy": options.policy_knobs, "autocast": options.autocast,
+                                            "device": options.actors.device,
+                                            "partition_by_task": options.partition_by_task})
+    if options.resume:  # recorded once the run stages something (``_finish``)
+        check_same_job(read_identity(identity_location(options.out)), identity)
+    return identity
 
 
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
+    source = job.source
+    with _claimed(job.options, [*job.inputs, source.pipeline, source.config, source.checkpoint]) as lock:
+        return _run_notes_job(job, lock, time.perf_counter())
+
+
+def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str, Any]:
     from .resume import NoteKeys
     from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
-    started = time.perf_counter()
     options = job.options
-    _check_job(options)
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
@@ -258,6 +282,10 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
     # runtime exports its graphs here once, so the actors find them cached.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
+    identity = _start_identity(options, listed, components, {
+        "job": "notes", "format": fmt, "id_column": job.id_column, "text_column": job.text_column,
+        "keep_columns": list(job.keep_columns), "encoding": job.encoding, "on_bad_record": job.on_bad_record,
+        "include_text": options.include_text, "pipeline": job.source.describe()})
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
     schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
@@ -269,7 +297,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s)
+        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity)
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
@@ -296,17 +324,20 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
 
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
+    if job.options.resume and job.npz:
+        raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
+                           "resume", "npz")
+    with _claimed(job.options, [*job.inputs, job.npz, job.checkpoint]) as lock:
+        return _run_images_job(job, lock, time.perf_counter())
+
+
+def _run_images_job(job: ImagesJob, lock: OutputLock, started: float) -> dict[str, Any]:
     from .images import job_policy, load_image_model
     from ..imaging.classify import DECODE_ERROR_PREFIX
     from .resume import PathKeys
     from .sources import read_image_files, read_npz
 
-    started = time.perf_counter()
     options = job.options
-    if options.resume and job.npz:
-        raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
-                           "resume", "npz")
-    _check_job(options)
     if not job.npz:  # fail at once, not per DICOM file on the workers
         require("pydicom", "the images job on image files")
     # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
@@ -314,6 +345,10 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
                              trust_unhashed_weights=options.trust_unhashed_weights)
     policy = job_policy(options.policy_knobs, model.default_policy)
     files, unreadable, inputs = _image_inputs(job)
+    identity = _start_identity(options, [job.npz] if job.npz else [*files, *unreadable],
+                               {"checkpoint_id": model.checkpoint_id, "labels": list(model.labels)}, {
+                                   "job": "images", "policy_config": policy.to_dict(), "frames": job.frames,
+                                   "split": job.split if job.npz else None, "task_name": job.task_name})
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         ds, passthrough = None, []
@@ -335,7 +370,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             ds = _annotated_images(job, ds, schema, keys.prefix)
         errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
                    "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s)
+        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity)
 
 
 def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
