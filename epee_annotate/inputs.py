@@ -381,3 +381,23 @@ def array_to_unit(array: np.ndarray) -> np.ndarray:
             raise InputError("float image arrays must be scaled to [0, 1]")
         return array.astype(np.float32)
     raise InputError(f"unsupported image dtype {array.dtype}; use uint8, uint16, bool or float in [0, 1]")
+
+
+def sentence_bounds(doc: Any, mentions: Sequence[Any], text_length: int) -> list[tuple[int, int]]:
+    """Character range of the sentence holding each mention (sorted by start), in one pass over the doc.
+
+    The whole doc (``text_length`` = ``len(doc.text)``, which callers have already built) without
+    sentence boundaries; a range stretches to cover a mention running past it.
+    """
+    if not doc.has_annotation("SENT_START"):
+        return [(0, text_length)] * len(mentions)
+    bounds, sents = [], iter(doc.sents)
+    sent = next(sents, None)
+    for mention in mentions:
+        while sent is not None and sent.end <= mention.start:
+            sent = next(sents, None)
+        if sent is None:  # cannot happen for spans of this doc; keep the doc as context
+            bounds.append((0, mention.end_char))
+            continue
+        bounds.append((min(sent.start_char, mention.start_char), max(sent.end_char, mention.end_char)))
+    return bounds

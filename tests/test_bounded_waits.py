@@ -77,7 +77,8 @@ def test_shared_cluster_waits_end_within_the_actor_start_bound(model_factory, tm
 def test_unreachable_gcs_endpoint_ends_with_the_storage_bound(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", f"http://127.0.0.1:{_closed_port()}")
     monkeypatch.delenv(filesystem.TIMEOUT_VARIABLE, raising=False)
-    code = main(["annotate-notes", "gs://bucket/notes.jsonl", "--checkpoint", str(tmp_path), "--out",
+    (tmp_path / "ckpt").mkdir()
+    code = main(["annotate-notes", "gs://bucket/notes.jsonl", "--checkpoint", str(tmp_path / "ckpt"), "--out",
                  str(tmp_path / "out"), "--storage-timeout", "1"])
     error = capsys.readouterr().err.strip()
     assert code == 2 and len(error.splitlines()) == 1
@@ -96,7 +97,8 @@ def test_s3_calls_carry_the_storage_timeout(monkeypatch):
 
 
 def test_unsupported_scheme_is_one_line_listing_the_supported_ones(tmp_path, capsys):
-    code = main(["annotate-notes", "ftp://host/notes.jsonl", "--checkpoint", str(tmp_path), "--out",
+    (tmp_path / "ckpt").mkdir()
+    code = main(["annotate-notes", "ftp://host/notes.jsonl", "--checkpoint", str(tmp_path / "ckpt"), "--out",
                  str(tmp_path / "out")])
     error = capsys.readouterr().err.strip()
     assert code == 2 and error.splitlines() == [error]

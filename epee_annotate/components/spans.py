@@ -16,7 +16,8 @@ from typing import Any, Sequence
 from spacy.language import Language
 from spacy.tokens import Doc
 
-from .base import EpeeComponent, Item, sentence_bounds
+from ..inputs import sentence_bounds
+from .base import EpeeComponent, Item
 from .mentions import MentionSource
 
 

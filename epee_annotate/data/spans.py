@@ -4,7 +4,7 @@ Every loader gives ``Example({"text", "span": (start, end), "context": (lo, hi)}
 the input a ``task="span"`` checkpoint takes (``TextEncoder._mention_text`` marks it). The
 context is the part of the text the model sees around the mention: the whole record for JSONL,
 the mention's sentence for a DocBin whose docs have sentence boundaries (as the spaCy component
-does at inference, ``components.base.sentence_bounds``).
+does at inference, ``inputs.sentence_bounds``).
 
 - ``spans`` (JSONL): ``{"id", "text", "spans": [{"start", "end", "label"}, ...]}``, character
   offsets, end exclusive; an optional ``group`` names the document (default: the record id).
@@ -75,7 +75,7 @@ def load_docbin(path: str | Path, spans_key: str | None = None, on_error: str = 
     from spacy.tokens import DocBin
     from spacy.vocab import Vocab
 
-    from ..components.base import sentence_bounds
+    from ..inputs import sentence_bounds
 
     source = Path(path)
     if not source.is_file():
