@@ -419,3 +419,15 @@ def test_failfast_stops_the_job_at_the_first_bad_record_and_publishes_nothing(lo
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert "notes.jsonl line 2: not valid JSON" in err.splitlines()[-1] and CANARY not in err
+
+
+def test_max_bad_records_fails_the_job_past_the_limit_and_publishes_nothing(local_ray, text_checkpoint, tmp_path,
+                                                                          capsys):
+    source = tmp_path / "notes.csv"
+    source.write_text('id,text\na,rash\nb,"' + CANARY + ' open quote\nc,cough\nd,x,extra\ne,fever\n')
+    out = tmp_path / "out"
+    code = main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--max-bad-records", "20%", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "2 bad record(s) of 5 read" in err and "--max-bad-records" in err and CANARY not in err

@@ -19,9 +19,9 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from .. import __version__
-from ..formats import BAD_RECORD_MODES, ReadOptions
+from ..formats import BAD_RECORD_MODES, BadRecordLimit, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
+from ..vocab import AUTOCAST_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES
 from .. import storage
 from ..extras import require
 from .errors import SettingError
@@ -101,13 +101,22 @@ class NotesJob:
     annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
     encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
+    max_bad_records: str | None = None  # "N" or "F%": more bad records fail the job, nothing published
+    max_field_lines: int = DEFAULT_MAX_FIELD_LINES  # CSV/TSV: a longer quoted field is a quote left open
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
             raise SettingError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; got "
                                f"{self.on_bad_record!r}", "on_bad_record")
+        if self.max_field_lines < 1:
+            raise SettingError(f"max_field_lines must be >= 1; got {self.max_field_lines}", "max_field_lines")
         try:
-            self.read_options = ReadOptions(self.encoding, self.on_bad_record)
+            limit = None if self.max_bad_records is None else BadRecordLimit.parse(self.max_bad_records)
+        except ValueError as error:
+            raise SettingError(str(error), "max_bad_records") from None
+        try:
+            self.read_options = ReadOptions(self.encoding, self.on_bad_record, max_field_lines=self.max_field_lines,
+                                            max_bad_records=limit)
         except ValueError as error:  # an unknown encoding
             raise SettingError(str(error), "encoding") from None
 
@@ -172,10 +181,11 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float) -> dict[str, Any]:
+            started: float, ray_start_s: float, bad_limit: BadRecordLimit | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
+    Past ``bad_limit`` (counted in the written rows) the job fails before anything is published.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -203,6 +213,8 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
+        if bad_limit is not None:
+            bad_limit.check(summary["bad_records"], summary["documents"])
         summary["output"] = sink.out
         summary["dataset"] = sink.location(MAIN_DATASET)
         write_summary(summary, sink)
@@ -240,7 +252,9 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
-              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
+              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns),
+              "on_bad_record": job.on_bad_record, "max_bad_records": job.max_bad_records,
+              "max_field_lines": job.max_field_lines}
     schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
                                _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
     with _job_on_ray(options) as mode:
@@ -250,7 +264,8 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s)
+        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s,
+                       job.read_options.max_bad_records)
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],

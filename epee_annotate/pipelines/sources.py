@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
@@ -216,7 +217,7 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
     """A Ray dataset of note records in ``fmt``, one row per record (module docstring)."""
     import ray.data
 
-    options = ReadOptions(options.encoding, options.on_bad_record, list(columns))
+    options = replace(options, columns=list(columns))
     schema = None
     if fmt in TYPED_FORMATS:
         first = _parquet_schema(files[0])

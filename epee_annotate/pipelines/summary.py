@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .schema import STATUSES
+from .schema import INPUT_TASK, STATUS_ERROR, STATUSES
 
 if TYPE_CHECKING:
     from .publish import JobSink
@@ -44,6 +44,10 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
     # One document = one distinct id; rows without an id are each a separate bad input.
     documents = int(frame["doc_id"].nunique()) + int(frame["doc_id"].isna().sum())
     status = {s: int((frame["status"] == s).sum()) for s in STATUSES}
+    # A bad record (or unreadable file) is one error row about the whole input: task "input" for notes,
+    # kind "image" for images (a frame's error is that frame's).
+    whole = frame["task"] == INPUT_TASK if job != "images" else frame["kind"] == "image"
+    bad_records = int(((frame["status"] == STATUS_ERROR) & whole).sum())
     tasks: dict[str, Any] = {}
     answered = frame[frame["exit_layer"].notna() & frame["task"].notna()]
     for task, group in answered.groupby("task", sort=True):
@@ -68,6 +72,7 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
         "job": job,
         "rows": int(len(frame)),
         "documents": documents,
+        "bad_records": bad_records,
         "rows_per_status": status,
         "tasks": tasks,
         "layer_speedup": overall,

@@ -1,0 +1,87 @@
+"""Malformed input never merges, hides or loses records: open quotes, JSON arrays, truncated files, limits."""
+
+import gzip
+import io
+
+import pytest
+
+from epee_annotate.formats import BadRecordLimit, ReadOptions, TooManyBadRecords, read_stream
+
+CANARY = "canaryphrase-okapi"
+
+
+def _read(data: bytes, name: str, fmt: str, options: ReadOptions = ReadOptions()):
+    return list(read_stream(io.BytesIO(data), name, fmt, options))
+
+
+def _csv(rows) -> bytes:
+    return ("\n".join(["id,text", *rows]) + "\n").encode()
+
+
+# ----- a quote left open ----------------------------------------------------------------------
+def test_a_quote_left_open_until_the_end_is_one_error_row_and_the_records_after_it_are_kept():
+    rows = [f"{i},note {i}" for i in range(5)] + [f'5,"{CANARY} quote never closed'] + \
+        [f"{i},note {i}" for i in range(6, 60)]
+    records = _read(_csv(rows), "export.csv", "csv")
+    errors = [r for r in records if r.error]
+    assert len(errors) == 1 and errors[0].where == "line 7"
+    assert "quote opened in line 7" in errors[0].error and CANARY not in errors[0].message
+    assert [r.data["id"] for r in records if not r.error] == [str(i) for i in range(60) if i != 5]
+
+
+def test_a_quote_open_longer_than_max_field_lines_is_reported_where_it_opened():
+    rows = ['0,"open'] + [f"{i},note {i}" for i in range(1, 300)]
+    records = _read(_csv(rows), "export.csv", "csv", ReadOptions(max_field_lines=10))
+    (error,) = [r for r in records if r.error]
+    assert error.where == "line 2" and "still open after 10 lines" in error.error
+    assert len([r for r in records if not r.error]) == 299
+
+
+def test_a_stray_quote_closed_by_another_row_does_not_merge_the_rows_between():
+    rows = ['1,"abc', "2,def", '3,gh"i', "4,ok", '5,"two', 'lines"']
+    records = _read(_csv(rows), "export.csv", "csv")
+    assert [r.where for r in records if r.error] == ["line 2"]
+    good = {r.data["id"]: r.data["text"] for r in records if not r.error}
+    assert good == {"2": "def", "3": 'gh"i', "4": "ok", "5": "two\nlines"}  # a real multi-line field stays whole
+
+
+def test_a_multi_line_field_within_the_limit_is_one_record():
+    text = "\n".join(f"line {i}" for i in range(50))
+    records = _read(_csv([f'1,"{text}"', "2,b"]), "export.csv", "csv")
+    assert [r.data for r in records] == [{"id": "1", "text": text}, {"id": "2", "text": "b"}]
+
+
+def test_a_row_with_an_extra_field_and_a_bad_byte_costs_only_that_row():
+    records = _read(b"id,text\n1,a\n2,b,extra\xff\n3,c\n", "export.csv", "csv")
+    assert [r.data.get("id") for r in records if not r.error] == ["1", "3"]
+    assert [r.where for r in records if r.error] == ["line 3"]
+
+
+# ----- JSON Lines and compressed files -------------------------------------------------------
+def test_a_json_array_where_json_lines_is_expected_is_one_error_naming_the_format():
+    data = b'[\n  {"id": 1, "text": "a"},\n  {"id": 2, "text": "b"}\n]\n'
+    (record,) = _read(data, "notes.jsonl", "jsonl")
+    assert "a JSON array, not JSON Lines" in record.error and "json format" in record.error
+
+
+def test_a_truncated_gzip_keeps_the_records_before_the_cut_and_says_where_it_stopped():
+    data = gzip.compress(b"id,text\n" + b"".join(b"%d,note\n" % i for i in range(20000)))
+    records = _read(data[: len(data) // 2], "export.csv.gz", "csv")
+    *good, last = records
+    assert good and all(r.error is None for r in good) and last.error is not None
+    assert f"read failed after {good[-1].where}" in last.error
+
+
+# ----- how many bad records a job may meet ---------------------------------------------------
+def test_max_bad_records_takes_a_count_or_a_share():
+    assert BadRecordLimit.parse("3") == BadRecordLimit(count=3)
+    assert BadRecordLimit.parse("2.5%") == BadRecordLimit(share=0.025)
+    for bad in ("-1", "x", "150%", ""):
+        with pytest.raises(ValueError, match="count .* or a share"):
+            BadRecordLimit.parse(bad)
+    BadRecordLimit.parse("3").check(3, 10)
+    with pytest.raises(TooManyBadRecords, match="4 bad record"):
+        BadRecordLimit.parse("3").check(4, 10)
+    BadRecordLimit.parse("10%").check(1, 10)
+    with pytest.raises(TooManyBadRecords, match=r"2 bad record\(s\) of 10 read"):
+        BadRecordLimit.parse("10%").check(2, 10)
