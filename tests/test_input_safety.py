@@ -2,10 +2,13 @@
 
 import gzip
 import io
+import os
 
 import pytest
 
-from epee_annotate.formats import BadRecordLimit, ReadOptions, TooManyBadRecords, read_stream
+from epee_annotate import filesystem
+from epee_annotate.formats import BadRecordLimit, ReadOptions, TooManyBadRecords, read_file, read_stream
+from epee_annotate.pipelines.sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
 CANARY = "canaryphrase-okapi"
 
@@ -85,3 +88,59 @@ def test_max_bad_records_takes_a_count_or_a_share():
     BadRecordLimit.parse("10%").check(1, 10)
     with pytest.raises(TooManyBadRecords, match=r"2 bad record\(s\) of 10 read"):
         BadRecordLimit.parse("10%").check(2, 10)
+
+
+# ----- directories: every file accounted for ------------------------------------------------
+def _folder(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "_tmp").mkdir()
+    (folder / "a.jsonl").write_text('{"id": "a", "text": "rash"}\n')
+    (folder / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b'{"id": "b", "text": "cough"}\n'))
+    (folder / "empty.jsonl").write_bytes(b"")
+    (folder / "README.md").write_text("not notes")
+    (folder / ".hidden.jsonl").write_text("{}\n")
+    (folder / "_tmp" / "part.jsonl").write_text("{}\n")
+    os.close(os.open(os.fsencode(folder) + b"/caf\xe9.jsonl", os.O_CREAT | os.O_WRONLY))
+    return folder
+
+
+def test_every_listed_file_is_read_reported_or_skipped_with_its_reason(tmp_path):
+    folder = _folder(tmp_path)
+    skipped = {}
+    fmt, files = resolve_note_inputs([str(folder)], None, skipped)
+    readable, unreadable = unreadable_inputs(files)
+    assert fmt == "jsonl"
+    assert sorted(os.path.basename(f) for f in readable) == ["a.jsonl", "b.jsonl.gz", "empty.jsonl"]
+    (bad_name, reason), = unreadable.items()
+    assert "not valid UTF-8" in reason and filesystem.display(bad_name).endswith("caf\\xe9.jsonl")
+    assert {os.path.basename(p): r.split(" ")[0] for p, r in skipped.items()} == {
+        "README.md": "file", ".hidden.jsonl": "hidden", "_tmp": "hidden"}
+    records = [r for f in readable for r in read_file(f, "jsonl")]
+    assert [r.data["id"] for r in records if not r.error] == ["a", "b"]  # the .gz is read
+    assert [r.message for r in records if r.error] == ["empty.jsonl: empty file (no records)"]
+
+
+def test_an_unreadable_directory_is_one_error_not_a_silent_skip(tmp_path, monkeypatch):
+    folder = _folder(tmp_path)
+    real = os.scandir
+
+    def scandir(path="."):
+        if os.fsdecode(path).endswith("sub"):
+            raise PermissionError(13, "Permission denied", os.fsdecode(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    monkeypatch.setattr(os, "listdir", lambda path: list(scandir(path)))
+    files = resolve_note_inputs([str(folder)])[1]
+    assert str(folder / "sub") in files
+    assert unreadable_inputs(files)[1][str(folder / "sub")].startswith("directory cannot be listed (Permission")
+
+
+def test_an_empty_csv_is_its_own_error_row_not_a_failed_job(tmp_path):
+    (tmp_path / "a.csv").write_text("id,text\n1,x\n")
+    (tmp_path / "empty.csv").write_bytes(b"")
+    fmt, files = resolve_note_inputs([str(tmp_path)])
+    assert note_passthrough_fields(fmt, files, "id", "text", []) == []
+    records = list(read_file(str(tmp_path / "empty.csv")))
+    assert [r.error for r in records] == ["empty file (no header row)"]

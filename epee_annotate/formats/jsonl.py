@@ -58,6 +58,11 @@ def read_jsonl(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[
             yield bad(source, where, str(error))
             continue
         yield Record(source, where, select(data, options.columns))
+    if first:  # not one line with content: nothing would account for this file
+        yield bad(source, "", EMPTY)
+
+
+EMPTY = "empty file (no records)"
 
 
 def read_json_array(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[Record]:
@@ -76,6 +81,8 @@ def read_json_array(stream: BinaryIO, source: str, options: ReadOptions) -> Iter
         yield bad(source, "", f"a JSON {_kind(value)}, not an array of objects (use JSON Lines for one object "
                               "per line)")
         return
+    if not value:
+        yield bad(source, "", EMPTY)
     for number, item in enumerate(value, start=1):
         where = f"record {number}"
         if isinstance(item, dict):

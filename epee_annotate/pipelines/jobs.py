@@ -22,7 +22,7 @@ from .. import __version__
 from ..formats import BAD_RECORD_MODES, BadRecordLimit, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
 from ..vocab import AUTOCAST_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES
-from .. import storage
+from .. import filesystem, storage
 from ..extras import require
 from .errors import SettingError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
@@ -181,11 +181,13 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float, bad_limit: BadRecordLimit | None = None) -> dict[str, Any]:
+            started: float, ray_start_s: float, bad_limit: BadRecordLimit | None = None,
+            skipped: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
     Past ``bad_limit`` (counted in the written rows) the job fails before anything is published.
+    ``skipped`` (listed files not read, with why) goes into the summary and the manifest.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -194,6 +196,7 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     pipeline_started = time.perf_counter()
     write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
     with job_output(options.out, options.overwrite, options.resume) as sink:
+        sink.extra["skipped_files"] = _skipped_report(skipped or {})
         try:
             if not sink.checkpoint:
                 sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
@@ -215,10 +218,27 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
         summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
         if bad_limit is not None:
             bad_limit.check(summary["bad_records"], summary["documents"])
+        summary["skipped_files"] = sink.extra["skipped_files"]
         summary["output"] = sink.out
         summary["dataset"] = sink.location(MAIN_DATASET)
         write_summary(summary, sink)
     return summary
+
+
+SKIPPED_LISTED = 1000  # skipped files named in the summary and manifest (all are counted)
+
+
+def _skipped_report(skipped: dict[str, str]) -> dict[str, Any]:
+    """Files left out of the job: how many, per reason, and the first ones with their reason."""
+    reasons: dict[str, int] = {}
+    for reason in skipped.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    listed = [{"path": filesystem.display(p), "reason": r} for p, r in sorted(skipped.items())[:SKIPPED_LISTED]]
+    return {"count": len(skipped), "reasons": reasons, "files": listed}
+
+
+def _unreadable_message(path: str, reason: str) -> str:
+    return f"{filesystem.display(Path(path).name)}: {reason}"
 
 
 def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any], options: JobOptions,
@@ -242,7 +262,8 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     started = time.perf_counter()
     options = job.options
     _check_job(options)
-    fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
+    skipped: dict[str, str] = {}
+    fmt, listed = resolve_note_inputs(job.inputs, job.fmt, skipped)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
@@ -251,7 +272,8 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                 "device": options.actors.device, "autocast": options.autocast}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
-    inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
+    inputs = {"format": fmt, "num_files": len(listed), "files": [filesystem.display(f) for f in listed[:1000]],
+              "skipped_files": len(skipped), "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns),
               "on_bad_record": job.on_bad_record, "max_bad_records": job.max_bad_records,
               "max_field_lines": job.max_field_lines}
@@ -262,10 +284,10 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
         keys = NoteKeys(columns)
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
-        errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
+        errors = [input_row({"doc_id": None}, STATUS_ERROR, _unreadable_message(path, reason))
                   for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s,
-                       job.read_options.max_bad_records)
+                       job.read_options.max_bad_records, skipped)
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
@@ -307,7 +329,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         require("pydicom", "the images job on image files")
     model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
     policy = job_policy(options.policy_knobs, model.default_policy)
-    files, unreadable, inputs = _image_inputs(job)
+    files, unreadable, inputs, skipped = _image_inputs(job)
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         ds, passthrough = None, []
@@ -326,20 +348,25 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
                                    _metadata("images", [component], inputs, options))
         if ds is not None:
             ds = _annotated_images(job, ds, schema, keys.prefix)
-        errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
-                   "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s)
+        errors = [{"doc_id": filesystem.display(path), "path": filesystem.display(path), "task": job.task_name,
+                   "kind": "image", "status": STATUS_ERROR, "error": f"{DECODE_ERROR_PREFIX}{reason}"}
+                  for path, reason in unreadable.items()]
+        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, skipped=skipped)
 
 
-def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
-    """(readable files, unreadable file -> reason, inputs metadata); no files for an npz archive."""
+def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any], dict[str, str]]:
+    """(readable files, unreadable file -> reason, inputs metadata, skipped file -> reason); no files for npz."""
     from .sources import resolve_image_inputs, unreadable_inputs
 
     if job.npz:
-        return [], {}, {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
-    listed = resolve_image_inputs(job.inputs)
+        npz = job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve())
+        return [], {}, {"npz": npz, "split": job.split}, {}
+    skipped: dict[str, str] = {}
+    listed = resolve_image_inputs(job.inputs, skipped)
     files, unreadable = unreadable_inputs(listed)
-    return files, unreadable, {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
+    inputs = {"files": len(listed), "unreadable_files": len(unreadable), "skipped_files": len(skipped),
+              "frames": job.frames}
+    return files, unreadable, inputs, skipped
 
 
 def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):

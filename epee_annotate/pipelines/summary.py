@@ -95,6 +95,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{t['docs_per_s']:.1f} inputs/s, {t['rows_per_s']:.1f} rows/s"
         + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else ""),
     ]
+    skipped = summary.get("skipped_files") or {}
+    if skipped.get("count"):
+        reasons = "; ".join(f"{n} {reason}" for reason, n in skipped["reasons"].items())
+        lines.append(f"skipped {skipped['count']} listed file(s), not read: {reasons} (named in summary.json)")
     for task, info in summary["tasks"].items():
         labels = ", ".join(f"{k} {v}" for k, v in info["labels"].items())
         histogram = " ".join(f"L{k}:{v}" for k, v in info["exit_layers"].items())
