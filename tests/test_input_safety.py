@@ -2,6 +2,7 @@
 
 import gzip
 import io
+import json
 import os
 
 import pytest
@@ -144,3 +145,27 @@ def test_an_empty_csv_is_its_own_error_row_not_a_failed_job(tmp_path):
     assert note_passthrough_fields(fmt, files, "id", "text", []) == []
     records = list(read_file(str(tmp_path / "empty.csv")))
     assert [r.error for r in records] == ["empty file (no header row)"]
+
+
+# ----- big inputs ----------------------------------------------------------------------------
+def test_a_3_million_character_note_is_one_error_row_saying_so(tmp_path):
+    from epee_annotate.pipelines.notes import NoteAnnotator, NoteColumns, PipelineSource
+    from epee_annotate.pipelines.schema import output_schema
+    from epee_annotate.pipelines.sources import records_block
+    from epee_annotate.testing import tiny_model
+
+    tiny_model("bert", tmp_path, labels=("neg", "pos")).save_pretrained(tmp_path)
+    annotator = NoteAnnotator(PipelineSource(checkpoint=str(tmp_path)), NoteColumns("jsonl"), {"device": "cpu"},
+                              output_schema("notes", []))
+    long_note = (CANARY + " fever. ") * (3_000_000 // (len(CANARY) + 8) + 1)
+    data = (json.dumps({"id": "long", "text": long_note}) + "\n" + json.dumps({"id": "short", "text": "rash."})
+            + "\n").encode()
+    rows = annotator(records_block(_read(data, "notes.jsonl", "jsonl", ReadOptions(columns=["id", "text"]))))
+    by_id = {}
+    for row in rows.to_pylist():
+        by_id.setdefault(row["doc_id"], []).append(row)
+    (long_row,) = by_id["long"]
+    assert long_row["status"] == "error" and CANARY not in long_row["error"]
+    assert long_row["error"].startswith(f"notes.jsonl line 1: note is {len(long_note):,} characters, over the "
+                                        "pipeline's limit of 1,000,000")
+    assert all(row["status"] == "ok" for row in by_id["short"])
