@@ -324,7 +324,7 @@ def problem(location: str | os.PathLike) -> str | None:
             os.listdir(location)
         except OSError as error:
             return f"directory cannot be listed ({error.strerror or type(error).__name__}); its files were not read"
-        return "a directory, not a file"
+        return "not a regular file (a directory)"
     if not stat.S_ISREG(info.st_mode):
         return "not a regular file (a device or pipe)"
     if not utf8_name(location):

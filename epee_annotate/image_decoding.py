@@ -243,8 +243,30 @@ def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
     return ds
 
 
+def _check_complete_frames(ds: pydicom.Dataset, indices: Sequence[int], n_frames: int) -> None:
+    """Refuse encapsulated JPEG-family frames without an end marker (a truncated file), before any decoder
+    runs: Pillow fills a truncated JPEG with grey, and a failing decoder would be blamed on a missing codec."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    if ds.file_meta.TransferSyntaxUID not in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes,
+                                              *JPEG2000TransferSyntaxes) or "PixelData" not in ds:
+        return
+    wanted = set(indices)
+    try:
+        for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+            if index in wanted and not frame.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):  # EOI/EOC, then padding
+                raise ImageReadError(f"corrupt or truncated DICOM pixel data (frame {index}: the compressed "
+                                     "stream has no end marker)")
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a damaged fragment list
+        raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})") from exc
+
+
 def _dicom_frames(ds: pydicom.Dataset, frames: str, n_frames: int) -> tuple[np.ndarray, list[int]]:
     """The stored frames to decode (only the middle one for frames="middle") and their indices."""
+    _check_complete_frames(ds, [n_frames // 2] if frames == "middle" else range(n_frames), n_frames)
     try:
         if frames == "middle" and n_frames > 1:
             stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
@@ -299,7 +321,7 @@ def _pixel_data_error(ds: pydicom.Dataset, exc: Exception) -> ImageReadError:
             decoder = get_decoder(tsyntax)
         except NotImplementedError:
             decoder = None
-        if decoder is not None and decoder.missing_dependencies:
+        if decoder is not None and decoder.missing_dependencies and not _installed_plugin_failed(exc):
             installed = ", ".join(decoder.available_plugins) or "none"
             missing = "; ".join(decoder.missing_dependencies)
             return ImageReadError(
@@ -308,6 +330,13 @@ def _pixel_data_error(ds: pydicom.Dataset, exc: Exception) -> ImageReadError:
                 f"{CODECS_HINT}"
             )
     return ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})")
+
+
+def _installed_plugin_failed(exc: Exception) -> bool:
+    """True when an installed plugin that supports the data failed on it (damage), not only ones that do not."""
+    # pydicom lists each plugin's error on its own line: "  pillow: Pillow does not support ..."
+    reasons = [line.split(":", 1)[1] for line in str(exc).splitlines()[1:] if ":" in line]
+    return any("support" not in reason for reason in reasons)
 
 
 def _check_decoder(ds: pydicom.Dataset) -> None:

@@ -169,3 +169,29 @@ def test_a_3_million_character_note_is_one_error_row_saying_so(tmp_path):
     assert long_row["error"].startswith(f"notes.jsonl line 1: note is {len(long_note):,} characters, over the "
                                         "pipeline's limit of 1,000,000")
     assert all(row["status"] == "ok" for row in by_id["short"])
+
+
+def _truncated_dicom(name: str) -> bytes:
+    """A DICOM test file whose one compressed frame is cut in half (the header stays valid)."""
+    import pydicom
+    from pydicom.data import get_testdata_file
+    from pydicom.encaps import encapsulate, generate_frames
+
+    ds = pydicom.dcmread(get_testdata_file(name))
+    frame = next(generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = encapsulate([frame[: len(frame) // 2]])
+    out = io.BytesIO()
+    ds.save_as(out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("name", ["SC_rgb_jpeg_dcmtk.dcm", "JPEG-lossy.dcm"])
+def test_truncated_jpeg_pixel_data_is_corrupt_not_a_missing_codec(name):
+    from epee_annotate.image_decoding import ImageReadError, read_image
+
+    pytest.importorskip("pydicom")
+    if name == "JPEG-lossy.dcm":  # 12-bit JPEG Extended: the codecs extra decodes it, Pillow does not
+        pytest.importorskip("pylibjpeg")
+    with pytest.raises(ImageReadError, match=r"^corrupt or truncated DICOM pixel data \(frame 0: the compressed "
+                                             r"stream has no end marker\)$"):
+        read_image(_truncated_dicom(name))
