@@ -369,6 +369,7 @@ def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     Float32 and in place where pydicom's own steps would make float64 copies: a frame costs about
     4 bytes per pixel plus the stored frame, and a percentile window one more 4-byte copy.
     """
+    window = _stored_percentiles(raw, ds, (0.5, 99.5)) if not _has_voi(ds) else None
     values = _modality(raw, ds)
     if not np.isfinite(values).all():
         raise ImageReadError("non-finite (NaN/inf) pixel values after modality rescale")
@@ -385,7 +386,7 @@ def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
             raise ImageReadError(f"invalid DICOM VOI LUT or window ({type(exc).__name__})") from exc
         del voi_input
     else:
-        lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.5]))
+        lo, hi = window or (float(v) for v in np.percentile(values, [0.5, 99.5]))
         if hi <= lo:
             lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
@@ -393,6 +394,33 @@ def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
     values -= np.float32(lo)
     values /= np.float32(hi - lo)
     return np.clip(values, 0.0, 1.0, out=values)
+
+
+_CHUNK = 1 << 20  # stored values counted per chunk: bincount's own copy stays small
+
+
+def _stored_percentiles(raw: np.ndarray, ds: pydicom.Dataset, qs: Sequence[float]) -> tuple[float, ...] | None:
+    """``np.percentile`` (linear) of the rescaled values, from a histogram of the stored integers (no copy of
+    the frame); None where that does not apply (a Modality LUT, stored values wider than 16 bits)."""
+    if "ModalityLUTSequence" in ds or raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
+        return None
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    slope, intercept = (1.0, 0.0) if slope is None or intercept is None else (float(slope), float(intercept))
+    offset = -int(np.iinfo(raw.dtype).min)
+    flat = raw.reshape(-1)
+    counts = np.zeros(1 << (8 * raw.dtype.itemsize), dtype=np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK].astype(np.int64) + offset
+        counts[: chunk.max() + 1] += np.bincount(chunk)
+    ranks = np.cumsum(counts)
+    out = []
+    for q in qs:
+        position = (q if slope >= 0 else 100 - q) / 100 * (flat.size - 1)
+        below = int(np.floor(position))
+        first, second = (int(np.searchsorted(ranks, r, side="right")) - offset
+                         for r in (below, min(below + 1, flat.size - 1)))
+        out.append((first + (position - below) * (second - first)) * slope + intercept)
+    return tuple(out)
 
 
 def _modality(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:

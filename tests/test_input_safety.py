@@ -195,3 +195,18 @@ def test_truncated_jpeg_pixel_data_is_corrupt_not_a_missing_codec(name):
     with pytest.raises(ImageReadError, match=r"^corrupt or truncated DICOM pixel data \(frame 0: the compressed "
                                              r"stream has no end marker\)$"):
         read_image(_truncated_dicom(name))
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "uint8"])
+@pytest.mark.parametrize("rescale", [{}, {"RescaleSlope": 2.5, "RescaleIntercept": -1024},
+                                     {"RescaleSlope": -1.5, "RescaleIntercept": 10}])
+def test_the_percentile_window_from_stored_values_equals_numpys(dtype, rescale):
+    import numpy as np
+
+    from epee_annotate.image_decoding import _stored_percentiles
+
+    info = np.iinfo(dtype)
+    raw = np.random.default_rng(0).integers(info.min, info.max, size=(301, 257), dtype=dtype)
+    values = raw * rescale.get("RescaleSlope", 1.0) + rescale.get("RescaleIntercept", 0.0)
+    np.testing.assert_allclose(_stored_percentiles(raw, rescale, (0.5, 99.5)), np.percentile(values, [0.5, 99.5]),
+                               rtol=0, atol=1e-9)
