@@ -210,3 +210,26 @@ def test_the_percentile_window_from_stored_values_equals_numpys(dtype, rescale):
     values = raw * rescale.get("RescaleSlope", 1.0) + rescale.get("RescaleIntercept", 0.0)
     np.testing.assert_allclose(_stored_percentiles(raw, rescale, (0.5, 99.5)), np.percentile(values, [0.5, 99.5]),
                                rtol=0, atol=1e-9)
+
+
+# ----- honest counts ---------------------------------------------------------------------------
+def test_records_that_repeat_an_id_are_counted_as_records_and_reported(tmp_path):
+    import pyarrow.parquet as pq
+
+    from epee_annotate.pipelines.schema import output_schema, rows_to_table
+    from epee_annotate.pipelines.summary import format_summary, summarize
+
+    def sentence(doc_id, start, end):
+        return {"doc_id": doc_id, "task": "t", "kind": "sentence", "start": start, "end": end, "label": "x",
+                "exit_layer": 1, "num_layers": 2, "status": "ok"}
+
+    one_record = [sentence("a", 0, 5), sentence("a", 6, 9)]
+    rows = [*one_record, *one_record,  # two records with id "a" (same text)
+            {"doc_id": "b", "task": "input", "kind": "doc", "status": "error", "error": "line 4: bad"},
+            {"doc_id": "b", "task": "input", "kind": "doc", "status": "error", "error": "line 9: bad"},
+            sentence("c", 0, 5), sentence("c", 6, 9)]  # one record, two sentences
+    pq.write_table(rows_to_table(rows, output_schema("notes")), tmp_path / "p.parquet")
+    summary = summarize(tmp_path, False, {"pipeline_s": 1.0}, "notes")
+    assert summary["duplicate_ids"] == {"ids": 2, "extra_records": 2}
+    assert summary["documents"] == 5 and summary["bad_records"] == 2
+    assert "duplicate ids: 2 id(s) held by more than one record" in format_summary(summary)

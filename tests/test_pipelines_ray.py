@@ -457,3 +457,12 @@ def test_a_folder_job_accounts_for_every_file(local_ray, text_checkpoint, tmp_pa
     assert summary["bad_records"] == 2
     for report in (summary["skipped_files"], read_manifest(str(out))["skipped_files"]):
         assert report["count"] == 1 and report["files"][0]["path"].endswith("README.md")
+
+
+def test_the_resume_prescan_refuses_real_duplicates_only_even_when_every_hash_collides(local_ray):
+    from benchmarks.resume_ids import SyntheticKeys
+    from epee_annotate.pipelines.resume import ResumeError, check_resumable_ids
+
+    assert check_resumable_ids(ray.data.range(50), SyntheticKeys(), hash_id=lambda doc_id: 7) == 50
+    with pytest.raises(ResumeError, match=r"3 id\(s\) occur more than once in the input \(e.g. 'note-000000000', "):
+        check_resumable_ids(ray.data.range(10).union(ray.data.range(3)), SyntheticKeys())
