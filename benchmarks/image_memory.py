@@ -15,6 +15,13 @@ are noisy). Not a test: it writes ~1 GB of temporary PNGs for
 the defaults and the full mode needs several GB of memory.
 
     python -m benchmarks.image_memory [--images 6] [--megapixels 144]
+
+``--dicom`` instead measures one DICOM decode (``read_image``, reduced to the model side as the
+images job does) per process: a single 100 MP 16-bit frame, and a 500-frame 512 x 512 series
+(``--frames all``). It reports the peak minus the process's baseline as bytes per pixel of the
+largest frame, with and without the file's own bytes (the job hands each file over whole).
+
+    python -m benchmarks.image_memory --dicom [--megapixels 100] [--series-frames 500]
 """
 
 from __future__ import annotations
@@ -72,12 +79,80 @@ def run_mode(mode: str, checkpoint: str, paths: list[str]) -> dict:
             "decoded_shapes": shapes[:1]}
 
 
+def write_dicom(path: Path, rows: int, columns: int, frames: int) -> None:
+    """An uncompressed 16-bit MONOCHROME2 CT-like DICOM (a smooth ramp per frame), written frame by frame."""
+    import numpy as np
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "CT", "MONOCHROME2", 1
+    ds.Rows, ds.Columns, ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = \
+        rows, columns, 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept = 1, -1024
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ramp = (np.add.outer(np.arange(rows, dtype=np.uint32), np.arange(columns, dtype=np.uint32)) % 4096)
+    frame = ramp.astype("<u2").tobytes()
+    ds.PixelData = frame * frames  # one frame repeated: the file is written once, memory measured on reading
+    ds.save_as(path, enforce_file_format=True)
+
+
+def run_dicom(path: str, frames: str, reduce_to: int) -> dict:
+    """One ``read_image`` of ``path`` in this process; peak RSS above the baseline."""
+    Path("/proc/self/clear_refs").write_text("5")
+    from epee_annotate.imaging import read_image
+
+    baseline = peak_rss_mb()
+    images = read_image(path, frames=frames, reduce_to=reduce_to)
+    peak = peak_rss_mb()
+    return {"peak_mb": peak, "baseline_mb": baseline, "images": len(images), "shape": list(images[0].pixels.shape),
+            "output_bytes": sum(image.pixels.nbytes for image in images)}
+
+
+def dicom_main(args: argparse.Namespace) -> None:
+    side = int((args.megapixels * 1e6) ** 0.5)
+    cases = [("single frame", side, side, 1, "middle"), ("series", 512, 512, args.series_frames, "all")]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, rows, columns, frames, mode in cases:
+            path = Path(tmp) / f"{name.replace(' ', '_')}.dcm"
+            write_dicom(path, rows, columns, frames)
+            done = subprocess.run([sys.executable, "-m", "benchmarks.image_memory", "--dicom-child", str(path), mode,
+                                   str(args.reduce_to)], capture_output=True, text=True, check=True)
+            row = json.loads(done.stdout.strip().splitlines()[-1])
+            used = (row["peak_mb"] - row["baseline_mb"]) * 2**20
+            pixels = rows * columns
+            file_bytes, kept = path.stat().st_size, row["output_bytes"]
+            print(f"{name}: {frames} x {rows}x{columns} 16-bit ({file_bytes / 1e6:.0f} MB file), frames={mode}: "
+                  f"peak +{used / 1e6:.0f} MB; beyond the file's bytes and the {row['images']} returned "
+                  f"{row['shape']} image(s) ({kept / 1e6:.0f} MB): {(used - file_bytes - kept) / 1e6:.0f} MB = "
+                  f"{(used - file_bytes - kept) / pixels:.1f} B per pixel of the largest frame")
+            path.unlink()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--megapixels", type=float, default=144.0)
+    parser.add_argument("--dicom", action="store_true", help="measure DICOM decoding (module docstring)")
+    parser.add_argument("--series-frames", type=int, default=500)
+    parser.add_argument("--reduce-to", type=int, default=224, help="--dicom: the model's input side")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "CHECKPOINT", "LIST"), help=argparse.SUPPRESS)
+    parser.add_argument("--dicom-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.dicom_child:
+        path, mode, reduce_to = args.dicom_child
+        print(json.dumps(run_dicom(path, mode, int(reduce_to))))
+        return
+    if args.dicom:
+        dicom_main(args)
+        return
     if args.child:
         mode, checkpoint, listing = args.child
         print(json.dumps(run_mode(mode, checkpoint, json.loads(Path(listing).read_text()))))

@@ -13,7 +13,9 @@ Azure and HDFS clients have no such setting: their own retry policies bound them
 
 Listing (``expand``): directories recursively, skipping names that start with ``.`` or ``_``;
 globs with ``*``, ``?``, ``[...]`` and ``**``. Local entries that cannot be read (dangling
-symlinks, loops) are listed, so callers can report them (``problem``), never skip them silently.
+symlinks, loops, directories that cannot be listed, names that are not UTF-8) are listed, so
+callers can report them (``problem``), never skip them silently; what is skipped on purpose
+(hidden names, files the caller does not read) is told to the caller with the reason (``skipped``).
 """
 
 from __future__ import annotations
@@ -285,7 +287,22 @@ def _walk_files(fs: pafs.FileSystem, base: str) -> Iterator[str]:
             yield info.path
 
 
-def list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
+HIDDEN = "hidden name (starts with '.' or '_')"
+
+
+def _sift(paths, keep: Callable[[str], bool], skipped: dict[str, str] | None, reason: str) -> list[str]:
+    """The paths ``keep`` keeps; the others go to ``skipped`` with why (hidden name, else ``reason``)."""
+    kept = []
+    for path in paths:
+        if keep(path):
+            kept.append(path)
+        elif skipped is not None:
+            skipped[path] = reason if visible(path) else HIDDEN
+    return kept
+
+
+def list_files(spec: str, keep: Callable[[str], bool], skipped: dict[str, str] | None = None,
+               reason: str = "not an input of this job") -> list[str]:
     """Files (as URIs) named by a URI to a file, a directory prefix or a glob; sorted."""
     with bounded(spec):
         return _list_files(spec, keep)
@@ -303,7 +320,7 @@ def _list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
         dotted = "/." in path[len(static):] or path[len(static):].startswith(".")
         matches = [to_location(prefix, f) for f in _walk_files(fs, static) if regex.match(f)
                    and (dotted or not any(part.startswith(".") for part in f[len(static):].split("/")))]
-        matches = sorted(m for m in matches if keep(m))
+        matches = _sift(sorted(matches), keep, skipped, reason)
         if not matches:
             raise FileNotFoundError(f"no input files match {spec!r}")
         return matches
@@ -312,8 +329,11 @@ def _list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
         return [to_location(prefix, path)]
     if info.type == pafs.FileType.Directory:
         base = path.rstrip("/")
-        found = [f for f in _walk_files(fs, base) if not _hidden(f[len(base):])]
-        return sorted(m for m in (to_location(prefix, f) for f in found) if keep(m))
+        found = [to_location(prefix, f) for f in _walk_files(fs, base)]
+        hidden = [f for f in found if _hidden(f[len(to_location(prefix, base)):])]
+        if skipped is not None:
+            skipped.update((f, HIDDEN) for f in hidden)
+        return _sift(sorted(set(found) - set(hidden)), keep, skipped, reason)
     raise FileNotFoundError(f"input {spec!r} does not exist")
 
 
@@ -380,38 +400,64 @@ def visible(location: str) -> bool:
     return not posixpath.basename(str(location).rstrip("/")).startswith((".", "_"))
 
 
-def expand(specs: Sequence[str], keep: Callable[[str], bool]) -> list[str]:
+def expand(specs: Sequence[str], keep: Callable[[str], bool], skipped: dict[str, str] | None = None,
+           reason: str = "not an input of this job") -> list[str]:
     """Files named by paths, URIs, globs or directories (recursively), filtered by ``keep(path)``; sorted.
 
     ``keep`` must not open the files: unreadable entries are kept for ``problem`` to report.
+    ``skipped`` (when given) receives every file or directory left out, with why: a hidden name,
+    or ``reason`` (``keep`` said no).
     """
     found: list[str] = []
     for spec in specs:
-        found += list_files(str(spec), keep) if is_uri(spec) else _list_local(str(spec), keep)
+        found += list_files(str(spec), keep, skipped, reason) if is_uri(spec) else \
+            _list_local(str(spec), keep, skipped, reason)
     unique = sorted(set(found))
     if not unique:
         raise FileNotFoundError(f"no input files found in {list(specs)}")
     return unique
 
 
-def _list_local(spec: str, keep: Callable[[str], bool]) -> list[str]:
-    """Local listing with ``os`` (unlike pyarrow's, it lists dangling symlinks and loops instead of failing)."""
+def _list_local(spec: str, keep: Callable[[str], bool], skipped: dict[str, str] | None = None,
+                reason: str = "not an input of this job") -> list[str]:
+    """Local listing with ``os`` (unlike pyarrow's, it lists dangling symlinks and loops instead of failing).
+
+    A directory that cannot be listed is itself listed, for ``problem`` to report.
+    """
     spec = os.path.expanduser(spec[len("file://"):] if spec.startswith("file://") else spec)
     if os.path.isdir(spec):
-        found = []
-        for root, dirs, files in os.walk(spec):
-            dirs[:] = sorted(d for d in dirs if not d.startswith((".", "_")))
-            found += [os.path.join(root, f) for f in sorted(files) if keep(os.path.join(root, f))]
+        found: list[str] = []
+        for root, dirs, files in os.walk(spec, onerror=lambda error: found.append(error.filename)):
+            hidden = [d for d in dirs if d.startswith((".", "_"))]
+            if skipped is not None:
+                skipped.update((os.path.abspath(os.path.join(root, d)), HIDDEN) for d in hidden)
+            dirs[:] = sorted(set(dirs) - set(hidden))
+            found += _sift([os.path.join(root, f) for f in sorted(files)], keep, skipped, reason)
         return [os.path.abspath(p) for p in found]
     if glob.has_magic(spec):
-        matches = [m for m in sorted(glob.glob(spec, recursive=True)) if (os.path.isfile(m) or os.path.islink(m))
-                   and keep(m)]
+        matches = [m for m in sorted(glob.glob(spec, recursive=True)) if os.path.isfile(m) or os.path.islink(m)]
+        matches = _sift(matches, keep, skipped, reason)
         if not matches:
             raise FileNotFoundError(f"no input files match {spec!r}")
         return [os.path.abspath(p) for p in matches]
     if os.path.isfile(spec):
         return [os.path.abspath(spec)]
     raise FileNotFoundError(f"input {spec!r} does not exist")
+
+
+def utf8_name(location: str | os.PathLike) -> bool:
+    """True when the path is valid UTF-8 (a local name of other bytes comes back surrogate-escaped)."""
+    try:
+        str(location).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def display(location: str | os.PathLike) -> str:
+    """The path as text that any output can hold: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(str(location)).decode("utf-8", "backslashreplace") if not utf8_name(location) \
+        else str(location)
 
 
 def problem(location: str | os.PathLike) -> str | None:
@@ -431,8 +477,16 @@ def problem(location: str | os.PathLike) -> str | None:
         if error.errno == errno.ENOENT:
             return "file not found"
         return f"cannot be read ({error.strerror or type(error).__name__})"
+    if stat.S_ISDIR(info.st_mode):
+        try:
+            os.listdir(location)
+        except OSError as error:
+            return f"directory cannot be listed ({error.strerror or type(error).__name__}); its files were not read"
+        return "not a regular file (a directory)"
     if not stat.S_ISREG(info.st_mode):
-        return "not a regular file (a directory or device)"
+        return "not a regular file (a device or pipe)"
+    if not utf8_name(location):
+        return "file name is not valid UTF-8 (the Arrow readers need UTF-8 paths); rename it to read it"
     if not os.access(location, os.R_OK):
         return "cannot be read (permission denied)"
     return None

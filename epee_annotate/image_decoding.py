@@ -212,18 +212,21 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
     decoded_frames = 1 if frames == "middle" else n_frames
     limits.check(int(ds.Rows) * int(ds.Columns) * decoded_frames, "DICOM image" if decoded_frames == 1
                  else f"DICOM image ({decoded_frames} frames)")
-    stack, indices = _dicom_frames(ds, frames, n_frames)
-    shown = _dicom_display(ds, stack, photometric, frames)
-    for img in shown if frames != "mip" else shown[None]:
-        _check_not_constant(img)
+    indices = [n_frames // 2] if frames == "middle" else list(range(n_frames))
+    _check_complete_frames(ds, indices, n_frames)
     metadata = _metadata(ds, extra_tags)
     factor = limits.factor(int(ds.Rows), int(ds.Columns))
-    if frames == "mip":
+    if frames == "mip":  # the percentile window spans the volume: the frames are decoded together
+        shown = _dicom_display(ds, _dicom_frames(ds, None, n_frames), photometric, per_frame=False)
+        _check_not_constant(shown)
         return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
-    return [
-        DecodedImage(_box_reduce(img, factor), i if n_frames > 1 else None, dict(metadata))
-        for i, img in zip(indices, shown)
-    ]
+    images = []
+    for i in indices:  # one frame at a time: memory is that of the largest frame, not of the series
+        shown = _dicom_display(ds, _dicom_frames(ds, i, n_frames), photometric, per_frame=True)[0]
+        _check_not_constant(shown)
+        images.append(DecodedImage(_box_reduce(shown, factor), i if n_frames > 1 else None, dict(metadata)))
+        del shown
+    return images
 
 
 def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
@@ -243,38 +246,66 @@ def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
     return ds
 
 
-def _dicom_frames(ds: pydicom.Dataset, frames: str, n_frames: int) -> tuple[np.ndarray, list[int]]:
-    """The stored frames to decode (only the middle one for frames="middle") and their indices."""
+def _check_complete_frames(ds: pydicom.Dataset, indices: Sequence[int], n_frames: int) -> None:
+    """Refuse encapsulated JPEG-family frames without an end marker (a truncated file), before any decoder
+    runs: Pillow fills a truncated JPEG with grey, and a failing decoder would be blamed on a missing codec."""
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEG2000TransferSyntaxes, JPEGLSTransferSyntaxes, JPEGTransferSyntaxes
+
+    if ds.file_meta.TransferSyntaxUID not in (*JPEGTransferSyntaxes, *JPEGLSTransferSyntaxes,
+                                              *JPEG2000TransferSyntaxes) or "PixelData" not in ds:
+        return
+    wanted = set(indices)
     try:
-        if frames == "middle" and n_frames > 1:
-            stack, indices = pixel_array(ds, index=n_frames // 2)[None], [n_frames // 2]
+        for index, frame in enumerate(generate_frames(ds.PixelData, number_of_frames=n_frames)):
+            if index in wanted and not frame.rstrip(b"\x00\xff").endswith(b"\xff\xd9"):  # EOI/EOC, then padding
+                raise ImageReadError(f"corrupt or truncated DICOM pixel data (frame {index}: the compressed "
+                                     "stream has no end marker)")
+    except ImageReadError:
+        raise
+    except Exception as exc:  # a damaged fragment list
+        raise ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})") from exc
+
+
+def _dicom_frames(ds: pydicom.Dataset, index: int | None, n_frames: int) -> np.ndarray:
+    """Stored frame ``index`` (None: all of them) as a stack (F, H, W[, 3])."""
+    try:
+        if index is not None and n_frames > 1:
+            stack = pixel_array(ds, index=index)[None]
         else:
-            stack, indices = pixel_array(ds), list(range(n_frames))
+            stack = pixel_array(ds)
             if n_frames == 1:
                 stack = stack[None]
     except Exception as exc:  # decoder/plugin errors vary by codec
         raise _pixel_data_error(ds, exc) from exc
     if stack.size == 0:
         raise ImageReadError("zero-size DICOM image (no pixels decoded)")
-    return stack, indices
+    return stack
 
 
-def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, frames: str) -> np.ndarray:
-    """Stored values -> display values in [0, 1] (VOI for monochrome, LUT for palette colour)."""
+def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, per_frame: bool) -> np.ndarray:
+    """Stored values -> display values in [0, 1], float32 (VOI for monochrome, LUT for palette colour)."""
     if photometric in _MONO:
-        per_frame = frames != "mip"
-        shown = np.stack([_display_mono(f, ds) for f in stack]) if per_frame else _display_mono(stack, ds)
-        return 1.0 - shown if photometric == "MONOCHROME1" else shown
+        if per_frame:
+            shown = _display_mono(stack[0], ds)[None] if len(stack) == 1 else \
+                np.stack([_display_mono(f, ds) for f in stack])
+        else:
+            shown = _display_mono(stack, ds)
+        del stack
+        if photometric == "MONOCHROME1":
+            np.subtract(1.0, shown, out=shown)
+        return shown
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(stack, ds)
-        return rgb / np.iinfo(rgb.dtype).max
-    return np.clip(stack / float(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0)
+        return (rgb / np.float32(np.iinfo(rgb.dtype).max)).astype(np.float32, copy=False)
+    return np.clip(stack / np.float32(2 ** int(ds.get("BitsStored") or 8) - 1), 0.0, 1.0).astype(np.float32,
+                                                                                            copy=False)
 
 
 def _box_reduce(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean over factor x factor blocks ((H, W) or (H, W, C)), as float32; edge rows/columns that do not fill a block are dropped."""
     if factor <= 1:
-        return image.astype(np.float32)
+        return image.astype(np.float32, copy=False)
     height, width = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
     blocks = image[:height, :width].reshape(height // factor, factor, width // factor, factor, *image.shape[2:])
     return blocks.mean(axis=(1, 3), dtype=np.float64).astype(np.float32)
@@ -299,7 +330,7 @@ def _pixel_data_error(ds: pydicom.Dataset, exc: Exception) -> ImageReadError:
             decoder = get_decoder(tsyntax)
         except NotImplementedError:
             decoder = None
-        if decoder is not None and decoder.missing_dependencies:
+        if decoder is not None and decoder.missing_dependencies and not _installed_plugin_failed(exc):
             installed = ", ".join(decoder.available_plugins) or "none"
             missing = "; ".join(decoder.missing_dependencies)
             return ImageReadError(
@@ -308,6 +339,13 @@ def _pixel_data_error(ds: pydicom.Dataset, exc: Exception) -> ImageReadError:
                 f"{CODECS_HINT}"
             )
     return ImageReadError(f"corrupt or truncated DICOM pixel data ({type(exc).__name__})")
+
+
+def _installed_plugin_failed(exc: Exception) -> bool:
+    """True when an installed plugin that supports the data failed on it (damage), not only ones that do not."""
+    # pydicom lists each plugin's error on its own line: "  pillow: Pillow does not support ..."
+    reasons = [line.split(":", 1)[1] for line in str(exc).splitlines()[1:] if ":" in line]
+    return any("support" not in reason for reason in reasons)
 
 
 def _check_decoder(ds: pydicom.Dataset) -> None:
@@ -326,27 +364,100 @@ def _check_decoder(ds: pydicom.Dataset) -> None:
 
 
 def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
-    """Modality LUT then VOI (file's LUT/window, else percentile window) scaled to [0, 1]."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        values = np.asarray(apply_modality_lut(raw, ds), dtype=np.float64)
+    """Modality LUT then VOI (file's LUT/window, else percentile window) scaled to [0, 1], as float32.
+
+    Float32 and in place where pydicom's own steps would make float64 copies: a frame costs about
+    4 bytes per pixel plus the stored frame, and a percentile window one more 4-byte copy.
+    """
+    window = _stored_percentiles(raw, ds, (0.5, 99.5)) if not _has_voi(ds) else None
+    values = _modality(raw, ds)
     if not np.isfinite(values).all():
         raise ImageReadError("non-finite (NaN/inf) pixel values after modality rescale")
     _check_not_constant(values)
     if _has_voi(ds):
+        if _linear_window(values, ds):
+            return values
         # A VOI LUT indexes by integer input value; round rather than let pydicom truncate floats.
-        voi_input = np.rint(values).astype(np.int64) if _has_voi_lut(ds) else values
+        voi_input = np.rint(values).astype(np.int64) if _has_voi_lut(ds) else values.astype(np.float64)
         try:
             lo, hi = _voi_output_range(ds)
-            values = apply_voi_lut(voi_input, ds, prefer_lut=True)
+            values = apply_voi_lut(voi_input, ds, prefer_lut=True).astype(np.float32)
         except (ValueError, NotImplementedError) as exc:
             raise ImageReadError(f"invalid DICOM VOI LUT or window ({type(exc).__name__})") from exc
+        del voi_input
     else:
-        lo, hi = np.percentile(values, [0.5, 99.5])
+        lo, hi = window or (float(v) for v in np.percentile(values, [0.5, 99.5]))
         if hi <= lo:
-            lo, hi = values.min(), values.max()
+            lo, hi = float(values.min()), float(values.max())
     if hi <= lo:
         raise ImageReadError("VOI window has zero width")
-    return np.clip((values - lo) / (hi - lo), 0.0, 1.0)
+    values -= np.float32(lo)
+    values /= np.float32(hi - lo)
+    return np.clip(values, 0.0, 1.0, out=values)
+
+
+_CHUNK = 1 << 20  # stored values counted per chunk: bincount's own copy stays small
+
+
+def _stored_percentiles(raw: np.ndarray, ds: pydicom.Dataset, qs: Sequence[float]) -> tuple[float, ...] | None:
+    """``np.percentile`` (linear) of the rescaled values, from a histogram of the stored integers (no copy of
+    the frame); None where that does not apply (a Modality LUT, stored values wider than 16 bits)."""
+    if "ModalityLUTSequence" in ds or raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
+        return None
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    slope, intercept = (1.0, 0.0) if slope is None or intercept is None else (float(slope), float(intercept))
+    offset = -int(np.iinfo(raw.dtype).min)
+    flat = raw.reshape(-1)
+    counts = np.zeros(1 << (8 * raw.dtype.itemsize), dtype=np.int64)
+    for start in range(0, flat.size, _CHUNK):
+        chunk = flat[start:start + _CHUNK].astype(np.int64) + offset
+        counts[: chunk.max() + 1] += np.bincount(chunk)
+    ranks = np.cumsum(counts)
+    out = []
+    for q in qs:
+        position = (q if slope >= 0 else 100 - q) / 100 * (flat.size - 1)
+        below = int(np.floor(position))
+        first, second = (int(np.searchsorted(ranks, r, side="right")) - offset
+                         for r in (below, min(below + 1, flat.size - 1)))
+        out.append((first + (position - below) * (second - first)) * slope + intercept)
+    return tuple(out)
+
+
+def _modality(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+    """Stored values through the Modality LUT or rescale, as float32 (pydicom's step, without its float64 copy)."""
+    if "ModalityLUTSequence" in ds:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return np.asarray(apply_modality_lut(raw, ds), dtype=np.float32)
+    values = raw.astype(np.float32)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        with np.errstate(over="ignore", invalid="ignore"):
+            values *= np.float32(slope)
+            values += np.float32(intercept)
+    return values
+
+
+def _linear_window(values: np.ndarray, ds: pydicom.Dataset) -> bool:
+    """Apply a LINEAR or LINEAR_EXACT window (PS3.3 C.11.2.1.2) in place, scaled to [0, 1]; False when
+    the VOI step is another kind (a LUT, SIGMOID, an invalid width), left to pydicom."""
+    if _has_voi_lut(ds):
+        return False
+    function = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+    center, width = (float(v[0] if isinstance(v, MultiValue) else v) for v in (ds.WindowCenter, ds.WindowWidth))
+    if function == "LINEAR" and width >= 1:
+        offset, scale = center - 0.5, (width - 1) if width > 1 else None
+    elif function == "LINEAR_EXACT" and width > 0:
+        offset, scale = center, width
+    else:
+        return False
+    if scale is None:  # width 1: a step at the center, as pydicom does it
+        np.copyto(values, values > offset, casting="unsafe")
+        return True
+    values -= np.float32(offset)
+    values /= np.float32(scale)
+    values += np.float32(0.5)
+    np.clip(values, 0.0, 1.0, out=values)
+    return True
 
 
 def _has_voi(ds: pydicom.Dataset) -> bool:

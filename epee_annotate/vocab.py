@@ -26,4 +26,5 @@ SUPPLEMENT_STATUS_LABELS = ["Continuing", "Discontinued", "Started", "Uncertain"
 
 # Input reading (``formats``, ``pipelines.sources``), here so the command line can offer them cheaply.
 BAD_RECORD_MODES = ("permissive", "failfast")  # what a malformed record does: an error record, or stop
+DEFAULT_MAX_FIELD_LINES = 1000  # CSV/TSV: a quoted field spanning more lines is taken for a quote left open
 NOTE_FORMATS = ("csv", "tsv", "jsonl", "json", "parquet", "txt", "phee", "ddi")  # what a notes job reads

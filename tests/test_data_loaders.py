@@ -245,8 +245,10 @@ def test_image_list(tmp_path):
 def test_empty_and_wrong_inputs(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n")
-    with pytest.raises(DataError, match="holds no examples"):
+    with pytest.raises(DataError, match=r"empty.jsonl: empty file \(no records\)"):  # a bad record: stop
         load_examples(path, "jsonl", "text")
+    with pytest.raises(DataError, match=r"holds no examples \(1 bad record\(s\) were skipped\)"):
+        load_examples(path, "jsonl", "text", on_error="skip")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_examples(tmp_path / "nope.jsonl", "jsonl", "text")
     with pytest.raises(ValueError, match="gives relation data, not 'text'"):

@@ -164,7 +164,16 @@ def test_jpeg2000_decodes_when_a_plugin_is_available():
     np.testing.assert_allclose(_one(_path("JPEG2000.dcm")), _percentile_window(ds.pixel_array.astype(float)), atol=1e-6)
 
 
-def test_missing_decoder_names_syntax_and_extra():
+def test_missing_decoder_names_syntax_and_extra(monkeypatch):
+    from types import SimpleNamespace
+
+    from epee_annotate import image_decoding
+    from pydicom.pixels import get_decoder
+    from pydicom.uid import JPEGLSLossless
+
+    if get_decoder(JPEGLSLossless).is_available:  # the codecs extra is installed: take it away for this test
+        missing = SimpleNamespace(is_available=False, missing_dependencies=["pylibjpeg - requires pylibjpeg-libjpeg"])
+        monkeypatch.setattr(image_decoding, "get_decoder", lambda uid: missing)
     with pytest.raises(ImageReadError) as err:
         read_image(_path("MR_small_jpeg_ls_lossless.dcm"))
     msg = str(err.value)

@@ -404,3 +404,50 @@ def test_failfast_stops_the_job_at_the_first_bad_record_and_publishes_nothing(lo
     err = capsys.readouterr().err
     assert code == 2 and not out.exists()
     assert "notes.jsonl line 2: not valid JSON" in err.splitlines()[-1] and CANARY not in err
+
+
+def test_max_bad_records_fails_the_job_past_the_limit_and_publishes_nothing(local_ray, text_checkpoint, tmp_path,
+                                                                          capsys):
+    source = tmp_path / "notes.csv"
+    source.write_text('id,text\na,rash\nb,"' + CANARY + ' open quote\nc,cough\nd,x,extra\ne,fever\n')
+    out = tmp_path / "out"
+    code = main(["annotate-notes", str(source), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--max-bad-records", "20%", *COMMON])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert "2 bad record(s) of 5 read" in err and "--max-bad-records" in err and CANARY not in err
+
+
+def test_a_folder_job_accounts_for_every_file(local_ray, text_checkpoint, tmp_path):
+    import gzip
+
+    from epee_annotate.pipelines.publish import read_manifest
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"id": "a", "text": "rash"}\n')
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"id": "b", "text": "cough"}\n'))
+    (folder / "empty.jsonl").write_bytes(b"")
+    (folder / "README.md").write_text("not notes")
+    os.close(os.open(os.fsencode(folder) + b"/caf\xe9.jsonl", os.O_CREAT | os.O_WRONLY))
+    out = tmp_path / "out"
+    assert main(["annotate-notes", str(folder), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 *COMMON]) == 0
+    rows = read(out).to_pylist()
+    assert {r["doc_id"] for r in rows if r["status"] == "ok"} == {"a", "b"}
+    errors = sorted(r["error"] for r in rows if r["status"] == "error")
+    assert errors[0].startswith("caf\\xe9.jsonl: file name is not valid UTF-8") and \
+        errors[1] == "empty.jsonl: empty file (no records)" and len(errors) == 2
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bad_records"] == 2
+    for report in (summary["skipped_files"], read_manifest(str(out))["skipped_files"]):
+        assert report["count"] == 1 and report["files"][0]["path"].endswith("README.md")
+
+
+def test_the_resume_prescan_refuses_real_duplicates_only_even_when_every_hash_collides(local_ray):
+    from benchmarks.resume_ids import SyntheticKeys
+    from epee_annotate.pipelines.resume import ResumeError, check_resumable_ids
+
+    assert check_resumable_ids(ray.data.range(50), SyntheticKeys(), hash_id=lambda doc_id: 7) == 50
+    with pytest.raises(ResumeError, match=r"3 id\(s\) occur more than once in the input \(e.g. 'note-000000000', "):
+        check_resumable_ids(ray.data.range(10).union(ray.data.range(3)), SyntheticKeys())

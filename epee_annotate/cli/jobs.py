@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any, Callable
 
-from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
+from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES, NOTE_FORMATS
 from .common import add_policy_arguments, add_runtime_argument, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
@@ -21,6 +21,7 @@ FLAGS = {
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
     "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
     "trust_unhashed_weights": "--allow-unhashed-weights", "lock_lease_s": "--lock-lease",
+    "max_bad_records": "--max-bad-records", "max_field_lines": "--max-field-lines",
 }
 
 
@@ -109,12 +110,15 @@ def _with_flags(build: Callable[[], Any]) -> Any:
     """Run ``build``; a SettingError (or a storage timeout) gets this command line's option names as advice."""
     from ..checkpoint import UnhashedWeightsError
     from ..filesystem import StorageTimeoutError
+    from ..formats import TooManyBadRecords
     from ..pipelines.errors import OutputExistsError, SettingError
 
     try:
         return build()
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
+    except TooManyBadRecords as error:
+        raise ValueError(f"{error} (--max-bad-records); nothing was published") from None
     except (SettingError, StorageTimeoutError, UnhashedWeightsError) as error:
         from ..policies import settings
 
@@ -164,7 +168,8 @@ def run_notes(args: argparse.Namespace) -> int:
         return run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args),
                                       id_column=args.id_column, text_column=args.text_column,
                                       keep_columns=_split_columns(args.keep_columns), fmt=args.format,
-                                      encoding=args.encoding, on_bad_record=args.on_bad_record))
+                                      encoding=args.encoding, on_bad_record=args.on_bad_record,
+                                      max_bad_records=args.max_bad_records, max_field_lines=args.max_field_lines))
 
     _print_summary(_with_flags(run))
     return 0
@@ -200,6 +205,12 @@ def register(subparsers) -> None:
                        "byte-order mark is dropped)")
     notes.add_argument("--on-bad-record", choices=BAD_RECORD_MODES, default="permissive",
                        help="a malformed record: one error row (permissive), or stop the job (failfast)")
+    notes.add_argument("--max-bad-records", default=None, metavar="N|F%",
+                       help="fail the job (non-zero status, nothing published) when more than N records, or more "
+                            "than F%% of the records read, are bad (error rows about a whole note or file)")
+    notes.add_argument("--max-field-lines", type=int, default=DEFAULT_MAX_FIELD_LINES, metavar="N",
+                       help="CSV/TSV: a quoted field spanning more lines is taken for a quote left open: one error "
+                            "row, and the lines after it are read again (default %(default)s)")
     notes.add_argument("--id-column", default="id", help="column/field with the note id")
     notes.add_argument("--text-column", default="text", help="column/field with the note text")
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")

@@ -7,12 +7,13 @@ formats; an unknown one is ``UnsupportedFormat`` naming the supported ones.
 """
 
 from .delimited import HeaderError
-from .records import BAD_RECORD_MODES, BadRecordError, ReadOptions, Record
+from .records import BAD_RECORD_MODES, BadRecordError, BadRecordLimit, ReadOptions, Record, TooManyBadRecords
 from .registry import (
     FORMATS, UnsupportedFormat, format_of, get, read_csv_header, read_file, read_stream, sniff_json, supported,
 )
 
 __all__ = [
-    "BAD_RECORD_MODES", "FORMATS", "BadRecordError", "HeaderError", "ReadOptions", "Record", "UnsupportedFormat",
-    "format_of", "get", "read_csv_header", "read_file", "read_stream", "sniff_json", "supported",
+    "BAD_RECORD_MODES", "FORMATS", "BadRecordError", "BadRecordLimit", "HeaderError", "ReadOptions", "Record",
+    "TooManyBadRecords", "UnsupportedFormat", "format_of", "get", "read_csv_header", "read_file", "read_stream",
+    "sniff_json", "supported",
 ]

@@ -28,14 +28,23 @@ def _kind(value: Any) -> str:
     return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
 
 
+JSON_ARRAY = ("a JSON array, not JSON Lines (one object per line): convert it, or read it as the json format; "
+              "the file was not read")
+
+
 def read_jsonl(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[Record]:
     """One record per non-blank line; a line that is not a JSON object is an error record."""
     text = text_stream(stream, options)
+    first = True
     for number, line in enumerate(text, start=1):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
         where = f"line {number}"
+        if first and line.lstrip().startswith("["):  # a JSON array: each of its lines would be an error
+            yield bad(source, where, JSON_ARRAY)
+            return
+        first = False
         if is_binary(line):
             yield bad(source, where, BINARY)
             return
@@ -49,6 +58,11 @@ def read_jsonl(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[
             yield bad(source, where, str(error))
             continue
         yield Record(source, where, select(data, options.columns))
+    if first:  # not one line with content: nothing would account for this file
+        yield bad(source, "", EMPTY)
+
+
+EMPTY = "empty file (no records)"
 
 
 def read_json_array(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[Record]:
@@ -67,6 +81,8 @@ def read_json_array(stream: BinaryIO, source: str, options: ReadOptions) -> Iter
         yield bad(source, "", f"a JSON {_kind(value)}, not an array of objects (use JSON Lines for one object "
                               "per line)")
         return
+    if not value:
+        yield bad(source, "", EMPTY)
     for number, item in enumerate(value, start=1):
         where = f"record {number}"
         if isinstance(item, dict):

@@ -7,6 +7,7 @@ sentence's event types become a training label is ``data.phee``'s.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, BinaryIO, Iterator
 
 from ..vocab import PV_EVENT_LABELS
@@ -15,7 +16,7 @@ from .records import ReadOptions, Record, bad, select
 
 
 def read_phee(stream: BinaryIO, source: str, options: ReadOptions) -> Iterator[Record]:
-    raw_options = ReadOptions(options.encoding, options.on_bad_record)  # the reader needs every field
+    raw_options = replace(options, columns=None)  # the reader needs every field
     for record in read_jsonl(stream, source, raw_options):
         if record.error is not None:
             yield record

@@ -4,7 +4,8 @@ A reader never raises for one bad record: it yields an error record naming the f
 (line, row, sentence ...) and the kind of fault, never the record's text, and reads on. What
 happens to error records is the reader option ``on_bad_record`` (``ReadOptions``), applied in one
 place (``apply_mode``): ``permissive`` passes them on (training counts or skips them, jobs write
-them as error rows), ``failfast`` stops at the first one with ``BadRecordError``.
+them as error rows), ``failfast`` stops at the first one with ``BadRecordError``. A job may also
+cap how many there may be in all (``BadRecordLimit``, ``--max-bad-records N|F%``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..vocab import BAD_RECORD_MODES
+from ..vocab import BAD_RECORD_MODES, DEFAULT_MAX_FIELD_LINES
 
 
 class BadRecordError(ValueError):
@@ -25,6 +26,54 @@ class BadRecordError(ValueError):
         self.record_message = message  # kept apart: Ray appends its retry advice to a task error's message
 
 
+class TooManyBadRecords(ValueError):
+    """More bad records than ``ReadOptions.max_bad_records`` allows (the message gives the counts)."""
+
+
+@dataclass(frozen=True)
+class BadRecordLimit:
+    """At most ``count`` bad records, or at most ``share`` (0-1) of the records read (``--max-bad-records``)."""
+
+    count: int | None = None
+    share: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "BadRecordLimit":
+        """``"10"`` (a count) or ``"0.5%"`` (a share of the records read); ValueError otherwise."""
+        value = str(text).strip()
+        try:
+            if value.endswith("%"):
+                share = float(value[:-1]) / 100
+                if not 0.0 <= share <= 1.0:
+                    raise ValueError
+                return cls(share=share)
+            count = int(value)
+            if count < 0:
+                raise ValueError
+            return cls(count=count)
+        except ValueError:
+            raise ValueError(f"max bad records must be a count (e.g. 10) or a share (e.g. 0.5%), got {text!r}") \
+                from None
+
+    def __str__(self) -> str:
+        return f"{self.count}" if self.count is not None else f"{(self.share or 0.0) * 100:g}%"
+
+    def check(self, bad_records: int, records: int) -> None:
+        """``TooManyBadRecords`` when ``bad_records`` of ``records`` read is over the limit."""
+        reason = self.exceeded(bad_records, records)
+        if reason is not None:
+            raise TooManyBadRecords(reason)
+
+    def exceeded(self, bad_records: int, records: int) -> str | None:
+        """Why ``bad_records`` of ``records`` read is over the limit (one line), or None when it is not."""
+        if self.count is not None and bad_records > self.count:
+            return f"{bad_records} bad record(s), more than the {self.count} allowed"
+        if self.share is not None and bad_records > self.share * max(records, 0):
+            return (f"{bad_records} bad record(s) of {records} read ({bad_records / max(records, 1):.2%}), "
+                    f"more than the {self} allowed")
+        return None
+
+
 @dataclass(frozen=True)
 class ReadOptions:
     """Reader options every format takes (a format that cannot honour one refuses it)."""
@@ -32,11 +81,18 @@ class ReadOptions:
     encoding: str = "utf-8"  # declared text encoding; a UTF-8 byte-order mark is always dropped
     on_bad_record: str = "permissive"
     columns: Sequence[str] | None = None  # fields a record needs (None: all); readers may skip the rest
+    # CSV/TSV: a quoted field spanning more lines is taken for a quote left open (other formats' records
+    # are one line each, or not made of lines).
+    max_field_lines: int = DEFAULT_MAX_FIELD_LINES
+    # How many bad records a whole job (all files) may meet; checked by the job over all records read.
+    max_bad_records: BadRecordLimit | None = None
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
             raise ValueError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; "
                              f"got {self.on_bad_record!r}")
+        if self.max_field_lines < 1:
+            raise ValueError(f"max_field_lines must be >= 1; got {self.max_field_lines}")
         try:
             codecs.lookup(self.encoding)
         except LookupError:

@@ -123,10 +123,14 @@ def _guarded(spec: Format, stream, source: str, options: ReadOptions, format_opt
     """The reader's records; a read failure mid-file (I/O, corrupt compression) ends the file with one error record."""
     import pyarrow as pa
 
+    last = ""
     try:
-        yield from spec.read(stream, source, options, **format_options)
-    except (OSError, EOFError, pa.ArrowException) as error:
-        yield bad(source, "", f"read failed ({type(error).__name__})")
+        for record in spec.read(stream, source, options, **format_options):
+            last = record.where
+            yield record
+    except (OSError, EOFError, pa.ArrowException) as error:  # e.g. a truncated or corrupt .gz: the rest is lost
+        after = f" after {last}" if last else ""
+        yield bad(source, "", f"read failed{after} ({type(error).__name__}); the rest of the file was not read")
 
 
 def read_file(location: str, fmt: str | None = None, options: ReadOptions = ReadOptions(),

@@ -19,11 +19,11 @@ from typing import Any, Iterator, Sequence
 import pyarrow as pa
 
 from .. import __version__
-from ..formats import BAD_RECORD_MODES, ReadOptions
+from ..formats import BAD_RECORD_MODES, BadRecordLimit, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
 from ..runtimes import RuntimeSettingError, check_runtime
-from ..vocab import AUTOCAST_MODES, FRAME_MODES
-from .. import storage
+from ..vocab import AUTOCAST_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES
+from .. import filesystem, storage
 from ..extras import require
 from .errors import SettingError, WaitTimeoutError
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
@@ -114,13 +114,22 @@ class NotesJob:
     annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
     encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
+    max_bad_records: str | None = None  # "N" or "F%": more bad records fail the job, nothing published
+    max_field_lines: int = DEFAULT_MAX_FIELD_LINES  # CSV/TSV: a longer quoted field is a quote left open
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
             raise SettingError(f"on_bad_record must be one of {', '.join(BAD_RECORD_MODES)}; got "
                                f"{self.on_bad_record!r}", "on_bad_record")
+        if self.max_field_lines < 1:
+            raise SettingError(f"max_field_lines must be >= 1; got {self.max_field_lines}", "max_field_lines")
         try:
-            self.read_options = ReadOptions(self.encoding, self.on_bad_record)
+            limit = None if self.max_bad_records is None else BadRecordLimit.parse(self.max_bad_records)
+        except ValueError as error:
+            raise SettingError(str(error), "max_bad_records") from None
+        try:
+            self.read_options = ReadOptions(self.encoding, self.on_bad_record, max_field_lines=self.max_field_lines,
+                                            max_bad_records=limit)
         except ValueError as error:  # an unknown encoding
             raise SettingError(str(error), "encoding") from None
 
@@ -190,10 +199,13 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any]) -> dict[str, Any]:
+            started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any],
+            bad_limit: BadRecordLimit | None = None, skipped: dict[str, str] | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
+    Past ``bad_limit`` (counted in the written rows) the job fails before anything is published.
+    ``skipped`` (listed files not read, with why) goes into the summary and the manifest.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -203,6 +215,7 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
     with job_output(options.out, options.overwrite, options.resume, lock) as sink:
         sink.extra["identity"] = identity_summary(identity)
+        sink.extra["skipped_files"] = _skipped_report(skipped or {})
         if options.resume:
             write_identity(identity_location(options.out), identity)
         try:
@@ -224,10 +237,29 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
+        if bad_limit is not None:
+            bad_limit.check(summary["bad_records"], summary["documents"])
+        summary["skipped_files"] = sink.extra["skipped_files"]
         summary["output"] = sink.out
         summary["dataset"] = sink.location(MAIN_DATASET)
         write_summary(summary, sink)
     return summary
+
+
+SKIPPED_LISTED = 1000  # skipped files named in the summary and manifest (all are counted)
+
+
+def _skipped_report(skipped: dict[str, str]) -> dict[str, Any]:
+    """Files left out of the job: how many, per reason, and the first ones with their reason."""
+    reasons: dict[str, int] = {}
+    for reason in skipped.values():
+        reasons[reason] = reasons.get(reason, 0) + 1
+    listed = [{"path": filesystem.display(p), "reason": r} for p, r in sorted(skipped.items())[:SKIPPED_LISTED]]
+    return {"count": len(skipped), "reasons": reasons, "files": listed}
+
+
+def _unreadable_message(path: str, reason: str) -> str:
+    return f"{filesystem.display(Path(path).name)}: {reason}"
 
 
 def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any], options: JobOptions,
@@ -269,7 +301,8 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
     from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
     options = job.options
-    fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
+    skipped: dict[str, str] = {}
+    fmt, listed = resolve_note_inputs(job.inputs, job.fmt, skipped)
     files, unreadable = unreadable_inputs(listed)
     columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
@@ -285,9 +318,13 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
     identity = _start_identity(options, listed, components, {
         "job": "notes", "format": fmt, "id_column": job.id_column, "text_column": job.text_column,
         "keep_columns": list(job.keep_columns), "encoding": job.encoding, "on_bad_record": job.on_bad_record,
-        "include_text": options.include_text, "pipeline": job.source.describe()})
-    inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
-              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
+        "max_field_lines": job.max_field_lines, "include_text": options.include_text,
+        "pipeline": job.source.describe()})
+    inputs = {"format": fmt, "num_files": len(listed), "files": [filesystem.display(f) for f in listed[:1000]],
+              "skipped_files": len(skipped), "unreadable_files": len(unreadable),
+              "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns),
+              "on_bad_record": job.on_bad_record, "max_bad_records": job.max_bad_records,
+              "max_field_lines": job.max_field_lines}
     schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
                                _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
     with _job_on_ray(options) as mode:
@@ -295,9 +332,10 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
         keys = NoteKeys(columns)
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
-        errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
+        errors = [input_row({"doc_id": None}, STATUS_ERROR, _unreadable_message(path, reason))
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity)
+        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity,
+                       job.read_options.max_bad_records, skipped)
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
@@ -344,7 +382,7 @@ def _run_images_job(job: ImagesJob, lock: OutputLock, started: float) -> dict[st
     model = load_image_model(job.checkpoint, runtime=options.runtime,
                              trust_unhashed_weights=options.trust_unhashed_weights)
     policy = job_policy(options.policy_knobs, model.default_policy)
-    files, unreadable, inputs = _image_inputs(job)
+    files, unreadable, inputs, skipped = _image_inputs(job)
     identity = _start_identity(options, [job.npz] if job.npz else [*files, *unreadable],
                                {"checkpoint_id": model.checkpoint_id, "labels": list(model.labels)}, {
                                    "job": "images", "policy_config": policy.to_dict(), "frames": job.frames,
@@ -368,20 +406,26 @@ def _run_images_job(job: ImagesJob, lock: OutputLock, started: float) -> dict[st
                                    _metadata("images", [component], inputs, options))
         if ds is not None:
             ds = _annotated_images(job, ds, schema, keys.prefix)
-        errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
-                   "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity)
+        errors = [{"doc_id": filesystem.display(path), "path": filesystem.display(path), "task": job.task_name,
+                   "kind": "image", "status": STATUS_ERROR, "error": f"{DECODE_ERROR_PREFIX}{reason}"}
+                  for path, reason in unreadable.items()]
+        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity,
+                       skipped=skipped)
 
 
-def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
-    """(readable files, unreadable file -> reason, inputs metadata); no files for an npz archive."""
+def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any], dict[str, str]]:
+    """(readable files, unreadable file -> reason, inputs metadata, skipped file -> reason); no files for npz."""
     from .sources import resolve_image_inputs, unreadable_inputs
 
     if job.npz:
-        return [], {}, {"npz": job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve()), "split": job.split}
-    listed = resolve_image_inputs(job.inputs)
+        npz = job.npz if storage.is_uri(job.npz) else str(Path(job.npz).resolve())
+        return [], {}, {"npz": npz, "split": job.split}, {}
+    skipped: dict[str, str] = {}
+    listed = resolve_image_inputs(job.inputs, skipped)
     files, unreadable = unreadable_inputs(listed)
-    return files, unreadable, {"files": len(listed), "unreadable_files": len(unreadable), "frames": job.frames}
+    inputs = {"files": len(listed), "unreadable_files": len(unreadable), "skipped_files": len(skipped),
+              "frames": job.frames}
+    return files, unreadable, inputs, skipped
 
 
 def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):

@@ -13,7 +13,9 @@ Per-document outcomes (documented in docs/batch_jobs.md):
   unreadable file; the pipeline failing on this note): one row ``status="error"`` with a one-line
   reason naming file and line/row and the kind of fault, never quoting the note;
 * an annotation whose model input could not be classified: ``status="error"`` with the model's
-  reason (``Prediction.error``).
+  reason (``Prediction.error``);
+* a note longer than the pipeline's limit (spaCy's ``nlp.max_length``, 1,000,000 characters by
+  default): one error row giving its length and the limit (never sent to the pipeline).
 """
 
 from __future__ import annotations
@@ -189,6 +191,7 @@ class NoteInput:
     text: str | None
     keep: dict[str, Any]
     error: str | None = None
+    position: str = ""  # "notes.csv line 3: ", for messages about this note
 
 
 def _doc_id(value: Any) -> str | None:
@@ -247,6 +250,7 @@ def extract_notes(batch: pa.Table, columns: NoteColumns) -> list[NoteInput]:
         position = f"{Record(path, where).position}: "
         try:
             notes.append(_note_input(record, error, position, columns, as_strings))
+            notes[-1].position = position
         except Exception as problem:  # noqa: BLE001 - one odd record must not sink the batch
             notes.append(NoteInput(None, None, {}, f"{position}record could not be read ({type(problem).__name__})"))
     return notes
@@ -302,6 +306,11 @@ class NoteAnnotator:
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         notes = extract_notes(batch, self.columns)
+        for note in notes:
+            if note.error is None and note.text is not None and len(note.text) > self.nlp.max_length:
+                note.error = (f"{note.position}note is {len(note.text):,} characters, over the pipeline's limit of "
+                              f"{self.nlp.max_length:,} (spaCy nlp.max_length); not annotated: split it into "
+                              "shorter notes or raise the limit in the pipeline")
         todo = [i for i, n in enumerate(notes) if n.error is None and n.text is not None and n.text.strip()]
         docs, failures = self._run([notes[i].text for i in todo])
         outcome: dict[int, Any] = dict(zip(todo, docs))

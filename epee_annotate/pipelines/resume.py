@@ -10,11 +10,19 @@ very code the annotator uses (``notes.extract_notes``; the file path for images)
 the committed ones. Everything else (2-phase commit, cleanup, loading) is Ray's.
 
 Keying by id needs every input record to have one, unique: ``check_resumable_ids`` reads the
-ids once up front and refuses duplicates and records without a usable id with a clear error.
+ids once up front (a Ray Data pass of its own, ``resume_prescan`` in the progress) and refuses
+duplicates and records without a usable id with a clear error. Its memory is bounded, whatever
+the number of ids: each id becomes a 64-bit hash on the workers, the driver streams the hashes
+into bucket files on disk by their top bits and sorts one bucket at a time; equal hashes are
+then checked against the ids themselves in a second pass, so a hash collision is never taken
+for a duplicate.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -98,30 +106,93 @@ def checkpoint_config(keys, checkpoint_path: str):
     return _CLASSES[0](keys, checkpoint_path if storage.is_uri(checkpoint_path) else resolved, filesystem)
 
 
-def check_resumable_ids(ds, keys, limit: int = 5) -> int:
-    """Read every input id once; ``ResumeError`` on duplicates or records without one. Returns the count."""
-    import pyarrow.compute as pc
-    import ray
+BUCKET_BITS = 8  # 256 bucket files: 10 million ids make 39,000 hashes (312 KB) per bucket
+VERIFIED = 1000  # equal hashes checked against the ids (refusing needs one real duplicate)
 
-    def key_table(block: pa.Table) -> pa.Table:
+
+def id_hash(doc_id: str) -> int:
+    """A 64-bit hash of an id (stable across processes, unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
+
+
+def check_resumable_ids(ds, keys, limit: int = 5, hash_id=id_hash) -> int:
+    """Read every input id once; ``ResumeError`` on duplicates or records without one. Returns the count.
+
+    Bounded memory (module docstring): the driver holds one block of hashes and one bucket at a time.
+    """
+    def resume_prescan(block: pa.Table) -> pa.Table:  # the name Ray's progress shows for this pass
         ids, problems = keys.with_problems(block)
-        return pa.table({ID_COLUMN: pa.array(ids, pa.string()), "problem": pa.array(problems, pa.string())})
+        return pa.table({"hash": pa.array([0 if i is None else hash_id(i) for i in ids], pa.uint64()),
+                         "missing": pa.array([i is None for i in ids], pa.bool_()),
+                         "problem": pa.array(problems, pa.string())})
 
-    tables = ray.get(ds.map_batches(key_table, batch_format="pyarrow", batch_size=None).to_arrow_refs())
-    table = pa.concat_tables(tables) if tables else pa.table({ID_COLUMN: pa.array([], pa.string())})
-    ids = table.column(ID_COLUMN)
-    missing = ids.null_count
-    if missing:
-        reasons = [p for p in table.column("problem").to_pylist() if p][:limit]
-        raise ResumeError(f"resuming keys documents by id, but {missing} input record(s) have no usable id "
-                          f"(e.g. {'; '.join(reasons)}); fix them or do not resume")
-    counts = pc.value_counts(ids)
-    repeated = pc.filter(counts, pc.greater(counts.field("counts"), 1))
-    if len(repeated):
-        examples = _describe(repeated.field("values").to_pylist()[:limit])
-        raise ResumeError(f"resuming keys documents by id, but {len(repeated)} id(s) occur more than once "
-                          f"in the input (e.g. {examples}); make the ids unique or do not resume")
-    return len(ids)
+    total, missing, reasons = 0, 0, []
+    with tempfile.TemporaryDirectory(prefix="epee-resume-ids-") as tmp:
+        buckets = [open(os.path.join(tmp, f"{b:03d}"), "wb") for b in range(1 << BUCKET_BITS)]
+        try:
+            for batch in ds.map_batches(resume_prescan, batch_format="pyarrow", batch_size=None) \
+                    .iter_batches(batch_format="pyarrow", batch_size=None):
+                absent = batch.column("missing").to_numpy(zero_copy_only=False)
+                total += batch.num_rows
+                if absent.any():
+                    missing += int(absent.sum())
+                    if len(reasons) < limit:
+                        reasons += [p for p in batch.column("problem").filter(pa.array(absent)).to_pylist()
+                                    if p][: limit - len(reasons)]
+                _spill(batch.column("hash").to_numpy(zero_copy_only=False)[~absent], buckets)
+        finally:
+            for handle in buckets:
+                handle.close()
+        if missing:
+            raise ResumeError(f"resuming keys documents by id, but {missing} input record(s) have no usable id "
+                              f"(e.g. {'; '.join(reasons)}); fix them or do not resume")
+        repeated = _repeated_hashes(tmp)
+    if repeated:
+        duplicates = _verified_duplicates(ds, keys, repeated[:VERIFIED], hash_id)
+        if duplicates:
+            count = len(duplicates) if len(repeated) <= VERIFIED else f"at least {len(duplicates)}"
+            raise ResumeError(f"resuming keys documents by id, but {count} id(s) occur more than once "
+                              f"in the input (e.g. {_describe(sorted(duplicates)[:limit])}); make the ids unique "
+                              "or do not resume")
+    return total
+
+
+def _spill(hashes, buckets) -> None:
+    """Append each hash to the bucket file its top bits name."""
+    import numpy as np
+
+    hashes = np.sort(hashes)  # sorted by value is sorted by bucket
+    bounds = np.searchsorted(hashes >> np.uint64(64 - BUCKET_BITS), np.arange(len(buckets) + 1, dtype=np.uint64))
+    for b in np.flatnonzero(np.diff(bounds)):
+        buckets[b].write(hashes[bounds[b]:bounds[b + 1]].tobytes())
+
+
+def _repeated_hashes(directory: str) -> list[int]:
+    """The hashes found more than once, one bucket file in memory at a time."""
+    import numpy as np
+
+    repeated: list[int] = []
+    for name in sorted(os.listdir(directory)):
+        hashes = np.sort(np.fromfile(os.path.join(directory, name), dtype=np.uint64))
+        same = hashes[1:][hashes[1:] == hashes[:-1]]
+        repeated += [int(h) for h in np.unique(same)]
+    return repeated
+
+
+def _verified_duplicates(ds, keys, hashes: list[int], hash_id=id_hash) -> list[str]:
+    """The ids, among those with one of ``hashes``, that really occur more than once (a second pass)."""
+    wanted = set(hashes)
+
+    def resume_verify(block: pa.Table) -> pa.Table:
+        ids = [i for i in keys.with_problems(block)[0] if i is not None and hash_id(i) in wanted]
+        return pa.table({ID_COLUMN: pa.array(ids, pa.string())})
+
+    seen: dict[str, int] = {}
+    for batch in ds.map_batches(resume_verify, batch_format="pyarrow", batch_size=None) \
+            .iter_batches(batch_format="pyarrow", batch_size=None):
+        for doc_id in batch.column(ID_COLUMN).to_pylist():
+            seen[doc_id] = seen.get(doc_id, 0) + 1
+    return [doc_id for doc_id, count in seen.items() if count > 1]
 
 
 def _describe(values: Sequence[str]) -> str:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
 from .. import filesystem
-from ..formats import HeaderError, ReadOptions, Record, format_of, read_csv_header, read_stream, sniff_json
+from ..formats import FORMATS, HeaderError, ReadOptions, Record, format_of, read_csv_header, read_stream, sniff_json
 from ..formats.registry import split_name
 from ..vocab import NOTE_FORMATS
 from .errors import SettingError
@@ -59,11 +60,19 @@ def _keeps(fmt: str | None):
     return filesystem.visible
 
 
-def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[str, list[str]]:
-    """(format, files): one format per job, taken from ``fmt`` or the file names."""
+def _not_read(fmt: str | None) -> str:
+    """Why a listed file is not read by a notes job in format ``fmt`` (its name)."""
+    if fmt is None:
+        return f"file name says no notes format ({', '.join(NAMED_NOTE_FORMATS)}, json; also .gz/.bz2/.zst)"
+    return f"not a {', '.join(FORMATS[fmt].extensions)} file (format {fmt})"
+
+
+def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None,
+                        skipped: dict[str, str] | None = None) -> tuple[str, list[str]]:
+    """(format, files): one format per job, taken from ``fmt`` or the file names; ``skipped`` gets the rest."""
     if fmt is not None and fmt not in NOTE_FORMATS:
         raise SettingError(f"unsupported notes format {fmt!r}; supported: {', '.join(NOTE_FORMATS)}", "fmt")
-    files = filesystem.expand(specs, _keeps(fmt))
+    files = filesystem.expand(specs, _keeps(fmt), skipped, _not_read(fmt))
     if fmt is None:
         readable = [f for f in files if filesystem.problem(f) is None] or files
         formats = {note_format(f) for f in readable}
@@ -76,13 +85,13 @@ def resolve_note_inputs(specs: Sequence[str], fmt: str | None = None) -> tuple[s
     return fmt, files
 
 
-def resolve_image_inputs(specs: Sequence[str]) -> list[str]:
+def resolve_image_inputs(specs: Sequence[str], skipped: dict[str, str] | None = None) -> list[str]:
     """Image files: raster and DICOM extensions, plus extension-less files (common for DICOM)."""
     def keep(path: str) -> bool:
         name = os.path.basename(path)
         return filesystem.visible(path) and name.upper() != "DICOMDIR" and format_of(path, IMAGE_FORMATS) is not None
 
-    return filesystem.expand(specs, keep)
+    return filesystem.expand(specs, keep, skipped, "not an image or DICOM file by its name (or a DICOMDIR index)")
 
 
 # ----- notes ---------------------------------------------------------------------------
@@ -116,6 +125,8 @@ def note_passthrough_fields(fmt: str, files: Sequence[str], id_column: str, text
     if fmt in ("csv", "tsv"):
         for path in files:
             names = csv_header(path, fmt, options)
+            if not names:  # an empty file: its one error row says so when it is read
+                continue
             missing = [c for c in needed if c not in names]
             if missing:
                 # The header's names are not listed: in a file without a header they are note text.
@@ -216,7 +227,7 @@ def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_block
     """A Ray dataset of note records in ``fmt``, one row per record (module docstring)."""
     import ray.data
 
-    options = ReadOptions(options.encoding, options.on_bad_record, list(columns))
+    options = replace(options, columns=list(columns))
     schema = None
     if fmt in TYPED_FORMATS:
         first = _parquet_schema(files[0])

@@ -14,14 +14,19 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
-from .schema import STATUSES
+from .schema import INPUT_TASK, STATUS_ERROR, STATUSES
 
 if TYPE_CHECKING:
     from .publish import JobSink
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_PNG = "summary.png"
-_COLUMNS = ["doc_id", "task", "kind", "status", "label", "exit_layer", "num_layers"]
+_COLUMNS = ["doc_id", "task", "kind", "status", "label", "exit_layer", "num_layers", "start", "end", "head_start",
+            "head_end", "tail_start", "tail_end", "frame"]
+# What one record's rows never repeat (one row per span, pair or frame and task): a row repeated under
+# one id is another record with that id.
+_ROW_KEY = ["doc_id", "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "frame",
+            "label", "status"]
 
 
 def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: list[str] | None = None) -> pa.Table:
@@ -41,9 +46,15 @@ def read_output(dataset_dir: str | Path, partitioned: bool = False, columns: lis
 def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, float], job: str) -> dict[str, Any]:
     """Summary dict of the dataset in ``dataset_dir``; ``timings`` holds wall_s, pipeline_s, ray_start_s."""
     frame = read_output(dataset_dir, partitioned, _COLUMNS).to_pandas()
-    # One document = one distinct id; rows without an id are each a separate bad input.
-    documents = int(frame["doc_id"].nunique()) + int(frame["doc_id"].isna().sum())
+    # One document = one record: distinct ids, plus rows without an id (each a separate bad input),
+    # plus the records that repeat an id.
+    repeats = _records_per_id(frame)
+    documents = int(frame["doc_id"].nunique()) + int(frame["doc_id"].isna().sum()) + int((repeats - 1).sum())
     status = {s: int((frame["status"] == s).sum()) for s in STATUSES}
+    # A bad record (or unreadable file) is one error row about the whole input: task "input" for notes,
+    # kind "image" for images (a frame's error is that frame's).
+    whole = frame["task"] == INPUT_TASK if job != "images" else frame["kind"] == "image"
+    bad_records = int(((frame["status"] == STATUS_ERROR) & whole).sum())
     tasks: dict[str, Any] = {}
     answered = frame[frame["exit_layer"].notna() & frame["task"].notna()]
     for task, group in answered.groupby("task", sort=True):
@@ -68,6 +79,8 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
         "job": job,
         "rows": int(len(frame)),
         "documents": documents,
+        "bad_records": bad_records,
+        "duplicate_ids": {"ids": int((repeats > 1).sum()), "extra_records": int((repeats - 1).sum())},
         "rows_per_status": status,
         "tasks": tasks,
         "layer_speedup": overall,
@@ -80,6 +93,17 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
     }
 
 
+def _records_per_id(frame) -> "pd.Series":  # noqa: F821
+    """How many records each id had, as far as the rows show: the most times one row repeats under it.
+
+    A lower bound: two records with one id whose rows all differ (other text) look like one.
+    """
+    rows = frame[frame["doc_id"].notna()]
+    if rows.empty:
+        return rows.groupby("doc_id").size()
+    return rows.groupby(_ROW_KEY, dropna=False, observed=True).size().groupby(level="doc_id").max()
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """Human-readable summary lines (counts only: no text, no ids)."""
     t = summary["throughput"]
@@ -90,6 +114,14 @@ def format_summary(summary: dict[str, Any]) -> str:
         f"{t['docs_per_s']:.1f} inputs/s, {t['rows_per_s']:.1f} rows/s"
         + (f", {t['images_per_s']:.1f} images/s" if "images_per_s" in t else ""),
     ]
+    duplicates = summary.get("duplicate_ids") or {}
+    if duplicates.get("ids"):
+        lines.append(f"duplicate ids: {duplicates['ids']} id(s) held by more than one record "
+                     f"({duplicates['extra_records']} extra record(s); at least, as the rows show)")
+    skipped = summary.get("skipped_files") or {}
+    if skipped.get("count"):
+        reasons = "; ".join(f"{n} {reason}" for reason, n in skipped["reasons"].items())
+        lines.append(f"skipped {skipped['count']} listed file(s), not read: {reasons} (named in summary.json)")
     for task, info in summary["tasks"].items():
         labels = ", ".join(f"{k} {v}" for k, v in info["labels"].items())
         histogram = " ".join(f"L{k}:{v}" for k, v in info["exit_layers"].items())
