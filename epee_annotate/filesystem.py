@@ -305,10 +305,10 @@ def list_files(spec: str, keep: Callable[[str], bool], skipped: dict[str, str] |
                reason: str = "not an input of this job") -> list[str]:
     """Files (as URIs) named by a URI to a file, a directory prefix or a glob; sorted."""
     with bounded(spec):
-        return _list_files(spec, keep)
+        return _list_files(spec, keep, skipped, reason)
 
 
-def _list_files(spec: str, keep: Callable[[str], bool]) -> list[str]:
+def _list_files(spec: str, keep: Callable[[str], bool], skipped: dict[str, str] | None, reason: str) -> list[str]:
     pafs = _pyarrow_fs()
     fs, path = resolve(spec)
     prefix = scheme(spec)
