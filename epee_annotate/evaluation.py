@@ -16,7 +16,7 @@ for a few chosen policies (``time_policies``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm

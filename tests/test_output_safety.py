@@ -4,13 +4,11 @@ No Ray here: the sink, the lock and the recovery are exercised directly, and the
 refused before any job starts. The Ray-level scenarios are in ``benchmarks/faults.py``.
 """
 
-import json
 import logging
 import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
