@@ -316,6 +316,101 @@ def _optimizer(model: MultiExitModel, config: TrainConfig) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=config.lr)
 
 
+@dataclass
+class _Run:
+    """What every epoch of one training run needs."""
+
+    model: MultiExitModel
+    config: TrainConfig
+    examples: Sequence[Example]
+    targets: list[int]
+    rows: list[EncodedRow]
+    exit_weights: torch.Tensor
+    class_weights: torch.Tensor | None
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    lazy_images: bool  # images are decoded per batch: all pixels at once may not fit in memory
+
+
+def _check_run(model: MultiExitModel, train_examples: Sequence[Example], dev_examples: Sequence[Example], out: Path,
+               config: TrainConfig, resume: bool, overwrite: bool) -> None:
+    if not train_examples or not dev_examples:
+        raise ValueError("training needs non-empty train and dev examples")
+    if not resume and not overwrite and ((out / CONFIG_NAME).exists() or (out / STATE_DIR).exists()):
+        raise ValueError(f"{str(out)!r} already holds a training run; resume it, overwrite it, or pick another folder")
+    if config.metric == "micro_f1_positive" and config.negative_label not in model.labels:
+        raise ValueError(f"metric micro_f1_positive needs the negative label {config.negative_label!r} among the labels")
+
+
+def _prepare(model: MultiExitModel, train_examples: Sequence[Example], dev_examples: Sequence[Example],
+             config: TrainConfig) -> _Run:
+    """Encode the data (failing before the first epoch, not after it), weights, device, optimizer and schedule."""
+    targets = label_ids(model.labels, train_examples, "training")
+    label_ids(model.labels, dev_examples, "dev")
+    device = resolve_device(config.device)
+    model.to(device)
+    lazy_images = model.task == "image"
+    # Images: length-0 placeholders so model.batches can group them; pixels are made per batch.
+    rows = [EncodedRow(0, False)] * len(train_examples) if lazy_images else encode_examples(
+        model, train_examples, "training")
+    if not lazy_images:
+        encode_examples(model, dev_examples, "dev")
+    total_steps = math.ceil(len(train_examples) / config.batch_size) * config.epochs
+    optimizer = _optimizer(model, config)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
+    return _Run(model, config, train_examples, targets, rows, exit_weight_vector(config.exit_weights, model.num_layers),
+                class_weight_vector(config.class_weights, targets, len(model.labels)), device, optimizer, scheduler,
+                lazy_images)
+
+
+def _resume(run: _Run, state_dir: Path, sizes: dict[str, int]) -> tuple[list[dict[str, Any]], int, float, int]:
+    """(history, best epoch, best score, first epoch to run) of the saved run, its schedule restored."""
+    info = load_state(state_dir, run.model, run.optimizer, run.scheduler)
+    _check_resume(info, run.model, run.config, sizes)
+    # The scheduler keeps this run's schedule (a longer run re-plans the decay over the new
+    # total) and the saved step count; put the optimizer's rate on that schedule.
+    scheduler = run.scheduler
+    for group, base_lr, schedule in zip(run.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+        group["lr"] = base_lr * schedule(scheduler.last_epoch)
+    logger.info("resuming after epoch %d of %d", info["epoch"], run.config.epochs)
+    return info["history"], info["best_epoch"], info["best_score"], info["epoch"] + 1
+
+
+def _train_epoch(run: _Run, epoch: int) -> tuple[float, float]:
+    """One pass over the training data; (mean loss, last-exit accuracy on it)."""
+    model, config = run.model, run.config
+    seed_everything(config.seed + epoch)
+    model.train()
+    batches = epoch_batches(model, run.rows, config.batch_size, random.Random(config.seed + epoch))
+    total_loss, correct, seen = 0.0, 0, 0
+    for group in progress(batches, f"epoch {epoch}/{config.epochs}", "batch", config.progress, logger=logger):
+        batch_rows = encode_examples(model, [run.examples[i] for i in group], "training") if run.lazy_images else [
+            run.rows[i] for i in group
+        ]
+        targets = torch.tensor([run.targets[i] for i in group], device=run.device)
+        logits = model(model.collate(batch_rows))
+        loss = multi_exit_loss(logits, targets, run.exit_weights, run.class_weights,
+                               config.distill_alpha if config.distill else 0.0, config.distill_temperature)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        run.optimizer.step()
+        run.scheduler.step()
+        run.optimizer.zero_grad(set_to_none=True)
+        total_loss += float(loss.detach()) * len(group)
+        correct += int((logits[-1].argmax(-1) == targets).sum())
+        seen += len(group)
+    return total_loss / seen, correct / seen
+
+
+def _stop_early(config: TrainConfig, history: list, epoch: int, best_epoch: int) -> bool:
+    if config.early_stopping is None or not history or epoch - 1 - best_epoch < config.early_stopping:
+        return False
+    logger.info("early stopping: no better dev %s of the last exit for %d epochs (best: epoch %d)",
+                config.metric, config.early_stopping, best_epoch)
+    return True
+
+
 def train(
     model: MultiExitModel,
     train_examples: Sequence[Example],
@@ -335,47 +430,18 @@ def train(
     config.check()
     out = Path(out_dir)
     state_dir = out / STATE_DIR
-    if not train_examples or not dev_examples:
-        raise ValueError("training needs non-empty train and dev examples")
-    if not resume and not overwrite and ((out / CONFIG_NAME).exists() or state_dir.exists()):
-        raise ValueError(f"{str(out)!r} already holds a training run; resume it, overwrite it, or pick another folder")
-    if config.metric == "micro_f1_positive" and config.negative_label not in model.labels:
-        raise ValueError(f"metric micro_f1_positive needs the negative label {config.negative_label!r} among the labels")
-    train_y = label_ids(model.labels, train_examples, "training")
-    label_ids(model.labels, dev_examples, "dev")
-    exit_weights = exit_weight_vector(config.exit_weights, model.num_layers)
-    class_weights = class_weight_vector(config.class_weights, train_y, len(model.labels))
-    device = resolve_device(config.device)
-    model.to(device)
-    lazy_images = model.task == "image"  # images are decoded per batch: all pixels at once may not fit in memory
-    # Images: length-0 placeholders so model.batches can group them; pixels are made per batch.
-    rows = [EncodedRow(0, False)] * len(train_examples) if lazy_images else encode_examples(
-        model, train_examples, "training")
-    if not lazy_images:
-        encode_examples(model, dev_examples, "dev")  # fail before the first epoch, not after it
+    _check_run(model, train_examples, dev_examples, out, config, resume, overwrite)
+    run = _prepare(model, train_examples, dev_examples, config)
     sizes = {"train": len(train_examples), "dev": len(dev_examples)}
-    steps_per_epoch = math.ceil(len(train_examples) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
-    optimizer = _optimizer(model, config)
-    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
-
     history: list[dict[str, Any]] = []
     best_epoch, best_score, start = 0, -math.inf, 1
     if resume:
-        info = load_state(state_dir, model, optimizer, scheduler)
-        _check_resume(info, model, config, sizes)
-        history, best_epoch, best_score = info["history"], info["best_epoch"], info["best_score"]
-        start = info["epoch"] + 1
-        # The scheduler keeps this run's schedule (a longer run re-plans the decay over the new
-        # total) and the saved step count; put the optimizer's rate on that schedule.
-        for group, base_lr, schedule in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base_lr * schedule(scheduler.last_epoch)
-        logger.info("resuming after epoch %d of %d", start - 1, config.epochs)
+        history, best_epoch, best_score, start = _resume(run, state_dir, sizes)
     base_training = {
         "config": asdict(config), "seed": config.seed, "sizes": sizes,
         "train_label_counts": dict(sorted(Counter(e.label for e in train_examples).items())),
         "dev_label_counts": dict(sorted(Counter(e.label for e in dev_examples).items())),
-        "exit_weights": exit_weights.tolist(), "environment": run_environment(device),
+        "exit_weights": run.exit_weights.tolist(), "environment": run_environment(run.device),
         # Calibration refuses data that overlaps this dev set: it chose the best epoch.
         "dev_fingerprint": dev_fingerprint([e.input for e in dev_examples]),
     }
@@ -383,60 +449,46 @@ def train(
     run_start = time.monotonic()
     stopped_early = False
     for epoch in range(start, config.epochs + 1):
-        if config.early_stopping is not None and history and epoch - 1 - best_epoch >= config.early_stopping:
+        if _stop_early(config, history, epoch, best_epoch):
             stopped_early = True
-            logger.info("early stopping: no better dev %s of the last exit for %d epochs (best: epoch %d)",
-                        config.metric, config.early_stopping, best_epoch)
             break
         epoch_start = time.monotonic()
-        seed_everything(config.seed + epoch)
-        model.train()
-        batches = epoch_batches(model, rows, config.batch_size, random.Random(config.seed + epoch))
-        total_loss, correct, seen = 0.0, 0, 0
-        for group in progress(batches, f"epoch {epoch}/{config.epochs}", "batch", config.progress, logger=logger):
-            batch_rows = encode_examples(model, [train_examples[i] for i in group], "training") if lazy_images else [
-                rows[i] for i in group
-            ]
-            targets = torch.tensor([train_y[i] for i in group], device=device)
-            logits = model(model.collate(batch_rows))
-            loss = multi_exit_loss(logits, targets, exit_weights, class_weights,
-                                   config.distill_alpha if config.distill else 0.0, config.distill_temperature)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            total_loss += float(loss.detach()) * len(group)
-            correct += int((logits[-1].argmax(-1) == targets).sum())
-            seen += len(group)
+        loss, accuracy = _train_epoch(run, epoch)
         dev = evaluate_exits(model, dev_examples, config.eval_batch_size, config.negative_label, config.progress)
         score = dev[-1][config.metric]
-        history.append({"epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": correct / seen,
-                        "lr": scheduler.get_last_lr()[0], "dev": dev})
+        history.append({"epoch": epoch, "train_loss": loss, "train_accuracy": accuracy,
+                        "lr": run.scheduler.get_last_lr()[0], "dev": dev})
         now = time.monotonic()
         logger.info("epoch %d/%d: train loss %.4f, dev %s of the last exit %.4f (%.0f s; %.0f s in all)", epoch,
-                    config.epochs, total_loss / seen, config.metric, score, now - epoch_start, now - run_start)
+                    config.epochs, loss, config.metric, score, now - epoch_start, now - run_start)
         if score > best_score:
             best_epoch, best_score = epoch, score
             model.config.training = {**base_training, "epochs": epoch, "best_epoch": epoch, "metric": config.metric,
                                      "best_score": score, "dev_metrics": dev, "history": history}
             model.save_pretrained(out)
-        save_state(state_dir, model, optimizer, scheduler, {
+        save_state(state_dir, model, run.optimizer, run.scheduler, {
             "epoch": epoch, "task": model.task, "labels": model.labels, "config": asdict(config), "sizes": sizes,
             "history": history, "best_epoch": best_epoch, "best_score": best_score,
         })
+    training = {**base_training, "epochs": len(history), "planned_epochs": config.epochs,
+                "stopped_early": stopped_early, "best_epoch": best_epoch, "metric": config.metric,
+                "best_score": best_score, "dev_metrics": history[best_epoch - 1]["dev"], "history": history}
+    _keep_best(model, out, training, state_dir if not keep_state else None)
+    return TrainResult(out, config.metric, best_epoch, best_score, len(history), training["dev_metrics"], history,
+                       stopped_early)
 
-    # Record the finished run in the best checkpoint's config, then hand back the best weights.
+
+def _keep_best(model: MultiExitModel, out: Path, training: dict[str, Any], state_dir: Path | None) -> None:
+    """Record the finished run in the best checkpoint's config, then hand back the best weights.
+
+    ``state_dir``: the optimizer state to delete (~2x the weights; only a later resume needs it).
+    """
     saved = read_config(out)
-    dev_best = history[best_epoch - 1]["dev"]
-    saved.training = {**base_training, "epochs": len(history), "planned_epochs": config.epochs,
-                      "stopped_early": stopped_early, "best_epoch": best_epoch, "metric": config.metric,
-                      "best_score": best_score, "dev_metrics": dev_best, "history": history}
+    saved.training = training
     write_config(saved, out)
     read_weights(model, out)
     model.config.training, model.config.weights_sha256 = saved.training, saved.weights_sha256
     model.weights_sha256 = verify_weights(out, saved)
-    if not keep_state:  # optimizer state is ~2x the weights; only a later --resume needs it
+    if state_dir is not None:
         shutil.rmtree(state_dir, ignore_errors=True)
     model.eval()
-    return TrainResult(out, config.metric, best_epoch, best_score, len(history), dev_best, history, stopped_early)
