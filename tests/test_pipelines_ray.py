@@ -304,8 +304,14 @@ def test_existing_output_is_refused_and_kept(local_ray, text_checkpoint, tmp_pat
             *COMMON]
     assert main(args) == 2
     assert (out / "keep.txt").read_text() == "previous results"
-    assert main(args + ["--overwrite"]) == 0
-    assert not (out / "keep.txt").exists() and read(out).num_rows == 1
+    # --overwrite replaces only an output of this tool (one with its _SUCCESS manifest): not this folder.
+    assert main(args + ["--overwrite"]) == 2
+    assert (out / "keep.txt").read_text() == "previous results"
+    ours = ["--out" if a == "--out" else str(tmp_path / "ours") if a == str(out) else a for a in args]
+    assert main(ours) == 0
+    assert main(ours) == 2  # an existing output is refused ...
+    assert main(ours + ["--overwrite"]) == 0  # ... and replaced with --overwrite
+    assert read(tmp_path / "ours").num_rows == 1
 
 
 def test_a_pool_that_takes_every_cpu_is_refused_not_left_hanging(local_ray, text_checkpoint, tmp_path, capsys):
