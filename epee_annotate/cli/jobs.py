@@ -18,7 +18,8 @@ FLAGS = {
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
-    "on_bad_record": "--on-bad-record",
+    "on_bad_record": "--on-bad-record", "note_id_column": "--note-id-column", "concept_map": "--concept-map",
+    "note_nlp": "--note-nlp",
 }
 
 
@@ -130,10 +131,24 @@ def run_notes(args: argparse.Namespace) -> int:
         return run_notes_job(NotesJob(inputs=args.inputs, source=source, options=_options(args),
                                       id_column=args.id_column, text_column=args.text_column,
                                       keep_columns=_split_columns(args.keep_columns), fmt=args.format,
-                                      encoding=args.encoding, on_bad_record=args.on_bad_record))
+                                      encoding=args.encoding, on_bad_record=args.on_bad_record,
+                                      note_nlp=_note_nlp(args)))
 
     _print_summary(_with_flags(run))
     return 0
+
+
+def _note_nlp(args: argparse.Namespace):
+    """``--note-nlp`` options; its companions without it are refused (they would reach nothing)."""
+    from ..pipelines.errors import SettingError
+    from ..pipelines.note_nlp import NoteNlpOptions
+
+    if not args.note_nlp:
+        given = [name for name in ("note_id_column", "concept_map") if getattr(args, name)]
+        if given:
+            raise SettingError("these options shape the NOTE_NLP dataset; add --note-nlp", *given, "note_nlp")
+        return None
+    return NoteNlpOptions(args.note_id_column, args.concept_map)
 
 
 def run_images(args: argparse.Namespace) -> int:
@@ -171,6 +186,14 @@ def register(subparsers) -> None:
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")
     notes.add_argument("--include-text", action="store_true",
                        help="write the annotated text spans (PHI!) in a 'text' column; off by default")
+    omop = notes.add_argument_group("OMOP CDM")
+    omop.add_argument("--note-nlp", action="store_true",
+                      help="also write an OMOP CDM v5.4 NOTE_NLP dataset in OUT/note_nlp/ (note ids must be integers)")
+    omop.add_argument("--note-id-column", default=None,
+                      help="--note-nlp: integer column with the OMOP note_id (default: --id-column)")
+    omop.add_argument("--concept-map", default=None, metavar="CSV",
+                      help="--note-nlp: CSV component,label,concept_id,source_concept_id (component 'section' "
+                           "maps section categories); unmapped values get concept 0")
     source = notes.add_argument_group("pipeline (exactly one)")
     source.add_argument("--pipeline", default=None, help="directory written by nlp.to_disk")
     source.add_argument("--config", default=None, help="spaCy config file (.cfg)")

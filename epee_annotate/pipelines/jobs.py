@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -25,6 +26,8 @@ from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
 from ..extras import require
 from .errors import SettingError
+from ..omop import NoteNlpWriter, has_context
+from .note_nlp import NoteNlpOptions, check_note_id_type
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
 from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
@@ -101,6 +104,7 @@ class NotesJob:
     annotator: type = NoteAnnotator  # the actor class (tests inject a subclass that fails on purpose)
     encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
+    note_nlp: NoteNlpOptions | None = None  # also write the OMOP NOTE_NLP dataset (``note_nlp``)
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
@@ -172,10 +176,12 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float) -> dict[str, Any]:
+            started: float, ray_start_s: float,
+            derived: Callable[[JobSink], list[str]] | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
+    ``derived`` writes further datasets from the written rows and returns their names.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -200,11 +206,14 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
                 "the cluster may be busy or too small, or loading the model is slow"
             ) from error
+        names = derived(sink) if derived is not None else []
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
         summary["output"] = sink.out
         summary["dataset"] = sink.location(MAIN_DATASET)
+        if names:
+            summary["datasets"] = {name: sink.location(name) for name in names}
         write_summary(summary, sink)
     return summary
 
@@ -232,17 +241,31 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     _check_job(options)
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
-    columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
+    note_nlp = job.note_nlp
+    columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns), note_nlp is not None,
+                          note_nlp.note_id_column if note_nlp else None)
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
                                           job.read_options)
+    concept_map = note_nlp.read_map() if note_nlp else None
+    if note_nlp:
+        check_note_id_type(fmt, files, columns.note_id_source, job.id_column)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "device": options.actors.device, "autocast": options.autocast}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
-    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
+    nlp = job.source.load({**settings, "device": "cpu", "autocast": None})
+    components = component_info(nlp)
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
-    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
-                               _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
+    more: dict[str, Any] = {"pipeline": job.source.describe()}
+    derived = None
+    if note_nlp:
+        more["note_nlp"] = {"note_id_column": columns.note_id_source, "concept_map": note_nlp.concept_map,
+                            "concepts_mapped": len(concept_map.concepts)}
+        writer = NoteNlpWriter({c["task"]: c for c in components}, __version__, concept_map, has_context(nlp),
+                               options.include_text)
+        derived = partial(_write_note_nlp, writer=writer, options=options)
+    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text, note_nlp is not None),
+                               _metadata("notes", components, inputs, options, **more))
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
@@ -250,7 +273,14 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s)
+        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, derived)
+
+
+def _write_note_nlp(sink: JobSink, writer: NoteNlpWriter, options: JobOptions) -> list[str]:
+    from .note_nlp import DATASET, write_note_nlp
+
+    write_note_nlp(sink, writer, options.partition_by_task, MAIN_DATASET)
+    return [DATASET]
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
@@ -262,6 +292,10 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
     options = job.options
     if options.resume:
         check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), keys)
+    if columns.note_nlp:
+        from .note_nlp import check_note_ids
+
+        check_note_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), columns)
     return options.actors.map_batches(
         read_notes(columns.fmt, files, columns.read_columns, options=job.read_options),
         job.annotator,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -176,10 +176,19 @@ class NoteColumns:
     id_column: str = "id"
     text_column: str = "text"
     keep_columns: tuple[str, ...] = ()
+    note_nlp: bool = False  # read an OMOP note id (``note_id_column``, else the id column) per note
+    note_id_column: str | None = None
+
+    @property
+    def note_id_source(self) -> str:
+        return self.note_id_column or self.id_column
 
     @property
     def read_columns(self) -> list[str]:
-        return [self.id_column, self.text_column, *self.keep_columns]
+        columns = [self.id_column, self.text_column, *self.keep_columns]
+        if self.note_nlp and self.note_id_source not in columns:
+            columns.append(self.note_id_source)
+        return columns
 
 
 @dataclass
@@ -188,6 +197,8 @@ class NoteInput:
     text: str | None
     keep: dict[str, Any]
     error: str | None = None
+    note_id: int | None = None  # OMOP note id (``NoteColumns.note_nlp`` only)
+    note_id_problem: str | None = None
 
 
 def _doc_id(value: Any) -> str | None:
@@ -255,6 +266,17 @@ def _note_input(record: dict[str, Any], error: str | None, where: str, columns: 
                 as_strings: bool) -> NoteInput:
     """The NoteInput of one parsed record; ``error`` is a read error found earlier."""
     keep = {c: _keep_value(record.get(c), as_strings) for c in columns.keep_columns}
+    if columns.note_nlp:
+        from .note_nlp import note_id_or_problem
+
+        note = _note_input(record, error, where, replace(columns, note_nlp=False), as_strings)
+        if note.error is not None:
+            return note
+        note_id, problem = note_id_or_problem(record.get(columns.note_id_source), where)
+        if note_id is None and problem is None:
+            problem = f"{where}missing note_id (column {columns.note_id_source!r})"
+            return replace(note, error=problem)
+        return replace(note, note_id=note_id, note_id_problem=problem, error=problem)
     try:
         doc_id = _doc_id(record.get(columns.id_column))
     except ValueError as problem:
@@ -308,6 +330,8 @@ class NoteAnnotator:
         rows: list[dict[str, Any]] = []
         for index, note in enumerate(notes):
             base = {"doc_id": note.doc_id, **note.keep}
+            if note.note_id is not None:
+                base["note_id"] = note.note_id
             if note.error is not None:
                 rows.append(input_row(base, STATUS_ERROR, note.error))
             elif index in failed:
@@ -340,6 +364,13 @@ class NoteAnnotator:
         from ..components.records import doc_annotations
 
         annotations = doc_annotations(doc, include_text=self.include_text)
+        if self.columns.note_nlp and annotations:
+            from ..omop import NoteNlpError, with_note_nlp_ids
+
+            try:
+                annotations = with_note_nlp_ids(annotations, base["note_id"])
+            except NoteNlpError as error:
+                return [input_row(base, STATUS_ERROR, str(error))]
         if not annotations:
             row = {**input_row(base, STATUS_OK), "start": 0, "end": len(doc.text)}
             if self.include_text:

@@ -99,6 +99,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         )
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
+    for name, location in summary.get("datasets", {}).items():
+        lines.append(f"{name}: {location}")
     return "\n".join(lines)
 
 
