@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
@@ -19,7 +20,7 @@ FLAGS = {
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
     "on_bad_record": "--on-bad-record", "note_id_column": "--note-id-column", "concept_map": "--concept-map",
-    "note_nlp": "--note-nlp",
+    "note_nlp": "--note-nlp", "audit_fraction": "--audit-fraction",
 }
 
 
@@ -132,9 +133,21 @@ def run_notes(args: argparse.Namespace) -> int:
                                       id_column=args.id_column, text_column=args.text_column,
                                       keep_columns=_split_columns(args.keep_columns), fmt=args.format,
                                       encoding=args.encoding, on_bad_record=args.on_bad_record,
-                                      note_nlp=_note_nlp(args)))
+                                      note_nlp=_note_nlp(args), audit_fraction=args.audit_fraction))
 
-    _print_summary(_with_flags(run))
+    summary = _with_flags(run)
+    _print_summary(summary)
+    from ..pipelines.audit import exceeded
+
+    broken = exceeded(summary)
+    if args.audit_strict and not summary.get("audit"):
+        print("audit: no component was audited (its checkpoint carries no calibration and no --audit-fraction "
+              "was given), so --audit-strict has nothing to check; the output is published", file=sys.stderr)
+        return 1
+    if broken and args.audit_strict:
+        print(f"audit: the early answers of {', '.join(broken)} disagree with full depth more than calibration "
+              "promised (--audit-strict); the output is published", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -194,6 +207,14 @@ def register(subparsers) -> None:
     omop.add_argument("--concept-map", default=None, metavar="CSV",
                       help="--note-nlp: CSV component,label,concept_id,source_concept_id (component 'section' "
                            "maps section categories); unmapped values get concept 0")
+    audit = notes.add_argument_group("audit of the early answers")
+    audit.add_argument("--audit-fraction", type=float, default=None, metavar="F",
+                       help="share of documents (chosen by a hash of their text: the same ones on every run) also "
+                            "run to full depth, to check calibration's disagreement bound on this data; default: "
+                            "0.05 for checkpoints that carry a calibration, else off; 0 turns it off")
+    audit.add_argument("--audit-strict", action="store_true",
+                       help="exit with status 1 when the audit finds the bound exceeded (the output is still "
+                            "published)")
     source = notes.add_argument_group("pipeline (exactly one)")
     source.add_argument("--pipeline", default=None, help="directory written by nlp.to_disk")
     source.add_argument("--config", default=None, help="spaCy config file (.cfg)")

@@ -31,6 +31,7 @@ from spacy.pipeline import Pipe
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch, raise_error
 
+from ..calibration.audit import AuditCounter, audited, effective_fraction, promised_bound
 from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
 from ..policies import ExitPolicy, resolve_policy
@@ -120,6 +121,7 @@ class EpeeComponent(Pipe):
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
+        audit_fraction: float | None = None,
     ):
         if checkpoint is None:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
@@ -129,6 +131,8 @@ class EpeeComponent(Pipe):
             raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        if audit_fraction is not None and not 0.0 <= audit_fraction <= 1.0:
+            raise ValueError(f"audit_fraction must be in [0, 1], got {audit_fraction}")
         register_extensions()
         quiet_medspacy()
         self.nlp = nlp
@@ -143,6 +147,9 @@ class EpeeComponent(Pipe):
         self.min_confidence = min_confidence
         self.none_label = none_label
         self.expected_labels = list(expected_labels) if expected_labels else None
+        # null: audit DEFAULT_AUDIT_FRACTION of the docs when the checkpoint carries a calibration, else none
+        self.audit_fraction = audit_fraction
+        self._audit: AuditCounter | None = None
         # Loaded on first use: spacy.load builds components from the saved config (the original
         # checkpoint path) and then calls from_disk, which points them at the saved copy.
         self._model: MultiExitModel | None = None
@@ -182,6 +189,19 @@ class EpeeComponent(Pipe):
     def policy(self) -> ExitPolicy:
         """The exit policy in use: the configured one, else the checkpoint's default."""
         return self._policy if self._policy is not None else self.multi_exit_model.default_policy
+
+    @property
+    def audit_fraction_in_use(self) -> float:
+        """The share of docs also run to full depth (``calibration.audit``)."""
+        return effective_fraction(self.audit_fraction, self.multi_exit_model.config.calibration)
+
+    @property
+    def audit(self) -> AuditCounter:
+        """Running audit counts and verdict against the checkpoint's promised disagreement bound."""
+        if self._audit is None:
+            promised, source = promised_bound(self.multi_exit_model.config.calibration, self.policy.to_dict())
+            self._audit = AuditCounter(promised, source)
+        return self._audit
 
     @property
     def labels(self) -> list[str]:
@@ -235,7 +255,14 @@ class EpeeComponent(Pipe):
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
-        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size) if inputs else []
+        fraction = self.audit_fraction_in_use
+        audit = ([audited(doc.text, fraction) for doc, items in zip(docs, per_doc) for _ in items]
+                 if fraction and inputs else None)
+        predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size, audit=audit)
+                       if inputs else [])
+        for prediction in predictions:
+            if prediction.full_label is not None:
+                self.audit.add(prediction.label, prediction.full_label, prediction.exit_layer)
         failed = sum(not p.ok for p in predictions)
         if failed:
             logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))

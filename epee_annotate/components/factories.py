@@ -35,6 +35,7 @@ COMMON: Dict[str, tuple] = {
     "autocast": (Optional[str], None),
     "min_confidence": (Optional[float], None),
     "none_label": (str, "none"),
+    "audit_fraction": (Optional[float], None),
 }
 SPAN_SOURCE = {"spans_key": (Optional[str], None), "span_labels": (Optional[List[str]], None)}
 PAIRS = {"max_pairs_per_doc": (int, 1000), **SPAN_SOURCE}

@@ -105,6 +105,9 @@ class NotesJob:
     encoding: str = "utf-8"  # declared text encoding of the inputs (``formats.ReadOptions``)
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
     note_nlp: NoteNlpOptions | None = None  # also write the OMOP NOTE_NLP dataset (``note_nlp``)
+    # Share of docs also run to full depth (``calibration.audit``); None: each component's setting
+    # (by default DEFAULT_AUDIT_FRACTION when its checkpoint carries a calibration, else 0).
+    audit_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
@@ -114,6 +117,8 @@ class NotesJob:
             self.read_options = ReadOptions(self.encoding, self.on_bad_record)
         except ValueError as error:  # an unknown encoding
             raise SettingError(str(error), "encoding") from None
+        if self.audit_fraction is not None and not 0.0 <= self.audit_fraction <= 1.0:
+            raise SettingError(f"the audit fraction must be in [0, 1], got {self.audit_fraction}", "audit_fraction")
 
 
 @dataclass
@@ -214,6 +219,8 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
         summary["dataset"] = sink.location(MAIN_DATASET)
         if names:
             summary["datasets"] = {name: sink.location(name) for name in names}
+        if "audit" in sink.extra:
+            summary["audit"] = sink.extra["audit"]
         write_summary(summary, sink)
     return summary
 
@@ -250,21 +257,22 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     if note_nlp:
         check_note_id_type(fmt, files, columns.note_id_source, job.id_column)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
-                "device": options.actors.device, "autocast": options.autocast}
+                "device": options.actors.device, "autocast": options.autocast, "audit_fraction": job.audit_fraction}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
     nlp = job.source.load({**settings, "device": "cpu", "autocast": None})
     components = component_info(nlp)
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
     more: dict[str, Any] = {"pipeline": job.source.describe()}
-    derived = None
+    writer = None
     if note_nlp:
         more["note_nlp"] = {"note_id_column": columns.note_id_source, "concept_map": note_nlp.concept_map,
                             "concepts_mapped": len(concept_map.concepts)}
         writer = NoteNlpWriter({c["task"]: c for c in components}, __version__, concept_map, has_context(nlp),
                                options.include_text)
-        derived = partial(_write_note_nlp, writer=writer, options=options)
-    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text, note_nlp is not None),
+    audit = any(c["audit_fraction"] > 0 for c in components)
+    derived = partial(_write_derived, writer=writer, components=components if audit else None, options=options)
+    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text, note_nlp is not None, audit),
                                _metadata("notes", components, inputs, options, **more))
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
@@ -276,11 +284,19 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, derived)
 
 
-def _write_note_nlp(sink: JobSink, writer: NoteNlpWriter, options: JobOptions) -> list[str]:
-    from .note_nlp import DATASET, write_note_nlp
+def _write_derived(sink: JobSink, writer: NoteNlpWriter | None, components: list[dict[str, Any]] | None,
+                   options: JobOptions) -> list[str]:
+    """NOTE_NLP (with a writer) and the audit (with auditing components) from the written annotations."""
+    from . import audit, note_nlp
 
-    write_note_nlp(sink, writer, options.partition_by_task, MAIN_DATASET)
-    return [DATASET]
+    names = []
+    if writer is not None:
+        note_nlp.write_note_nlp(sink, writer, options.partition_by_task, MAIN_DATASET)
+        names.append(note_nlp.DATASET)
+    if components is not None:
+        audit.write_audit(sink, components, options.partition_by_task, MAIN_DATASET)
+        names.append(audit.DATASET)
+    return names
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],

@@ -1,9 +1,7 @@
 """``--note-nlp``: the notes job's OMOP ``NOTE_NLP`` dataset (``omop`` module), written through the job's sink.
 
 The annotator puts ``note_id`` and ``note_nlp_id`` on every annotation row; once the annotations
-are written (resumed runs included), each of their Parquet files becomes one NOTE_NLP file of the
-same name in ``<out>/note_nlp/``, so the dataset always matches the annotations it came from and
-the sink's manifest and publish step cover it. Note ids are checked up front: integers only
+are written (resumed runs included), they become ``<out>/note_nlp/`` (``derived.write_derived``). Note ids are checked up front: integers only
 (``omop.note_id_value``) and unique, since ``note_nlp_id`` packs them.
 """
 
@@ -14,13 +12,12 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from .. import storage
 from ..omop import ConceptMap, NoteNlpError, NoteNlpWriter, note_id_value
 from .errors import SettingError
 
 DATASET = "note_nlp"
 _READ = ["task", "kind", "start", "head_start", "tail_start", "label", "exit_layer", "confidence", "error",
-         "context", "section", "note_id", "note_nlp_id"]
+         "context", "section", "note_id", "note_nlp_id", "text", "snippet"]
 
 
 @dataclass(frozen=True)
@@ -100,28 +97,9 @@ def note_id_or_problem(value: Any, where: str) -> tuple[int | None, str | None]:
 
 
 def write_note_nlp(sink, writer: NoteNlpWriter, partitioned: bool, annotations: str) -> None:
-    """NOTE_NLP files beside the annotation files of ``annotations`` in the sink (one per file, same name)."""
-    import pyarrow.dataset as pads
+    """The NOTE_NLP dataset of the staged ``annotations`` (``derived.write_derived``)."""
+    from ..omop import NOTE_NLP_SCHEMA
+    from .derived import write_derived
 
-    storage.delete_tree(sink.staged(DATASET))  # a crashed earlier attempt: its files are rebuilt below
-    filesystem, path = storage.resolve(sink.staged(annotations))
-    dataset = pads.dataset(path, format="parquet", filesystem=filesystem, partitioning="hive" if partitioned else None)
-    written = 0
-    for fragment in dataset.get_fragments():
-        table = writer.table(fragment.to_table(schema=dataset.schema, columns=_columns(dataset.schema)).to_pylist())
-        if not table.num_rows:
-            continue
-        relative = fragment.path[len(path.rstrip("/")) + 1:].removesuffix(".parquet")
-        sink.write_table(table, DATASET, relative.replace("/", "-").replace("=", "_") + "-{i}.parquet")
-        written += table.num_rows
-    if not written:  # readers still find the dataset, with its schema
-        import pyarrow.parquet as pq
-
-        filesystem_out, out = storage.resolve(sink.staged(DATASET))
-        filesystem_out.create_dir(out, recursive=True)
-        pq.write_table(writer.table([]), f"{out}/empty.parquet", filesystem=filesystem_out)
-
-
-def _columns(schema: pa.Schema) -> list[str]:
-    wanted = _READ + [c for c in ("text", "snippet") if c in schema.names]
-    return [c for c in wanted if c in schema.names]
+    write_derived(sink, DATASET, annotations, partitioned, _READ, lambda table: writer.table(table.to_pylist()),
+                  NOTE_NLP_SCHEMA)

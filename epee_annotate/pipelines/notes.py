@@ -158,6 +158,8 @@ def component_info(nlp) -> list[dict[str, Any]]:
             "task": pipe.name, "factory": type(pipe).__name__, "checkpoint_id": model.checkpoint_id,
             "checkpoint_task": model.task, "labels": list(model.labels), "num_layers": model.num_layers,
             "policy": pipe.policy.describe(), "policy_config": pipe.policy.to_dict(),
+            "audit_fraction": pipe.audit_fraction_in_use, "promised_bound": pipe.audit.promised,
+            "promised_by": pipe.audit.source,
         })
     if not info:
         raise ValueError("the pipeline has no EPEE component (factories epee_*); nothing would be annotated")
