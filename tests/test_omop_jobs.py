@@ -111,3 +111,33 @@ def test_ids_are_the_same_after_a_killed_and_resumed_run(local_ray, checkpoint, 
                            note_nlp=NoteNlpOptions(), options=JobOptions(out=str(fresh), batch_size=4, progress=False)))
     again = read_published(str(fresh), dataset="note_nlp").column("note_nlp_id").to_pylist()
     assert len(set(resumed)) == len(resumed) and sorted(resumed) == sorted(again)
+
+
+def test_audit_dataset_manifest_verdict_and_strict_exit(local_ray, checkpoint, tmp_path, capsys):
+    from epee_annotate.model import MultiExitModel
+    from epee_annotate.policies import BudgetedExit
+
+    model = MultiExitModel.from_pretrained(checkpoint)
+    policy = BudgetedExit(1)  # layer 1 of a random tiny model disagrees with layer 4 often
+    model.set_default_policy(policy, {"policy": policy.to_dict(), "disagreement_bound": 0.01, "confidence": 0.9})
+    model.save_pretrained(tmp_path / "calibrated")
+    source = write_notes(tmp_path / "notes.jsonl", list(range(40)), [TEXTS[n % 4] + f" {n}" for n in range(40)])
+    out = tmp_path / "out"
+    argv = ["annotate-notes", str(source), "--checkpoint", str(tmp_path / "calibrated"), "--out", str(out),
+            "--audit-fraction", "0.5", "--audit-strict", *COMMON]
+    assert main(argv) == 1  # exceeded, and strict
+    captured = capsys.readouterr()
+    assert "EXCEEDED" in captured.out and "--audit-strict" in captured.err
+    report = read_manifest(str(out))["audit"]["textcat"]
+    assert report["verdict"] == "exceeded" and report["promised_bound"] == 0.01 and report["fraction"] == 0.5
+    audit = read_published(str(out), dataset="audit").to_pylist()
+    rows = read_published(str(out)).to_pylist()
+    checked = [r for r in rows if r["full_label"] is not None]
+    assert len(audit) == len(checked) == report["audited"] > 0
+    assert sum(not r["agree"] for r in audit) == report["disagreements"]
+    assert all(r["exit_layer"] == 1 for r in audit) and all(r["early_label"] == r["label"] for r in checked)
+    assert 0 < len({r["doc_id"] for r in checked}) < 40  # a sample of the docs, not all
+    # the same docs on a rerun
+    again = tmp_path / "again"
+    assert main(argv[:5] + [str(again)] + argv[6:]) == 1
+    assert {r["doc_id"] for r in read_published(str(again), dataset="audit").to_pylist()} == {r["doc_id"] for r in audit}
