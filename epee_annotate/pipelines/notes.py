@@ -28,6 +28,7 @@ from typing import Any, Sequence
 import pyarrow as pa
 
 from .. import storage
+from ..extras import require
 from ..formats import Record
 from ..policies import setting_keys
 from .errors import SettingError
@@ -132,6 +133,8 @@ class PipelineSource:
                         raise SettingError(f"override {key}: section {section!r} not in the config", "overrides")
                     target = target[section]
                 target[leaf] = value
+        if any(str(c.get("factory", "")).startswith("medspacy_") for c in config.get("components", {}).values()):
+            require("medspacy", "a config with medSpaCy components")  # its factories have no entry points
         for component in config.get("components", {}).values():
             if str(component.get("factory", "")).startswith(EPEE_FACTORY_PREFIX):
                 component.update(settings)  # assigned, for the same reason
