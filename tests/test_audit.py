@@ -1,5 +1,7 @@
 """The production audit: full-depth answers reuse the early pass, the sample is deterministic, verdicts are honest."""
 
+import json
+
 import spacy
 import torch
 
@@ -102,3 +104,34 @@ def test_component_default_audits_calibrated_checkpoints_and_too_few_is_said(mod
     nlp, component = _pipeline(checkpoint, audit_fraction=0.0)
     list(nlp.pipe(texts))
     assert component.audit.audited == 0
+
+
+def _output(root, name, created, disagreements, audited=200, promised=0.05):
+    from epee_annotate.calibration.audit import audit_report
+
+    out = root / name
+    out.mkdir()
+    report = {**audit_report(audited, disagreements, promised, "calibration"), "fraction": 0.05}
+    (out / "_SUCCESS").write_text(json.dumps({"version": 2, "datasets": {},
+                                              "audit": {"created": created, "components": {"textcat": report}}}))
+    return str(out)
+
+
+def test_audit_report_table_and_plot_over_runs(tmp_path, capsys):
+    from epee_annotate.cli import main
+    from epee_annotate.pipelines.audit import audit_table
+
+    later = _output(tmp_path, "march", "2026-03-01T00:00:00", 30)
+    earlier = _output(tmp_path, "january", "2026-01-01T00:00:00", 1)
+    rows = audit_table([later, earlier])
+    assert [r["output"] for r in rows] == [earlier, later]  # oldest run first
+    assert [r["verdict"] for r in rows] == [HOLDS, EXCEEDED]
+    plot = tmp_path / "drift.png"
+    assert main(["audit-report", later, earlier, "--plot", str(plot)]) == 0
+    printed = capsys.readouterr().out
+    assert "holds" in printed and "exceeded" in printed and printed.index("january") < printed.index("march")
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "_SUCCESS").write_text(json.dumps({"version": 2, "datasets": {}}))
+    assert main(["audit-report", str(tmp_path / "plain"), "--plot", str(plot)]) == 2
+    assert "has no audit" in capsys.readouterr().err

@@ -128,7 +128,7 @@ def test_audit_dataset_manifest_verdict_and_strict_exit(local_ray, checkpoint, t
     assert main(argv) == 1  # exceeded, and strict
     captured = capsys.readouterr()
     assert "EXCEEDED" in captured.out and "--audit-strict" in captured.err
-    report = read_manifest(str(out))["audit"]["textcat"]
+    report = read_manifest(str(out))["audit"]["components"]["textcat"]
     assert report["verdict"] == "exceeded" and report["promised_bound"] == 0.01 and report["fraction"] == 0.5
     audit = read_published(str(out), dataset="audit").to_pylist()
     rows = read_published(str(out)).to_pylist()

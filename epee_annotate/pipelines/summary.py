@@ -97,7 +97,7 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  {task}: {info['rows']} rows; mean exit layer {info['mean_exit_layer']:.2f}/{info['num_layers']} "
             f"(speed-up x{info['layer_speedup']:.2f}); exits {histogram}; labels {labels}"
         )
-    lines += audit_lines(summary.get("audit") or {})
+    lines += audit_lines((summary.get("audit") or {}).get("components") or {})
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
     for name, location in summary.get("datasets", {}).items():
@@ -148,7 +148,8 @@ def plot_summary(summary: dict[str, Any]) -> bytes:
     right.bar(list(statuses), list(statuses.values()), color=["tab:green", "tab:gray", "tab:red"])
     right.set_title("Rows per status")
     title = f"{summary['job']} job: {summary['documents']} inputs, {summary['rows']} rows"
-    verdicts = "; ".join(f"{task} {r['verdict']}" for task, r in (summary.get("audit") or {}).items())
+    audits = (summary.get("audit") or {}).get("components") or {}
+    verdicts = "; ".join(f"{task} {r['verdict']}" for task, r in audits.items())
     fig.suptitle(title + (f"\naudit of the early answers: {verdicts}" if verdicts else ""), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
