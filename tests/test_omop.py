@@ -136,3 +136,18 @@ def test_concept_map_errors_are_specific(tmp_path):
     bad.write_text("component,label,concept_id,source_concept_id\nx,y,1,\nx,y,2,\n")
     with pytest.raises(NoteNlpError, match="twice"):
         ConceptMap.read(bad)
+
+
+def test_the_readme_load_into_omop_sql_runs(nlp, concept_map, tmp_path):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme[readme.index("### Load into OMOP"):]
+    sql = re.search(r"```sql\n(.*?)```", section, re.S).group(1)
+    out = tmp_path / "annotations" / "pv" / "note_nlp"
+    out.mkdir(parents=True)
+    pq.write_table(note_nlp_table(nlp, list(nlp.pipe(NOTES)), [1, 2], concept_map), out / "part-0.parquet")
+    con = duckdb.connect()
+    con.execute(sql.replace("annotations/pv/note_nlp", str(out)))
+    assert con.execute("SELECT count(*) FROM note_nlp").fetchone()[0] > 0
