@@ -77,6 +77,8 @@ def test_non_integer_ids_are_refused_unless_an_integer_column_is_named(local_ray
                               for n, t in enumerate(TEXTS)))
     assert main(argv + ["--note-id-column", "oid"]) == 0
     assert {r["note_id"] for r in read_published(str(out), dataset="note_nlp").to_pylist()} == {100, 101, 103}
+    assert main(argv + ["--note-id-column", "nope", "--overwrite"]) == 2  # a column the notes lack: refused
+    assert "missing note_id (column 'nope')" in capsys.readouterr().err
     # the companions of --note-nlp do nothing without it: refused
     assert main(argv[:-len(COMMON) - 1] + ["--concept-map", "x.csv", "--overwrite", *COMMON]) == 2
     assert "add --note-nlp" in capsys.readouterr().err

@@ -255,7 +255,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
                                           job.read_options)
     concept_map = note_nlp.read_map() if note_nlp else None
     if note_nlp:
-        check_note_id_type(fmt, files, columns.note_id_source, job.id_column)
+        check_note_id_type(fmt, files, columns.note_id_source, job.id_column, job.read_options)
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "device": options.actors.device, "autocast": options.autocast, "audit_fraction": job.audit_fraction}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.

@@ -36,15 +36,25 @@ class NoteNlpOptions:
             raise SettingError(str(error), "concept_map") from None
 
 
-def check_note_id_type(fmt: str, files: Sequence[str], column: str, id_column: str) -> None:
-    """A typed input (Parquet) whose note id column is not an integer column is refused before any work."""
+def check_note_id_type(fmt: str, files: Sequence[str], column: str, id_column: str, options=None) -> None:
+    """A note id column that is not there (Parquet, CSV headers) or not integers (Parquet) is refused up front."""
+    if fmt in ("csv", "tsv"):
+        from .sources import csv_header
+
+        for path in files:
+            if column not in (csv_header(path, fmt, options) if options else csv_header(path, fmt)):
+                raise SettingError(f"{path}: the note_id column {column!r} is not in its header row", "note_id_column")
+        return
     if fmt != "parquet":
         return
     from .sources import _parquet_schema
 
     for path in files:
         schema = _parquet_schema(path)
-        if column in schema.names and not pa.types.is_integer(schema.field(column).type):
+        if column not in schema.names:
+            raise SettingError(f"{path}: the note_id column {column!r} is not there; columns are {schema.names}",
+                               "note_id_column")
+        if not pa.types.is_integer(schema.field(column).type):
             raise SettingError(_not_integer(column, id_column, f"it is {schema.field(column).type} in {path}"),
                                "note_id_column")
 
@@ -86,10 +96,10 @@ def check_note_ids(ds, columns, limit: int = 5) -> None:
                            f"more than once (e.g. {examples})", "note_id_column")
 
 
-def note_id_or_problem(value: Any, where: str) -> tuple[int | None, str | None]:
-    """(note id, None) or (None, why not) for one record's value; a missing value is no problem here."""
+def note_id_or_problem(value: Any, where: str, column: str) -> tuple[int | None, str | None]:
+    """(note id, None) or (None, why not) for one readable record's value."""
     if value is None:
-        return None, None
+        return None, f"{where}missing note_id (column {column!r})"
     try:
         return note_id_value(value), None
     except NoteNlpError as error:

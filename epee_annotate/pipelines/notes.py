@@ -277,10 +277,7 @@ def _note_input(record: dict[str, Any], error: str | None, where: str, columns: 
         note = _note_input(record, error, where, replace(columns, note_nlp=False), as_strings)
         if note.error is not None:
             return note
-        note_id, problem = note_id_or_problem(record.get(columns.note_id_source), where)
-        if note_id is None and problem is None:
-            problem = f"{where}missing note_id (column {columns.note_id_source!r})"
-            return replace(note, error=problem)
+        note_id, problem = note_id_or_problem(record.get(columns.note_id_source), where, columns.note_id_source)
         return replace(note, note_id=note_id, note_id_problem=problem, error=problem)
     try:
         doc_id = _doc_id(record.get(columns.id_column))
