@@ -256,8 +256,10 @@ class EpeeComponent(Pipe):
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
         fraction = self.audit_fraction_in_use
-        audit = ([audited(doc.text, fraction) for doc, items in zip(docs, per_doc) for _ in items]
-                 if fraction and inputs else None)
+        audit = None
+        if fraction and inputs:
+            chosen = [audited(doc.text, fraction) for doc in docs]  # by document: all its items or none
+            audit = [flag for flag, items in zip(chosen, per_doc) for _ in items]
         predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size, audit=audit)
                        if inputs else [])
         for prediction in predictions:
