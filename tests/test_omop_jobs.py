@@ -1,17 +1,26 @@
 """``annotate-notes --note-nlp`` end to end: NOTE_NLP beside the rows, in the manifest, loadable into the CDM."""
 
 import json
+from contextlib import contextmanager
 
 import pytest
 
 from epee_annotate.cli import main
 from epee_annotate.pipelines.publish import read_manifest, read_published
-from epee_annotate.testing import tiny_model
-
 from test_omop import REQUIRED, load_into_cdm
+from test_pipelines_ray import text_checkpoint as checkpoint  # noqa: F401  (the same tiny checkpoint fixture)
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
+
+@contextmanager
+def ray_session(num_cpus: int):
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
 
 COMMON = ["--no-progress", "--num-actors", "1", "--batch-size", "4"]
 TEXTS = ["the patient takes fish oil daily. aspirin increases the effect of warfarin.",
@@ -21,16 +30,8 @@ TEXTS = ["the patient takes fish oil daily. aspirin increases the effect of warf
 @pytest.fixture(scope="module")
 def local_ray():
     # logical CPUs: a resumed run's checkpoint filter needs one more than the reader and the actor
-    ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("omop_ckpt")
-    tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
-    return path
+    with ray_session(num_cpus=3):
+        yield
 
 
 def write_notes(path, ids, texts=TEXTS):
