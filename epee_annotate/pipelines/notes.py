@@ -366,7 +366,7 @@ class NoteAnnotator:
         from ..components.records import doc_annotations
 
         annotations = doc_annotations(doc, include_text=self.include_text)
-        if self.columns.note_nlp and annotations:
+        if "note_nlp_id" in self.names and annotations:  # the schema has the NOTE_NLP ids: --note-nlp
             from ..omop import NoteNlpError, with_note_nlp_ids
 
             try:
