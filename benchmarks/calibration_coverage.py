@@ -27,15 +27,21 @@ from epee_annotate.evaluation import ExitTable
 from epee_annotate.policies import full_depth, simulate
 
 
-def population(size: int, depth: int, rare: float, seed: int) -> ExitTable:
-    """Exit probabilities of a population: exit m agrees with the last exit with a rate rising in m."""
+def population(size: int, depth: int, rare: float, seed: int, rare_hurt: bool = False) -> ExitTable:
+    """Exit probabilities of a population: exit m agrees with the last exit with a rate rising in m.
+
+    ``rare_hurt``: early exits miss mostly the rare class (the case where a small disagreement rate
+    hides a large macro-F1 drop).
+    """
     rng = np.random.default_rng(seed)
     gold = (rng.random(size) < rare).astype(np.int64)
     last = np.where(rng.random(size) < 0.97, gold, 1 - gold)
-    agree_rate = np.linspace(0.97, 1.0, depth)
+    common_rate, rare_rate = ((0.995, 0.6) if rare_hurt else (0.97, 0.97))
+    agree_rate = np.where(last[:, None] == 1, np.linspace(rare_rate, 1.0, depth)[None, :],
+                          np.linspace(common_rate, 1.0, depth)[None, :])
     probs = np.zeros((size, depth, 2), dtype=np.float32)
     for m in range(depth):
-        agree = rng.random(size) < agree_rate[m]
+        agree = rng.random(size) < agree_rate[:, m]
         predicted = np.where(agree, last, 1 - last)
         confidence = np.where(agree, rng.uniform(0.75, 1.0, size), rng.uniform(0.5, 0.95, size))
         probs[np.arange(size), m, predicted] = confidence
@@ -60,17 +66,19 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rare-hurt", action="store_true", help="early exits miss mostly the rare class")
     args = parser.parse_args()
 
     depth = 6
-    pop = population(args.population, depth, args.rare, args.seed)
+    pop = population(args.population, depth, args.rare, args.seed, args.rare_hurt)
     reference = pop.evaluate(full_depth())
     grid = dict(taus=[0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9], patiences=list(range(1, depth + 1)))
     goals = [CalibrationGoal("max_disagreement", args.target, confidence=args.confidence, guard_drop=1.0),
              CalibrationGoal("max_drop", args.target, metric="accuracy", confidence=args.confidence, guard_drop=1.0),
              CalibrationGoal("max_drop", args.target, metric="macro_f1", confidence=args.confidence, guard_drop=1.0)]
     rng = np.random.default_rng(args.seed + 1)
-    print(f"population {args.population:,}, rare class {args.rare:.1%}, {depth} exits; calibration n={args.n}; "
+    print(f"population {args.population:,}, rare class {args.rare:.1%}"
+          + (" (early exits miss it)" if args.rare_hurt else "") + f", {depth} exits; calibration n={args.n}; "
           f"{args.runs} runs; target {args.target}, confidence {args.confidence}")
     print(f"{'goal':<34} {'violations':>10} {'refused':>8} {'full depth':>10} {'mean speed-up':>13}")
     for goal in goals:

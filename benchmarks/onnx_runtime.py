@@ -9,8 +9,6 @@ Needs the ``onnx`` extra (``pip install epee-annotate[onnx]``); callers skip wit
 
 from __future__ import annotations
 
-import importlib.util
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,11 +17,11 @@ import torch
 from torch import nn
 
 from epee_annotate.model import MultiExitModel
+from epee_annotate.runtimes import onnx_engine
+from epee_annotate.runtimes.onnx_export import quantize_int8
 
 
-def available() -> bool:
-    """True when onnx and onnxruntime are installed."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+available = onnx_engine.available
 
 
 class _LastExit(nn.Module):
@@ -47,8 +45,6 @@ class _LastExit(nn.Module):
 
 def export(model: MultiExitModel, directory: str | Path) -> dict[str, Path]:
     """Write ``fp32.onnx`` and ``int8.onnx`` (dynamic quantization) for a text checkpoint."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     if model.task == "image":
         raise ValueError("the ONNX baseline covers text checkpoints")
     directory = Path(directory)
@@ -56,7 +52,8 @@ def export(model: MultiExitModel, directory: str | Path) -> dict[str, Path]:
     rows = model.encode(["aspirin increases the effect of warfarin", "a longer second example sentence here"])
     batch = model.collate(rows)
     args = (batch["input_ids"], batch["attention_mask"], batch["pool_index"])
-    fp32, int8 = directory / "fp32.onnx", directory / "int8.onnx"
+    fp32 = directory / "fp32" / "model.onnx"
+    fp32.parent.mkdir(exist_ok=True)
     wrapper = _LastExit(model).eval()
     with torch.inference_mode(False), torch.no_grad():
         torch.onnx.export(
@@ -65,22 +62,13 @@ def export(model: MultiExitModel, directory: str | Path) -> dict[str, Path]:
             dynamic_axes={"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
                           "pool_index": {0: "batch"}, "probs": {0: "batch"}},
         )
-    quantize_dynamic(str(fp32), str(int8), weight_type=QuantType.QInt8)
-    return {"fp32": fp32, "int8": int8}
+    quantize_int8(fp32.parent, directory / "int8")  # the same quantization as the per-layer graphs
+    return {"fp32": fp32, "int8": directory / "int8" / "model.onnx"}
 
 
 def session(path: str | Path, threads: int | None = None):
-    """An ONNX Runtime CPU session using ``threads`` intra-op threads (default: torch's thread count)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or torch.get_num_threads()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads outlive each run and slowed the next torch run in the same process 3x
-    # (PHEE, batch size 1: 15 -> 50 ms); the benchmark interleaves methods, so no spinning.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    """An ONNX Runtime CPU session with the per-layer engine's options (``onnx_engine.session_options``)."""
+    return onnx_engine.make_session(path, threads)
 
 
 def runner(model: MultiExitModel, ort_session) -> Callable[[Sequence[Any], int], list[np.ndarray]]:
@@ -110,5 +98,3 @@ def last_exit_probs(run: Callable, inputs: Sequence[Any], batch_size: int, model
         out[group] = run([inputs[i] for i in group], len(group))[0]
     return out
 
-
-os.environ.setdefault("ORT_LOGGING_LEVEL", "3")

@@ -26,7 +26,7 @@ import torch
 from epee_annotate import MultiExitModel
 from epee_annotate import engine as engine_module
 from epee_annotate.backbones import LayerState
-from epee_annotate.cli.common import add_policy_arguments, policy_from_args
+from epee_annotate.cli.common import add_policy_arguments, policy_from_args, runtime_from_args
 from epee_annotate.data.load import load_examples
 from epee_annotate.policies import ExitPolicy, full_depth
 
@@ -112,9 +112,26 @@ def instrumented(model: MultiExitModel, timer: PhaseTimer):
     backbone.run_layer, backbone.features, backbone.embed, model.encode = run_layer, features, embed, encode
     engine_module._trim_right_padding = trim
     LayerState.select = select
+    runtime = model.runtime_engine  # ONNX Runtime: its embed and layer step (layer + exit head, one session run)
+    if runtime is not None:
+        runtime_embed, runtime_step = runtime.embed, runtime.step
+
+        def step(index, state):
+            timer.layer_row_tokens += state.hidden.size(0) * state.hidden.size(1)
+            timer.layer_calls += 1
+            with timer.phase("layers + exit heads (one ONNX graph each)"):
+                return runtime_step(index, state)
+
+        def onnx_embed(batch):
+            with timer.phase("embeddings + mask"):
+                return runtime_embed(batch)
+
+        runtime.embed, runtime.step = onnx_embed, step
     try:
         yield
     finally:
+        if runtime is not None:
+            del runtime.embed, runtime.step
         LayerState.select = originals["select"]
         for hook in hooks:
             hook.remove()
@@ -168,6 +185,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--operators", type=int, default=15, help="rows of the torch.profiler table (0: none)")
     parser.add_argument("--int8", action="store_true", help="quantize the backbone's Linear layers first")
+    parser.add_argument("--runtime", default=None, help="torch, torch-int8, onnx or onnx-int8 (epee_annotate.runtimes)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads (0: torch's default); 1 is steadier on a crowded machine")
     parser.add_argument("--busy", type=int, default=0,
@@ -178,8 +196,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     model = MultiExitModel.from_pretrained(args.checkpoint)
-    if args.int8:
-        model.quantize_dynamic()
+    model.use_runtime(runtime_from_args(args))
     inputs = load_inputs(args, model)
     policy = policy_from_args(args) or model.default_policy
     runs = {"full depth": full_depth(), policy.describe(): policy}
@@ -192,7 +209,7 @@ def main() -> None:
                 if name not in best or result["total"] < best[name]["total"]:
                     best[name] = result
     base = best["full depth"]
-    print(f"{len(inputs)} inputs, batch {args.batch_size}, best of {args.repeats}, torch threads "
+    print(f"{len(inputs)} inputs, batch {args.batch_size}, best of {args.repeats}, runtime {model.runtime}, torch threads "
           f"{torch.get_num_threads()}, {args.busy} busy processes, {os.cpu_count()} cores")
     phases = sorted({k for r in best.values() for k in r["phases"]})
     print(f"{'':34s}" + "".join(f"{n[:28]:>30s}" for n in best))

@@ -13,18 +13,25 @@ One run, same inputs for every method:
   over the same fine-tuned backbone with only the last classifier (text), or the model's own
   full forward + last head (relations, images), and for text the same checkpoint's full depth
   in ONNX Runtime, fp32 and dynamic int8 (skipped without the ``onnx`` extra);
+- early exit inside ONNX Runtime (``runtime="onnx-int8"``: one int8 graph per layer, the same
+  policy loop and compaction), full depth and EPEE, quality from its own exit table; the goal
+  lines compare EPEE on it with ONNX Runtime int8 at full depth and, where a goal is missed,
+  print where the time goes (``benchmarks.profile_engine``);
 - batch size 1 (mean and p95 latency) and batched throughput (sum of each length bucket's fastest
   run, with the repeats' spread), warm-up excluded; methods alternate bucket by bucket so load
   drift hits all alike;
 - layer speed-up (EPEE paper Eq. 5, as M / mean exit layer) next to the measured wall-clock
-  speed-up over full depth, and their ratio.
+  speed-up over full depth *of the same runtime* (torch fp32, torch int8, per-layer ONNX int8),
+  and their ratio.
 
     python -m benchmarks.run [--phee runs/phee_minilm] [--ddi runs/ddi_minilm] [--ddi3 runs/ddi3_minilm]
         [--vit runs/pneumonia_vit] [--only PHEE,...]
 
-Writes benchmarks/results/results.{json,md,png} and the README's results section. A task this run
-skips (no checkpoint, or not in --only) keeps its rows from the previous results.json, marked with
-the run they came from.
+Writes results.{json,md,png} under --out (default runs/benchmarks/, ignored by git) and prints
+the tables; it never edits tracked files unless asked: --update-readme also writes the published
+copy in benchmarks/results/ and rewrites the README's results section. A task this run skips (no
+checkpoint, or not in --only) keeps its rows from the previous results.json (--out's, else the
+published one), marked with the run they came from.
 """
 
 from __future__ import annotations
@@ -53,11 +60,14 @@ from epee_annotate.evaluation import ExitTable, checkpoint_metric, find_negative
 from epee_annotate.policies import ExitPolicy, beem_grid
 from epee_annotate.timing import time_paired
 
+from epee_annotate.runtimes import onnx_engine
+
 from . import onnx_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
-RESULTS = ROOT / "benchmarks" / "results"
+RESULTS = ROOT / "benchmarks" / "results"  # the published (tracked) copy: written only with --update-readme
+DEFAULT_OUT = ROOT / "runs" / "benchmarks"
 README = ROOT / "README.md"
 MARKERS = ("<!-- results:start -->", "<!-- results:end -->")
 
@@ -213,6 +223,15 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
         quality[name] = int8_table.evaluate(policy)
         runners[name] = lambda batch, bs, policy=policy: int8.predict(batch, policy=policy, batch_size=bs)
 
+    onnx_int8 = None
+    if onnx_engine.available():
+        # Early exit inside ONNX Runtime: int8 layer graphs, same policy loop; quality from its own exit table.
+        onnx_int8 = MultiExitModel.from_pretrained(task.checkpoint).use_runtime("onnx-int8")
+        onnx_table = ExitTable.from_model(onnx_int8, [e.input for e in report], [e.label for e in report],
+                                          negative_label=negative)
+        for name, policy in ((ONNX_FULL, BudgetedExit(0)), (f"{ONNX_EPEE} {epee.describe()}", epee)):
+            quality[name] = onnx_table.evaluate(policy)
+            runners[name] = lambda batch, bs, policy=policy: onnx_int8.predict(batch, policy=policy, batch_size=bs)
     if model.task != "image" and onnx_runtime.available():
         export_dir = Path(tempfile.mkdtemp(prefix="epee_onnx_"))
         for kind, path in onnx_runtime.export(model, export_dir).items():
@@ -236,16 +255,18 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
     buckets = model.batches(model.encode(inputs), args.batch_size)
     timing = measure(runners, inputs, min(args.single, len(inputs)), args.batch_size, args.repeats, buckets)
 
-    full = timing["full depth (last exit)"]
     quality.update(rows)
     results = []
     for name, t in timing.items():
         scores = quality.get(name, {})  # the HF pipeline (CLS pooler) has no comparable quality
         layer_speedup = scores.get("speedup", 1.0)
+        reference = same_runtime_full_depth(name)
+        full = timing[reference]
         wall_bs1 = full["bs1_mean_ms"] / t["bs1_mean_ms"] if t["bs1_mean_ms"] else None
         wall_batched = t["throughput"] / full["throughput"]
         results.append({
             "task": task.name, "method": name, "policy": methods[name].describe() if name in methods else None,
+            "versus": reference,
             "accuracy": scores.get("accuracy"), "macro_f1": scores.get("macro_f1"),
             **({"micro_f1_positive": scores.get("micro_f1_positive")} if negative else {}),
             "metric": metric, "mean_exit_layer": scores.get("mean_exit_layer", float(layers)),
@@ -254,9 +275,74 @@ def run_task(task: Task, args: argparse.Namespace) -> dict[str, Any]:
             "wall_speedup_batched": wall_batched, "ratio_batched": wall_batched / layer_speedup,
             **t,
         })
+    goals = check_goals(task.name, results)
+    breakdown = None
+    if onnx_int8 is not None and any(not g["met"] for g in goals):
+        breakdown = time_breakdown(onnx_int8, inputs, epee, args.batch_size, args.repeats)
     return {"task": task.name, "checkpoint": str(task.checkpoint), "checkpoint_id": model.checkpoint_id,
             "note": pipeline_note, "versus_fastest_full_depth": versus_fastest_full_depth(results),
+            "goals": goals, "breakdown": breakdown,
             "report_examples": len(report), "timed_examples": len(inputs), "rows": results}
+
+
+ONNX_FULL = "full depth onnx-int8 (per-layer ONNX Runtime)"
+ONNX_EPEE = "EPEE onnx-int8"
+ORT_INT8_FULL = "ONNX Runtime int8 (full depth)"
+# Goals of issue 22: EPEE on per-layer ONNX Runtime int8 against ONNX Runtime int8 at full depth.
+SPEED_GOALS = {"PHEE": 2.0, "DDI sentences, 3 classes": 1.5}
+QUALITY_GOALS = {"PHEE": {"accuracy": -0.005, "macro_f1": -0.01}}
+MIN_RATIO = 0.9
+
+
+def same_runtime_full_depth(method: str) -> str:
+    """The full-depth row of the runtime a method runs on: its wall speed-up is measured against it."""
+    if method.startswith(ONNX_EPEE) or method == ONNX_FULL:
+        return ONNX_FULL
+    if "int8" in method and not method.startswith("ONNX Runtime"):
+        return "full depth int8 (torch dynamic)"
+    return "full depth (last exit)"
+
+
+def check_goals(task: str, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each goal that applies to ``task`` with its measured figure, its target and whether it is met."""
+    by_name = {r["method"]: r for r in rows}
+    goals = []
+    epee = next((r for r in rows if r["method"].startswith(ONNX_EPEE)), None)
+    speed = next((v for k, v in SPEED_GOALS.items() if task.startswith(k)), None)
+    if epee is not None and speed is not None and ORT_INT8_FULL in by_name:
+        ratio = epee["throughput"] / by_name[ORT_INT8_FULL]["throughput"]
+        goals.append({"goal": f"{epee['method']} / {ORT_INT8_FULL}, batched throughput", "value": ratio,
+                      "target": speed, "met": ratio >= speed, "kind": "ratio"})
+        fp32 = by_name["full depth (last exit)"]
+        for metric, floor in next((v for k, v in QUALITY_GOALS.items() if task.startswith(k)), {}).items():
+            change = epee[metric] - fp32[metric]
+            goals.append({"goal": f"{epee['method']} {metric} - fp32 last exit", "value": change, "target": floor,
+                          "met": change >= floor, "kind": "change"})
+    for r in rows:
+        if r["method"].startswith(("EPEE", ONNX_EPEE)) and r["layer_speedup"] > 1.0:
+            goals.append({"goal": f"{r['method']}: batched wall/layer ratio (vs {r['versus']})",
+                          "value": r["ratio_batched"], "target": MIN_RATIO, "met": r["ratio_batched"] >= MIN_RATIO,
+                          "kind": "ratio"})
+    return goals
+
+
+def time_breakdown(model: MultiExitModel, inputs: Sequence[Any], policy: ExitPolicy, batch_size: int,
+                   repeats: int) -> dict[str, Any]:
+    """Phase times (ms per batch) of full depth and ``policy`` on ``model``'s runtime, best of ``repeats``."""
+    from .profile_engine import profile_policy
+
+    best: dict[str, dict[str, Any]] = {}
+    for _ in range(repeats):
+        for name, p in (("full depth", BudgetedExit(0)), (policy.describe(), policy)):
+            result = profile_policy(model, list(inputs), p, batch_size)
+            if name not in best or result["total"] < best[name]["total"]:
+                best[name] = result
+    batches = len(model.batches(model.encode(list(inputs)), batch_size))
+    return {"runtime": model.runtime, "batches": batches, "batch_size": batch_size,
+            "runs": {name: {"ms_per_batch": {k: 1e3 * v / batches for k, v in r["phases"].items()},
+                            "total_ms_per_batch": 1e3 * r["total"] / batches, "layer_calls": r["layer_calls"],
+                            "layer_row_tokens": r["layer_row_tokens"], "mean_exit_layer": r["mean_exit_layer"]}
+                     for name, r in best.items()}}
 
 
 def versus_fastest_full_depth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -318,6 +404,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"**{task['task']}** ({task['report_examples']} report examples for quality, {task['timed_examples']} timed{source})",
             "",
             f"| method | {metric} (the checkpoint's metric) | accuracy | mean exit layer | layer speed-up | bs=1 mean / p95 ms | wall speed-up bs=1 (ratio) | batched docs/s (repeats' range) | wall speed-up batched (ratio) |",
+    # wall speed-ups are against the same runtime's full depth (row "versus" in results.json)
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for r in task["rows"]:
@@ -337,10 +424,36 @@ def markdown(results: dict[str, Any]) -> str:
                          f"{metric} {100 * versus['metric_change_vs_fp32_last_exit']:+.2f} points vs the fp32 last exit.")
         if task.get("note"):
             lines.append(f"\n{task['note']}.")
+        lines += goal_lines(task)
         lines.append("")
     if results.get("memory"):
         lines.append(f"Peak resident memory of one batch-job actor at the default batch size: {results['memory']}.")
     return "\n".join(lines)
+
+
+def goal_lines(task: dict[str, Any]) -> list[str]:
+    """The goals with measured figure, target and met/MISSED; the time breakdown when one is missed."""
+    lines = []
+    for g in task.get("goals") or []:
+        value, target = (f"{g['value']:+.4f}", f"{g['target']:+.4f}") if g["kind"] == "change" else \
+            (f"{g['value']:.2f}", f"{g['target']:.2f}")
+        lines.append(f"- {g['goal']}: {value} (target >= {target}) **{'met' if g['met'] else 'MISSED'}**")
+    if lines:
+        lines.insert(0, "\nGoals (issue 22):\n")
+    breakdown = task.get("breakdown")
+    if breakdown:
+        runs = breakdown["runs"]
+        phases = sorted({k for r in runs.values() for k in r["ms_per_batch"]})
+        lines += ["", f"Where the time goes on runtime {breakdown['runtime']} (ms per batch of {breakdown['batch_size']}, "
+                      f"{breakdown['batches']} batches, best of the repeats; 'rest' is Python overhead: collate, "
+                      f"results, the loop):", "", "| phase | " + " | ".join(runs) + " |",
+                  "|---|" + "---|" * len(runs)]
+        for phase in phases:
+            lines.append(f"| {phase} | " + " | ".join(f"{r['ms_per_batch'].get(phase, 0.0):.2f}" for r in runs.values()) + " |")
+        lines.append("| total | " + " | ".join(f"{r['total_ms_per_batch']:.2f}" for r in runs.values()) + " |")
+        lines.append("| layer calls | " + " | ".join(str(r["layer_calls"]) for r in runs.values()) + " |")
+        lines.append("| layer row-tokens | " + " | ".join(str(r["layer_row_tokens"]) for r in runs.values()) + " |")
+    return lines
 
 
 def plot(results: dict[str, Any], path: Path) -> None:
@@ -369,16 +482,28 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def update_readme(text: str) -> None:
-    readme = README.read_text()
-    if MARKERS[0] not in readme:
-        return
-    head, rest = readme.split(MARKERS[0], 1)
+def update_readme(text: str, readme: Path = README) -> None:
+    """Replace the README's results section (between ``MARKERS``); refuse a README without them."""
+    content = readme.read_text()
+    if MARKERS[0] not in content or MARKERS[1] not in content:
+        raise ValueError(f"{readme} has no results section ({MARKERS[0]} ... {MARKERS[1]})")
+    head, rest = content.split(MARKERS[0], 1)
     _, tail = rest.split(MARKERS[1], 1)
-    README.write_text(f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{tail}")
+    readme.write_text(f"{head}{MARKERS[0]}\n{text}\n{MARKERS[1]}{tail}")
 
 
-def main() -> None:
+def write_results(results: dict[str, Any], out: Path) -> str:
+    """results.{json,md,png} under ``out``; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    text = markdown(results)
+    (out / "results.md").write_text(text + "\n")
+    if results["tasks"]:
+        plot(results, out / "results.png")
+    return text
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="Early-exit benchmarks (see module docstring)")
     parser.add_argument("--phee", type=Path, default=ROOT / "runs" / "phee_minilm")
     parser.add_argument("--ddi", type=Path, default=ROOT / "runs" / "ddi_minilm")
@@ -397,8 +522,15 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--memory", default="", help="peak RSS per batch-job actor, measured by benchmarks.batch_jobs")
-    parser.add_argument("--out", type=Path, default=RESULTS)
-    args = parser.parse_args()
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="where results.{json,md,png} go (default runs/benchmarks/, ignored by git)")
+    parser.add_argument("--update-readme", action="store_true",
+                        help="also publish: write benchmarks/results/ and rewrite the README's results section")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = make_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -409,8 +541,9 @@ def main() -> None:
         Task("PneumoniaMNIST (chest X-ray)", args.vit, args.npz, "npz", split="val",
              options={"label_names": ["normal", "pneumonia"]}),
     ]
-    command = "python -m benchmarks.run " + " ".join(sys.argv[1:])
+    command = "python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv)
     results: dict[str, Any] = {"machine": machine(), "command": command.strip(), "tasks": []}
+    load_start = os.getloadavg()[0]
     only = [prefix.strip() for prefix in args.only.split(",") if prefix.strip()]
     for task in tasks:
         if only and not task.name.startswith(tuple(only)):
@@ -421,16 +554,22 @@ def main() -> None:
         start = time.perf_counter()
         results["tasks"].append(run_task(task, args))
         print(f"[{task.name}] done in {time.perf_counter() - start:.0f} s")
-    results["tasks"] += earlier_tasks(args.out / "results.json", {t["task"] for t in results["tasks"]})
-    results["memory"] = args.memory or earlier_memory(args.out / "results.json")
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    text = markdown(results)
-    (args.out / "results.md").write_text(text + "\n")
-    if results["tasks"]:
-        plot(results, args.out / "results.png")
-    update_readme(text + "\n\n![accuracy vs throughput](benchmarks/results/results.png)")
+    load_end = os.getloadavg()[0]
+    if max(load_start, load_end) > (os.cpu_count() or 1):
+        results["machine"] += (f"; shared with other work (1-minute load average {load_start:.1f} at the start, "
+                               f"{load_end:.1f} at the end)")
+    previous = args.out / "results.json"
+    if args.update_readme or not previous.is_file():
+        previous = RESULTS / "results.json"
+    results["tasks"] += earlier_tasks(previous, {t["task"] for t in results["tasks"]})
+    results["memory"] = args.memory or earlier_memory(previous)
+    text = write_results(results, args.out)
+    if args.update_readme:
+        if args.out.resolve() != RESULTS.resolve():
+            write_results(results, RESULTS)
+        update_readme(text + "\n\n![accuracy vs throughput](benchmarks/results/results.png)")
     print(text)
+    print(f"\nresults: {args.out}" + ("; README and benchmarks/results/ updated" if args.update_readme else ""))
 
 
 if __name__ == "__main__":

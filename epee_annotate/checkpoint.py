@@ -8,8 +8,12 @@ A checkpoint is a directory:
 - ``model.safetensors``: backbone + exit-head weights (safetensors only; never pickle);
 - tokenizer files (text) or ``preprocessor_config.json`` (images).
 
+Saving records the SHA-256 of the weights in ``epee_config.json``; every load checks the weights
+against it (``verify_weights``, once per load, local checkpoints included). A checkpoint without a
+recorded hash is refused unless the caller opts in (``trust_unhashed_weights``).
+
 The directory may also be a URI (``s3://``, ``gs://``, ...): ``local_checkpoint`` downloads it
-once per process and checks the weights against the SHA-256 recorded in ``epee_config.json``.
+once per process into a temp dir that a killed process's successor removes (``filesystem.fetch``).
 """
 
 from __future__ import annotations
@@ -31,6 +35,12 @@ WEIGHTS_NAME = "model.safetensors"
 
 class CheckpointError(ValueError):
     """A checkpoint directory is missing, incomplete or does not fit the model."""
+
+
+class UnhashedWeightsError(CheckpointError):
+    """The checkpoint records no weights hash and the caller did not opt in; ``settings`` names the opt-in."""
+
+    settings = ("trust_unhashed_weights",)
 
 
 @dataclass
@@ -112,17 +122,35 @@ def read_weights(module: nn.Module, directory: Path) -> None:
         )
 
 
+def verify_weights(directory: Path, config: MultiExitConfig, trust_unhashed_weights: bool = False,
+                   source: str | Path | None = None) -> str:
+    """The SHA-256 of the weights as read now, checked against the one ``config`` records.
+
+    A recorded hash that differs is refused; no recorded hash is refused unless ``trust_unhashed_weights``.
+    ``source``: the location named in messages (a URI the directory was downloaded from).
+    """
+    weights = directory / WEIGHTS_NAME
+    where = str(source if source is not None else directory)
+    if not weights.is_file():
+        raise CheckpointError(f"{WEIGHTS_NAME} is missing from checkpoint {where!r}")
+    actual = file_sha256(weights)
+    if not config.weights_sha256:
+        if not trust_unhashed_weights:
+            raise UnhashedWeightsError(f"checkpoint {where!r} records no weights_sha256 in {CONFIG_NAME}, so its "
+                                       "weights cannot be checked; re-save it, or trust these weights explicitly")
+    elif actual != config.weights_sha256:
+        raise CheckpointError(f"the weights in {where!r} do not match the SHA-256 in {CONFIG_NAME} "
+                              "(changed or corrupted since they were saved)")
+    return actual
+
+
 def local_checkpoint(location: str | Path) -> Path:
-    """A local checkpoint directory: ``location`` itself, or a verified download of a URI."""
+    """A local checkpoint directory: ``location`` itself, or a download of a URI (checked by the load)."""
     from .filesystem import fetch, is_uri
 
     if not is_uri(location):
         return Path(location)
     try:
-        path = Path(fetch(str(location)))
+        return Path(fetch(str(location)))
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint {str(location)!r} does not exist") from None
-    expected = read_config(path).weights_sha256
-    if expected and (path / WEIGHTS_NAME).is_file() and file_sha256(path / WEIGHTS_NAME) != expected:
-        raise CheckpointError(f"weights downloaded from {str(location)!r} do not match the SHA-256 in {CONFIG_NAME}")
-    return path

@@ -371,6 +371,7 @@ def evaluate_model(
                             training_metric=checkpoint_metric(model), progress=progress)
     report["checkpoint"] = {
         "id": model.checkpoint_id,
+        "runtime": model.runtime,
         "task": model.task,
         "num_layers": model.num_layers,
         "labels": list(model.labels),

@@ -7,10 +7,14 @@ marked entities. When a relation input is too long, the token window is cut arou
 so they are always kept, and the row is flagged ``truncated``.
 
 Mention windowing (``TextEncoder.mention_input``): a mention is classified from its sentence
-with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``,
-fed to a ``task="text"`` checkpoint (train it on text built with ``mark_mention``). Long inputs
-are cut *before* encoding so the parts that matter survive (the text task keeps only the first
-tokens, which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
+with the mention wrapped in literal marker strings, ``"... took <e1>fish oil</e1> until ..."``.
+A ``task="span"`` checkpoint takes ``{"text", "span": (start, end), "context": (lo, hi)}``
+(context optional: default the whole text) and marks it here, in ``encode``, for training,
+evaluation and the spaCy component alike; its markers are special tokens and its heads pool the
+start marker's hidden state, as the relation task does for each entity. An older ``task="text"`` checkpoint trained on
+``mark_mention`` text gets the same marked text from the component. Long inputs are cut
+*before* encoding so the parts that matter survive (the text task keeps only the first tokens,
+which could drop a mention late in a long sentence); cut inputs are flagged ``truncated``.
 """
 
 from __future__ import annotations
@@ -24,10 +28,12 @@ import torch
 import torch.nn.functional as F
 
 RELATION_MARKERS = ("<e1>", "</e1>", "<e2>", "</e2>")
-TASKS = ("text", "relation", "image")
-# A mention is marked with the relation task's head markers, so a future single-span task that
-# adds them as special tokens reads the same text; for a text checkpoint they are plain characters.
+TASKS = ("text", "relation", "image", "span")
+# A mention is marked with the relation task's head markers. A span checkpoint adds them to its
+# vocabulary as special tokens and pools at the start marker (entity-start pooling, as relations do);
+# for an older text checkpoint trained on mark_mention text they are plain characters.
 MENTION_MARKERS = RELATION_MARKERS[:2]
+TASK_MARKERS = {"relation": RELATION_MARKERS, "span": MENTION_MARKERS}  # added to the tokenizer as special tokens
 GAP = " ... "  # joins kept pieces of a clipped text
 # Characters kept per model token when clipping before tokenisation: tokens rarely cover more
 # than a few characters, so this over-keeps; the exact token window is applied afterwards.
@@ -59,15 +65,15 @@ class TextEncoder:
     """Tokenise text and relation inputs with the backbone's tokenizer."""
 
     def __init__(self, tokenizer, task: str, max_length: int, is_causal: bool):
-        if task not in ("text", "relation"):
-            raise ValueError(f"TextEncoder handles 'text' and 'relation', not {task!r}")
+        if task not in ("text", "relation", "span"):
+            raise ValueError(f"TextEncoder handles 'text', 'relation' and 'span', not {task!r}")
         self.tokenizer = tokenizer
         self.task = task
         self.is_causal = is_causal
         self.max_length = min(max_length, _model_max_length(tokenizer))
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        if task == "relation":
-            self.marker_ids = tokenizer.convert_tokens_to_ids(list(RELATION_MARKERS))
+        if task in TASK_MARKERS:
+            self.marker_ids = tokenizer.convert_tokens_to_ids(list(TASK_MARKERS[task]))
         self.prefix, self.suffix = _special_affixes(tokenizer)
         self.num_special = len(self.prefix) + len(self.suffix)
         self._mention_room: int | None = None
@@ -113,14 +119,25 @@ class TextEncoder:
         return {"text": clipped, "head": h, "tail": t}, cut or near_lo > lo or near_hi < hi
 
     def encode(self, item: Any) -> EncodedRow:
-        text = self._marked_text(item)
+        text, cut = self._mention_text(item) if self.task == "span" else (self._marked_text(item), False)
         tokens = self.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
         budget = self.max_length - self.num_special
-        truncated = len(tokens) > budget
-        if truncated:
+        truncated = cut or len(tokens) > budget
+        if len(tokens) > budget:
             tokens = self._window(tokens, budget)
         input_ids = self.prefix + tokens + self.suffix
         return EncodedRow(len(input_ids), truncated, input_ids, self._pool_index(input_ids))
+
+    def _mention_text(self, item: Any) -> tuple[str, bool]:
+        """A span input marked by ``mention_input`` within its context; (text, cut?)."""
+        if not isinstance(item, dict):
+            raise InputError(f"span input must be a dict with 'text' and 'span'; got {type(item).__name__}")
+        text = _check_text(item.get("text"))
+        start, end = _check_span(item.get("span"), len(text), "span")
+        lo, hi = (0, len(text)) if item.get("context") is None else _check_span(item["context"], len(text), "context")
+        if not lo <= start < end <= hi:
+            raise InputError(f"span ({start}, {end}) is outside its context ({lo}, {hi})")
+        return self.mention_input(text, start, end, lo, hi)
 
     def _marked_text(self, item: Any) -> str:
         if self.task == "text":
@@ -143,7 +160,7 @@ class TextEncoder:
         return "".join(pieces)
 
     def _window(self, tokens: list[int], budget: int) -> list[int]:
-        """Cut to ``budget`` tokens; relation rows keep both marked entities."""
+        """Cut to ``budget`` tokens; relation and span rows keep their marked entities."""
         if self.task == "text":
             return tokens[:budget]
         positions = [i for i, t in enumerate(tokens) if t in self.marker_ids]
@@ -160,7 +177,7 @@ class TextEncoder:
             return [len(input_ids) - 1]
         if self.task == "text":
             return [0]
-        starts = [self.marker_ids[0], self.marker_ids[2]]
+        starts = self.marker_ids[::2]  # the start marker of each entity
         return [input_ids.index(m) if m in input_ids else 0 for m in starts]
 
     def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:

@@ -13,10 +13,12 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, AutoImageProcessor, AutoTokenizer
 
 from .backbones import Backbone, backbone_class, backbone_from_config, load_backbone, quiet_transformers
-from .checkpoint import MultiExitConfig, local_checkpoint, read_config, read_weights, write_config, write_weights
+from .checkpoint import (
+    MultiExitConfig, local_checkpoint, read_config, read_weights, verify_weights, write_config, write_weights,
+)
 from .engine import length_buckets, run_all_exits, run_early_exit
 from .heads import make_exit_heads
-from .inputs import RELATION_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
+from .inputs import TASK_MARKERS, TASKS, EncodedRow, ImageEncoder, InputError, TextEncoder, pooling_width
 from .policies import ExitPolicy, normalized_entropy, policy_from_dict
 from .prediction import Prediction
 from .vocab import AUTOCAST_MODES
@@ -39,7 +41,10 @@ class MultiExitModel(nn.Module):
         self.encoder = _make_encoder(config, backbone, preprocessor)
         self.autocast_dtype: torch.dtype | None = None
         self.checkpoint_dir: Path | None = None  # where it was loaded from or last saved to
+        self.weights_sha256 = ""  # of the weights as loaded (checked) or saved: computed, never just read
+        self.unhashed_weights = False  # loaded from a checkpoint without a hash, trusted by the caller
         self.int8 = False  # backbone Linear layers replaced by dynamically quantized ones
+        self.runtime_engine: Any = None  # an ONNX Runtime engine (runtimes.apply_runtime); None = torch
 
     # ----- construction and persistence -------------------------------------------------
     @classmethod
@@ -74,8 +79,8 @@ class MultiExitModel(nn.Module):
         if (backbone.modality == "image") != (task == "image"):
             raise ValueError(f"a {backbone.config.model_type} backbone cannot do the {task!r} task")
         preprocessor = _load_preprocessor(name, backbone, task, image_size, hub_kwargs)
-        if task == "relation":
-            preprocessor.add_tokens(list(RELATION_MARKERS), special_tokens=True)
+        if task in TASK_MARKERS:
+            preprocessor.add_tokens(list(TASK_MARKERS[task]), special_tokens=True)
             backbone.model.resize_token_embeddings(len(preprocessor), mean_resizing=False)
         config = MultiExitConfig(
             task=task,
@@ -92,10 +97,16 @@ class MultiExitModel(nn.Module):
         return cls(backbone, config, preprocessor)
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "MultiExitModel":
-        """Load a checkpoint written by ``save_pretrained`` (safetensors only); a URI is downloaded first."""
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        trust_unhashed_weights: bool = False) -> "MultiExitModel":
+        """Load a checkpoint written by ``save_pretrained`` (safetensors only); a URI is downloaded first.
+
+        The weights are checked against the hash the checkpoint records; one without a hash loads only
+        with ``trust_unhashed_weights`` (then ``unhashed_weights`` is True).
+        """
         path = local_checkpoint(directory)
         config = read_config(path)
+        digest = verify_weights(path, config, trust_unhashed_weights, source=directory)
         backbone_class(config.model_type)  # clear error for unknown architectures
         backbone = backbone_from_config(AutoConfig.from_pretrained(path), config.pooling)
         if config.task == "image":
@@ -107,6 +118,7 @@ class MultiExitModel(nn.Module):
         model = cls(backbone, config, preprocessor)
         read_weights(model, path)
         model.checkpoint_dir = path.resolve()
+        model.weights_sha256, model.unhashed_weights = digest, not config.weights_sha256
         return model.eval().to(device)
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -119,6 +131,7 @@ class MultiExitModel(nn.Module):
         self.preprocessor.save_pretrained(path)
         write_weights(self, self.config, path)
         self.checkpoint_dir = path.resolve()
+        self.weights_sha256, self.unhashed_weights = self.config.weights_sha256, False
 
     def save_config(self, directory: str | Path) -> None:
         """Rewrite only ``epee_config.json`` (e.g. after calibration), keeping the weights."""
@@ -147,10 +160,23 @@ class MultiExitModel(nn.Module):
 
     @property
     def checkpoint_id(self) -> str:
-        """This fine-tuned checkpoint: its directory name + its own weights hash ("<base>@unsaved" before saving)."""
-        digest = self.config.weights_sha256[:12] or "unsaved"
+        """This fine-tuned checkpoint: its directory name + the hash of the weights it loaded or saved ("@unsaved" before)."""
+        digest = self.weights_sha256[:12] or "unsaved"
         name = self.checkpoint_dir.name if self.checkpoint_dir is not None else self.config.base_model
         return f"{name}@{digest}"
+
+    @property
+    def runtime(self) -> str:
+        """The runtime answering ``predict`` and ``exit_probs`` (one of ``runtimes.RUNTIMES``)."""
+        if self.runtime_engine is not None:
+            return self.runtime_engine.name
+        return "torch-int8" if self.int8 else "torch"
+
+    def use_runtime(self, runtime: str | None, threads: int | None = None) -> "MultiExitModel":
+        """Infer with ``runtime`` ("torch", "torch-int8", "onnx", "onnx-int8"), in place; see ``epee_annotate.runtimes``."""
+        from .runtimes import apply_runtime
+
+        return apply_runtime(self, runtime, threads)
 
     def set_default_policy(self, policy: ExitPolicy, calibration: dict[str, Any] | None = None) -> None:
         self.config.default_policy = policy.to_dict()
@@ -171,6 +197,8 @@ class MultiExitModel(nn.Module):
         """
         if self.device.type != "cpu":
             raise ValueError("int8 dynamic quantization runs on CPU; load the model with device='cpu'")
+        if self.runtime_engine is not None:
+            raise ValueError(f"this model runs {self.runtime!r}; load it again for runtime 'torch-int8'")
         if not self.int8:
             with warnings.catch_warnings():
                 # torch.ao's quantized-tensor deprecation notice; the kernels are what we measure.
@@ -183,6 +211,8 @@ class MultiExitModel(nn.Module):
     # ----- training forward --------------------------------------------------------------
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of every exit, (M, B, K)."""
+        if self.runtime_engine is not None:  # its graphs hold the weights as exported: training would not reach them
+            raise ValueError(f"this model answers through runtime {self.runtime!r}; train a model loaded without it")
         features = self.backbone(batch)
         return torch.stack([head(f) for head, f in zip(self.heads, features)])
 
@@ -199,11 +229,17 @@ class MultiExitModel(nn.Module):
                 rows.append(InputError(f"{type(error).__name__}: {error}"))
         return rows
 
-    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int) -> list[list[int]]:
-        """Index groups for valid rows: length buckets for text, input order for images."""
+    def batches(self, rows: Sequence[EncodedRow | InputError], batch_size: int,
+                max_tokens: int | None = None) -> list[list[int]]:
+        """Index groups for valid rows: length buckets for text, input order for images.
+
+        ``max_tokens``: text only, a budget of padded tokens per batch (``engine.length_buckets``).
+        """
+        if max_tokens is not None and self.task == "image":
+            raise ValueError("a token budget applies to text; images are all one size: set the batch size")
         valid = [i for i, row in enumerate(rows) if isinstance(row, EncodedRow)]
         lengths = [rows[i].length for i in valid]
-        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size)]
+        return [[valid[j] for j in group] for group in length_buckets(lengths, batch_size, max_tokens)]
 
     def collate(self, rows: Sequence[EncodedRow], padding_side: str = "right") -> dict[str, torch.Tensor]:
         batch = self.encoder.collate(rows, padding_side)
@@ -215,10 +251,12 @@ class MultiExitModel(nn.Module):
         policy: ExitPolicy | None = None,
         batch_size: int = 32,
         progress: bool = False,
+        max_tokens: int | None = None,
         audit: Sequence[bool] | None = None,
     ) -> list[Prediction]:
         """Early-exit predictions in input order; bad items get ``error`` set, the rest are answered.
 
+        ``max_tokens``: batches by a budget of padded tokens (text), ``batch_size`` capping their rows.
         ``audit[i]``: input i also runs to the last layer (continuing its forward pass) and its
         ``full_label`` is set, for checking the early answer against full depth.
         """
@@ -233,11 +271,15 @@ class MultiExitModel(nn.Module):
         results: list[Prediction | None] = [
             Prediction.failed(str(row), self.num_layers) if isinstance(row, InputError) else None for row in rows
         ]
-        for group in tqdm(self.batches(rows, batch_size), desc="predict", unit="batch", disable=not progress):
+        for group in tqdm(self.batches(rows, batch_size, max_tokens), desc="predict", unit="batch",
+                          disable=not progress):
             batch = self.collate([rows[i] for i in group])
             audited = [bool(audit[i]) for i in group] if audit is not None else []
-            outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype,
-                                     torch.tensor(audited) if any(audited) else None)
+            flags = torch.tensor(audited) if any(audited) else None
+            if self.runtime_engine is not None:
+                outcome = self.runtime_engine.run_early_exit(batch, policy, flags)
+            else:
+                outcome = run_early_exit(self.backbone, self.heads, batch, policy, self.autocast_dtype, flags)
             full = outcome.full_probs.argmax(-1).tolist() if outcome.full_probs is not None else None
             probs = outcome.probs.cpu()
             confidence, label_id = probs.max(-1)
@@ -275,7 +317,10 @@ class MultiExitModel(nn.Module):
         groups = self.batches(rows, batch_size)
         for group in progress_iter(groups, "all exits", "batch", bar=progress):
             batch = self.collate([rows[i] for i in group])
-            out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
+            if self.runtime_engine is not None:
+                out[group] = self.runtime_engine.run_all_exits(batch)
+            else:
+                out[group] = run_all_exits(self.backbone, self.heads, batch, self.autocast_dtype).cpu()
         return out
 
 

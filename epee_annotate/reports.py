@@ -51,10 +51,12 @@ def _policy_rows(report: dict[str, Any], entries: Sequence[tuple[str, dict[str, 
 
 def render_markdown(report: dict[str, Any]) -> str:
     """The report as Markdown tables."""
-    metric = report["metric"]
-    metrics = report["metric_names"]
-    checkpoint = report.get("checkpoint", {})
-    data = report.get("data") or {}
+    sections = (_header, _selected_section, _budgeted_section, _dynamic_section, _calibration_section, _plots_section)
+    return "\n".join(line for section in sections for line in section(report))
+
+
+def _header(report: dict[str, Any]) -> list[str]:
+    checkpoint, data = report.get("checkpoint", {}), report.get("data") or {}
     out = ["# Evaluation report", ""]
     if checkpoint:
         out.append(f"- checkpoint: `{checkpoint.get('id')}` ({checkpoint.get('task')}, "
@@ -67,14 +69,16 @@ def render_markdown(report: dict[str, Any]) -> str:
     out.append(f"- n = {report['n']}; gold label counts: {report.get('gold_counts')}")
     negative = report.get("negative_label")
     source = f" ({report['metric_source']})" if report.get("metric_source") else ""
-    out.append(f"- main metric: {metric}{source}" + (f"; positive-class micro-F1 excludes `{negative}`" if negative else ""))
+    out.append(f"- main metric: {report['metric']}{source}"
+               + (f"; positive-class micro-F1 excludes `{negative}`" if negative else ""))
     out.append("- speedup = M / mean exit layer; saved_fraction = 1 - sum(exit layers) / (N x M) (EPEE paper Eq. 5); "
                "disagreement = share of answers that differ from the last exit's answer")
-    for warning in report.get("warnings", []):
-        out.append(f"- **{warning}**")
-    out.append("")
+    out += [f"- **{warning}**" for warning in report.get("warnings", [])]
+    return out + [""]
 
-    out += ["## Full depth and the selected setting", ""]
+
+def _selected_section(report: dict[str, Any]) -> list[str]:
+    out = ["## Full depth and the selected setting", ""]
     entries = [("full_depth", report["full_depth"])]
     if "selected" in report:
         entries.append(("selected", report["selected"]))
@@ -86,59 +90,71 @@ def render_markdown(report: dict[str, Any]) -> str:
         out += [f"Wall-clock times: real early-exit `model.predict` on {timing['device']}, batch size "
                 f"{timing['batch_size']}, fastest of {timing.get('repeats', 1)} interleaved runs each, after a "
                 "warm-up batch; wall speed-up = full-depth seconds / seconds; CPU = process CPU time (all threads).", ""]
+    return out
 
-    out += ["## Budgeted mode (every input exits at layer m)", ""]
-    out.append(_table(["exit layer", *[HEADERS[m] for m in metrics], "mean entropy", "speedup", "disagreement"],
-                      [[r["layer"], *[_num(r[m]) for m in metrics], _num(r["mean_entropy"]), _num(r["speedup"], 2),
-                        _num(r["disagreement"])] for r in report["budgeted"]]))
-    out.append("")
 
+def _budgeted_section(report: dict[str, Any]) -> list[str]:
+    metrics = report["metric_names"]
+    return ["## Budgeted mode (every input exits at layer m)", "",
+            _table(["exit layer", *[HEADERS[m] for m in metrics], "mean entropy", "speedup", "disagreement"],
+                   [[r["layer"], *[_num(r[m]) for m in metrics], _num(r["mean_entropy"]), _num(r["speedup"], 2),
+                     _num(r["disagreement"])] for r in report["budgeted"]]), ""]
+
+
+def _dynamic_section(report: dict[str, Any]) -> list[str]:
     dynamic = report.get("dynamic")
-    if dynamic:
-        out += ["## Dynamic mode", "",
-                f"Grid: entropy thresholds tau in {dynamic['taus']}, patience P in {dynamic['patiences']}. "
-                "EPEE exits when normalized entropy < tau OR the same class won P consecutive exits; "
-                f"tau = 0 is patience only, P = {report['num_layers']} is entropy only. "
-                "BEEM adds each exit's confidence weighted by m/M while the class holds and exits when the "
-                "sum reaches its threshold.", ""]
-        for family in families():
-            title = family.title
-            if not dynamic.get(family.name):
-                continue
-            front = pareto_front(dynamic[family.name], metric)
-            out += [f"### Pareto front ({HEADERS[metric]} vs speed-up): {title}", ""]
-            out.append(_table(["setting", *[HEADERS[m] for m in metrics], "speedup", "saved_fraction", "disagreement"]
-                              + (["wall speed-up"] if "wall_speedup" in front[0] else []),
-                              [[r["name"], *[_num(r[m]) for m in metrics], _num(r["speedup"], 3),
-                                _num(r["saved_fraction"], 3), _num(r["disagreement"])]
-                               + ([_num(r["wall_speedup"], 2)] if "wall_speedup" in r else []) for r in front]))
-            out.append("")
-        for key, title, digits in ((metric, HEADERS[metric], 4), ("speedup", "speed-up", 2),
-                                   ("disagreement", "disagreement", 4)):
-            out += [f"### EPEE grid: {title} (rows tau, columns P)", ""]
-            cells = {(r["entropy"], r["patience"]): r[key] for r in dynamic["epee"]}
-            out.append(_table(["tau \\ P", *map(str, dynamic["patiences"])],
-                              [[f"{t:g}", *[_num(cells[(t, p)], digits) for p in dynamic["patiences"]]]
-                               for t in dynamic["taus"]]))
-            out.append("")
+    if not dynamic:
+        return []
+    metric, metrics = report["metric"], report["metric_names"]
+    out = ["## Dynamic mode", "",
+           f"Grid: entropy thresholds tau in {dynamic['taus']}, patience P in {dynamic['patiences']}. "
+           "EPEE exits when normalized entropy < tau OR the same class won P consecutive exits; "
+           f"tau = 0 is patience only, P = {report['num_layers']} is entropy only. "
+           "BEEM adds each exit's confidence weighted by m/M while the class holds and exits when the "
+           "sum reaches its threshold.", ""]
+    for family in families():
+        if not dynamic.get(family.name):
+            continue
+        front = pareto_front(dynamic[family.name], metric)
+        wall = "wall_speedup" in front[0]
+        out += [f"### Pareto front ({HEADERS[metric]} vs speed-up): {family.title}", "",
+                _table(["setting", *[HEADERS[m] for m in metrics], "speedup", "saved_fraction", "disagreement"]
+                       + (["wall speed-up"] if wall else []),
+                       [[r["name"], *[_num(r[m]) for m in metrics], _num(r["speedup"], 3),
+                         _num(r["saved_fraction"], 3), _num(r["disagreement"])]
+                        + ([_num(r["wall_speedup"], 2)] if "wall_speedup" in r else []) for r in front]), ""]
+    for key, title, digits in ((metric, HEADERS[metric], 4), ("speedup", "speed-up", 2),
+                               ("disagreement", "disagreement", 4)):
+        cells = {(r["entropy"], r["patience"]): r[key] for r in dynamic["epee"]}
+        out += [f"### EPEE grid: {title} (rows tau, columns P)", "",
+                _table(["tau \\ P", *map(str, dynamic["patiences"])],
+                       [[f"{t:g}", *[_num(cells[(t, p)], digits) for p in dynamic["patiences"]]]
+                        for t in dynamic["taus"]]), ""]
+    return out
 
-    calibration = checkpoint.get("calibration")
-    if calibration:
-        out += ["## Calibration record of the checkpoint", ""]
-        goal = calibration.get("goal", {})
-        out.append(f"- goal: {goal.get('kind')} = {goal.get('value')} (metric {goal.get('metric')}, "
-                   f"confidence {goal.get('confidence')}); chosen {calibration.get('policy_name')}")
-        out.append(f"- calibration n = {calibration.get('n')}, grid of {calibration.get('grid_size')}; "
-                   f"disagreement upper bound {_num(calibration.get('disagreement_bound'))} "
-                   f"({calibration.get('correction')}, confidence {calibration.get('confidence')})")
-        if calibration.get("guarantee"):
-            out.append(f"- guarantee: {calibration['guarantee']}")
-        out += [f"- note: {note}" for note in calibration.get("notes") or []]
-        out.append("")
+
+def _calibration_section(report: dict[str, Any]) -> list[str]:
+    calibration = (report.get("checkpoint") or {}).get("calibration")
+    if not calibration:
+        return []
+    goal = calibration.get("goal", {})
+    out = ["## Calibration record of the checkpoint", "",
+           f"- goal: {goal.get('kind')} = {goal.get('value')} (metric {goal.get('metric')}, "
+           f"confidence {goal.get('confidence')}); chosen {calibration.get('policy_name')}",
+           f"- calibration n = {calibration.get('n')}, grid of {calibration.get('grid_size')}; "
+           f"promised disagreement bound {_num(calibration.get('disagreement_bound'))} "
+           f"({calibration.get('correction')}, confidence {calibration.get('confidence')})"]
+    if calibration.get("guarantee"):
+        out.append(f"- guarantee: {calibration['guarantee']}")
+    out += [f"- note: {note}" for note in calibration.get("notes") or []]
+    return out + [""]
+
+
+def _plots_section(report: dict[str, Any]) -> list[str]:
     plots = report.get("plots") or []
-    if plots:
-        out += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
-    return "\n".join(out)
+    if not plots:
+        return []
+    return ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
 
 
 def _clean(value: Any) -> Any:

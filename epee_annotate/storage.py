@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
+from .filesystem import bounded
 from .filesystem import (  # noqa: F401  (re-exported)
     exists, fetch, filesystem_of, is_uri, join, list_files, open_input, ray_paths, resolve, scheme, to_location,
 )
@@ -21,11 +22,13 @@ __all__ = [
 def delete_tree(location: str) -> None:
     """Remove a directory/prefix and everything under it (missing is fine)."""
     fs, path = resolve(location)
-    if fs.get_file_info(path).type == pafs.FileType.Directory:
-        fs.delete_dir(path)
+    with bounded(location):
+        if fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir(path)
 
 
 def upload_dir(local_dir: str, location: str) -> None:
     """Copy a local directory's files under ``location`` (keeps relative paths)."""
     fs, path = resolve(location)
-    pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
+    with bounded(location):
+        pafs.copy_files(local_dir, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)

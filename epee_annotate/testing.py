@@ -125,3 +125,34 @@ def tiny_model(
         for head in model.heads:
             head.classifier.weight.mul_(head_scale)
     return model.eval()
+
+
+def loopback_s3_server():
+    """A context manager: an S3-compatible server (moto) on 127.0.0.1 with the AWS_* environment
+    pointing at it (restored on exit); yields that environment. For tests and benchmarks only."""
+    import os
+    from contextlib import contextmanager
+
+    @contextmanager
+    def serve():
+        from moto.server import ThreadedMotoServer
+
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server.start()
+        host, port = server.get_host_and_port()
+        env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+               "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+               "AWS_EC2_METADATA_DISABLED": "true"}
+        saved = {k: os.environ.get(k) for k in env}
+        os.environ.update(env)
+        try:
+            yield env
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            server.stop()
+
+    return serve()

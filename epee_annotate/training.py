@@ -37,7 +37,7 @@ from safetensors.torch import load_file, save_file, save_model
 from transformers import get_linear_schedule_with_warmup
 
 from .calibration.data import dev_fingerprint
-from .checkpoint import CONFIG_NAME, read_config, read_weights, write_config
+from .checkpoint import CONFIG_NAME, read_config, read_weights, verify_weights, write_config
 from .data.examples import Example
 from .inputs import EncodedRow, InputError
 from .metrics import classification_metrics
@@ -70,6 +70,7 @@ class TrainConfig:
     distill_temperature: float = 2.0
     distill_alpha: float = 0.5
     metric: str = "macro_f1"  # dev metric of the last exit that picks the best epoch
+    early_stopping: int | None = None  # stop after this many epochs without a better dev metric (None: never)
     negative_label: str = "none"  # the negative class for micro_f1_positive (DDI)
     device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:1", ...
     eval_batch_size: int = 64
@@ -85,6 +86,8 @@ class TrainConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {list(METRICS)}, got {self.metric!r}")
+        if self.early_stopping is not None and self.early_stopping < 1:
+            raise ValueError(f"early_stopping must be >= 1 epochs (or None), got {self.early_stopping}")
         if self.distill and (self.distill_temperature <= 0 or not 0 <= self.distill_alpha <= 1):
             raise ValueError("distill_temperature must be > 0 and distill_alpha in [0, 1]")
 
@@ -100,6 +103,22 @@ class TrainResult:
     epochs: int
     dev_metrics: list[dict[str, float]]  # per exit, at the best epoch
     history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False  # early stopping ended the run before ``epochs``
+
+
+def run_environment(device: torch.device) -> dict[str, Any]:
+    """What a rerun needs to match: torch threads, device and library versions."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"python": platform.python_version()}
+    for package in ("epee-annotate", "torch", "transformers", "tokenizers", "numpy", "safetensors"):
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    return {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+            "device": str(device), "versions": versions}
 
 
 # ----- loss ---------------------------------------------------------------------------------
@@ -356,13 +375,19 @@ def train(
         "config": asdict(config), "seed": config.seed, "sizes": sizes,
         "train_label_counts": dict(sorted(Counter(e.label for e in train_examples).items())),
         "dev_label_counts": dict(sorted(Counter(e.label for e in dev_examples).items())),
-        "exit_weights": exit_weights.tolist(),
+        "exit_weights": exit_weights.tolist(), "environment": run_environment(device),
         # Calibration refuses data that overlaps this dev set: it chose the best epoch.
         "dev_fingerprint": dev_fingerprint([e.input for e in dev_examples]),
     }
 
     run_start = time.monotonic()
+    stopped_early = False
     for epoch in range(start, config.epochs + 1):
+        if config.early_stopping is not None and history and epoch - 1 - best_epoch >= config.early_stopping:
+            stopped_early = True
+            logger.info("early stopping: no better dev %s of the last exit for %d epochs (best: epoch %d)",
+                        config.metric, config.early_stopping, best_epoch)
+            break
         epoch_start = time.monotonic()
         seed_everything(config.seed + epoch)
         model.train()
@@ -404,12 +429,14 @@ def train(
     # Record the finished run in the best checkpoint's config, then hand back the best weights.
     saved = read_config(out)
     dev_best = history[best_epoch - 1]["dev"]
-    saved.training = {**base_training, "epochs": config.epochs, "best_epoch": best_epoch, "metric": config.metric,
+    saved.training = {**base_training, "epochs": len(history), "planned_epochs": config.epochs,
+                      "stopped_early": stopped_early, "best_epoch": best_epoch, "metric": config.metric,
                       "best_score": best_score, "dev_metrics": dev_best, "history": history}
     write_config(saved, out)
     read_weights(model, out)
     model.config.training, model.config.weights_sha256 = saved.training, saved.weights_sha256
+    model.weights_sha256 = verify_weights(out, saved)
     if not keep_state:  # optimizer state is ~2x the weights; only a later --resume needs it
         shutil.rmtree(state_dir, ignore_errors=True)
     model.eval()
-    return TrainResult(out, config.metric, best_epoch, best_score, config.epochs, dev_best, history)
+    return TrainResult(out, config.metric, best_epoch, best_score, len(history), dev_best, history, stopped_early)

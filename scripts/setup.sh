@@ -12,5 +12,5 @@ echo "Setting up .venv (first run takes a few minutes)..."
 # torch first and pinned: an unpinned torch pulls several GB of CUDA wheels. GPU users install their own.
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[all,test,offline-minilm,chest-xray-data]"
+.venv/bin/python -m pip install -q -c constraints.txt -e ".[all,test,offline-minilm,chest-xray-data,onnx]"
 echo "$stamp" > .venv/.epee-setup

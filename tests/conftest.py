@@ -57,6 +57,22 @@ def clinical_checkpoints(tmp_path_factory) -> dict[str, str]:
     return out
 
 
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory):
+    """A saved tiny 4-layer BERT text checkpoint (labels neg, pos, other)."""
+    path = tmp_path_factory.mktemp("text_ckpt")
+    tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def image_checkpoint(tmp_path_factory):
+    """A saved tiny 4-layer ViT image checkpoint (labels normal, pneumonia)."""
+    path = tmp_path_factory.mktemp("image_ckpt")
+    tiny_model("vit", path, task="image", labels=("normal", "pneumonia")).save_pretrained(path)
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread_and_package_log_level():
     """CLI commands set torch's threads (--threads) and, without --verbose, quiet the package's logger
@@ -76,26 +92,9 @@ def s3_server():
     environment, exactly as they would read real ones; nothing leaves the loopback interface.
     Yields a boto3 S3 client.
     """
-    import os
-
     pytest.importorskip("moto")
     boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
+    from epee_annotate.testing import loopback_s3_server
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    env = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with loopback_s3_server():
         yield boto3.client("s3")
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()

@@ -9,21 +9,22 @@ import torch
 
 from epee_annotate import MultiExitModel
 from epee_annotate.cli import main
-from epee_annotate.cli.common import apply_threads, free_cores
+from epee_annotate.cli.common import apply_threads
 from epee_annotate.offline import parse_scratch_vit
 from epee_annotate.testing import tiny_backbone_dir
 
 
-def test_threads_default_is_the_free_cores_and_never_more_than_usable(monkeypatch):
+def test_threads_default_is_the_usable_cores_whatever_the_load(monkeypatch):
     import os
 
     usable = len(os.sched_getaffinity(0))
     assert apply_threads(1) == 1 and torch.get_num_threads() == 1
     assert apply_threads(10_000) == usable and torch.get_num_threads() == usable
+    # A busy machine at start must not change the default (it made training runs unreproducible).
     monkeypatch.setattr(os, "getloadavg", lambda: (float(os.cpu_count()), 0.0, 0.0))
-    assert free_cores() == 1  # a fully loaded machine leaves one thread
-    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
-    assert free_cores() == usable and apply_threads(None) == usable
+    assert apply_threads(None) == usable
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
+    assert apply_threads(None) == 1 and torch.get_num_threads() == 1
     with pytest.raises(ValueError, match="--threads must be >= 1"):
         apply_threads(0)
 

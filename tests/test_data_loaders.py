@@ -295,3 +295,32 @@ def test_metrics_by_hand():
     # positive classes 1, 2: tp 3; fp: pred 1 at index 1 -> 1; fn: true 2 predicted 0 -> 1
     assert micro_f1_positive(y_true, y_pred, negative=0) == pytest.approx(2 * 3 / (2 * 3 + 1 + 1))
     assert micro_f1_positive([0, 0], [0, 0]) == 0.0
+
+
+def test_ddi_negative_filter_rules(tmp_path, caplog):
+    from epee_annotate.data.ddi import filter_negatives, filter_rule
+
+    text = "Aspirin (ASA), warfarin, heparin and aspirin; digoxin increases the effect of quinidine."
+    at = {w: (text.index(w), text.index(w) + len(w)) for w in ("Aspirin", "ASA", "warfarin", "heparin", "digoxin",
+                                                               "quinidine")}
+    at["aspirin"] = (text.index("aspirin"), text.index("aspirin") + 7)
+    others = list(at.values())
+    assert filter_rule(text, at["Aspirin"], at["aspirin"], others) == "same_drug"
+    assert filter_rule(text, at["Aspirin"], at["ASA"], others) == "abbreviation"
+    # One list: commas and other entities between them; "X and Y" alone is not a list.
+    assert filter_rule(text, at["warfarin"], at["aspirin"], others) == "coordination"
+    assert filter_rule(text, at["ASA"], at["warfarin"], others) == "coordination"
+    assert filter_rule("warfarin and heparin interact", (0, 8), (13, 20)) is None
+    assert filter_rule(text, at["digoxin"], at["quinidine"], others) is None
+
+    doc = DDI_DOC2.replace("Avoid digoxin with quinidine.", "Avoid digoxin, quinidine.").replace(
+        'charOffset="19-27"', 'charOffset="15-23"')
+    (tmp_path / "a.xml").write_text(doc)
+    (tmp_path / "b.xml").write_text(doc.replace('ddi="true" type="advise"', 'ddi="false"').replace("d2", "d3"))
+    examples = load_examples(tmp_path, "ddi", "relation")
+    assert [(e.label, e.meta) for e in examples] == [("advise", {"filter_rule": "coordination"}),
+                                                      ("none", {"filter_rule": "coordination"})]
+    with caplog.at_level(logging.INFO, logger="epee_annotate.data.ddi"):
+        kept = filter_negatives(examples)
+    assert [e.label for e in kept] == ["advise"]  # positives are never dropped, only counted
+    assert "dropped {'coordination': 1} negatives" in caplog.text and "(kept): {'coordination': 1}" in caplog.text

@@ -110,6 +110,44 @@ def test_length_buckets_cover_every_index_once():
     assert [lengths[i] for i in groups[0]] == [9, 7, 5]
 
 
+def test_token_budget_batches_stay_within_it():
+    lengths = [5, 1, 9, 3, 3, 7, 2, 30, 1, 1, 1, 1]
+    groups = list(length_buckets(lengths, batch_size=5, max_tokens=12))
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        padded = len(group) * max(lengths[i] for i in group)
+        assert padded <= 12 or len(group) == 1  # a row over the budget travels alone
+        assert len(group) <= 5  # batch_size still caps the rows
+    assert [lengths[i] for i in groups[0]] == [30]
+    assert [len(g) for g in groups][-1] >= 3  # short rows travel together
+    with pytest.raises(ValueError, match="max_tokens"):
+        list(length_buckets(lengths, 5, max_tokens=0))
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnx"])
+def test_token_budget_decisions_equal_batch_size_one(model_factory, tmp_path, runtime):
+    from epee_annotate import MultiExitModel
+
+    if runtime == "onnx":
+        pytest.importorskip("onnxruntime")
+        model_factory("bert").save_pretrained(tmp_path / "m")
+        model = MultiExitModel.from_pretrained(tmp_path / "m").use_runtime("onnx")
+    else:
+        model = model_factory("bert")
+    texts = make_texts(40, seed=8)
+    policy = EPEE(entropy=0.5, patience=2)
+    rows = model.encode(texts)
+    groups = model.batches(rows, batch_size=64, max_tokens=120)
+    assert len({len(g) for g in groups}) > 1  # the budget, not a count, sized them
+    assert all(len(g) * max(rows[i].length for i in g) <= 120 or len(g) == 1 for g in groups)
+    budgeted = model.predict(texts, policy, batch_size=64, max_tokens=120)
+    single = [model.predict([t], policy, batch_size=1)[0] for t in texts]
+    assert [(p.label, p.exit_layer) for p in budgeted] == [(p.label, p.exit_layer) for p in single]
+    assert len({p.exit_layer for p in budgeted}) > 1
+    with pytest.raises(ValueError, match="token budget applies to text"):
+        model_factory("vit", task="image").batches([], 8, max_tokens=100)
+
+
 def test_beem_engine_matches_replay(model_factory):
     model = model_factory("bert")
     texts = make_texts(80, seed=5)

@@ -17,7 +17,6 @@ import pytest
 
 from epee_annotate.cli import main
 from epee_annotate.pipelines.schema import read_job_metadata
-from epee_annotate.testing import tiny_model
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -31,20 +30,6 @@ def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text_ckpt")
-    tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("image_ckpt")
-    tiny_model("vit", path, task="image", labels=("normal", "pneumonia")).save_pretrained(path)
-    return path
 
 
 def read(out: Path, partitioned: bool = False) -> pa.Table:

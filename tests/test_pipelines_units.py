@@ -195,7 +195,8 @@ def test_cli_refuses_existing_output_before_doing_work(tmp_path, capsys):
 
     (tmp_path / "out").mkdir()
     (tmp_path / "in.csv").write_text("id,text\n1,x\n")
-    code = main(["annotate-notes", str(tmp_path / "in.csv"), "--checkpoint", str(tmp_path),
+    (tmp_path / "ckpt").mkdir()
+    code = main(["annotate-notes", str(tmp_path / "in.csv"), "--checkpoint", str(tmp_path / "ckpt"),
                  "--out", str(tmp_path / "out")])
     assert code == 2 and "--overwrite" in capsys.readouterr().err
 
@@ -216,6 +217,7 @@ def test_pipeline_sources_apply_settings_and_replace_saved_policy(tmp_path, mode
     nlp = PipelineSource(checkpoint=str(checkpoint), task_name="cls").load({"policy": {"budget": 2}})
     (info,) = component_info(nlp)
     assert info["task"] == "cls" and info["policy"] == "budgeted(layer=2)" and info["labels"] == ["neg", "pos", "other"]
+    assert info["runtime"] == "torch"  # recorded in the job metadata
     digest = model_factory("bert").config.weights_sha256[:12]
     assert len(digest) == 12 and info["checkpoint_id"] == f"ckpt@{digest}"  # this checkpoint, not its base
     nlp.to_disk(tmp_path / "pipe")

@@ -22,7 +22,6 @@ from epee_annotate.policies import (
     BEEM, REGISTRY, PolicySettingError, families, policy_from_dict, policy_overrides, resolve_policy,
     setting_keys, settings,
 )
-from epee_annotate.testing import tiny_model
 
 MODEL_COMMANDS = ("annotate-notes", "annotate-images", "classify-images", "evaluate")
 FACTORIES = ("epee_textcat", "epee_span_classifier", "epee_relation_classifier", "epee_supplement_status",
@@ -124,20 +123,6 @@ def test_every_command_refuses_conflicting_policy_flags_with_the_same_message(co
 
 
 # ----- choosing a policy changes what runs ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("registry_text")
-    tiny_model("bert", path, labels=("neg", "pos", "other")).save_pretrained(path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def image_checkpoint(tmp_path_factory):
-    path = tmp_path_factory.mktemp("registry_image")
-    tiny_model("vit", path, task="image", labels=("normal", "pneumonia")).save_pretrained(path)
-    return path
-
-
 def policy_cases():
     """Settings of every registered policy, chosen so that most make some inputs exit early."""
     cases = {"epee": {"entropy": 0.9, "patience": 2}, "budget": {"budget": 1}, "beem": {"beem": 0.4},

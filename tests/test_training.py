@@ -167,6 +167,21 @@ def test_resume_to_more_epochs_and_resume_errors(word_bert, tmp_path):
         train(fresh_model(word_bert), train_set, dev_set, tmp_path / "new", TrainConfig(**FAST), resume=True)
 
 
+def test_early_stopping_keeps_the_best_epoch_and_records_the_run(word_bert, tmp_path):
+    train_set, dev_set = toy_examples(8, 6), toy_examples(8, 7)
+    # A learning rate too small to change the dev metric: epoch 1 stays best, so the run stops after epoch 2.
+    config = TrainConfig(epochs=5, early_stopping=1, **{**FAST, "lr": 1e-12})
+    result = train(fresh_model(word_bert), train_set, dev_set, tmp_path / "run", config)
+    assert result.stopped_early and result.epochs == 2 and result.best_epoch == 1
+    saved = json.loads((tmp_path / "run" / "epee_config.json").read_text())["training"]
+    assert saved["epochs"] == 2 and saved["planned_epochs"] == 5 and saved["stopped_early"] is True
+    environment = saved["environment"]
+    assert environment["torch_threads"] == torch.get_num_threads() and environment["device"] == "cpu"
+    assert environment["versions"]["torch"] == torch.__version__ and environment["versions"]["transformers"]
+    with pytest.raises(ValueError, match="early_stopping must be >= 1"):
+        TrainConfig(early_stopping=0).check()
+
+
 def test_unknown_labels_and_bad_settings(word_bert, tmp_path):
     model = fresh_model(word_bert)
     with pytest.raises(ValueError, match=r"training data has label\(s\) the model does not know: \{'maybe': 1\}"):
@@ -206,7 +221,7 @@ def test_cli_train_text_end_to_end(tiny_bert_dir, tmp_path, capsys):
     assert MultiExitModel.from_pretrained(out).config.training["epochs"] == 2
 
 
-def test_cli_train_ddi_with_dev_fraction_and_npz(tiny_bert_dir, tmp_path, capsys):
+def test_cli_train_ddi_with_dev_fraction_and_npz(tiny_bert_dir, tmp_path, capsys, caplog):
     from test_data_loaders import DDI_DOC, DDI_DOC2
 
     for i in range(4):
@@ -216,6 +231,7 @@ def test_cli_train_ddi_with_dev_fraction_and_npz(tiny_bert_dir, tmp_path, capsys
     assert main(["train", "--task", "relation", "--base", str(tiny_bert_dir), "--format", "ddi",
                  "--train", str(tmp_path / "ddi"), "--dev-fraction", "0.5", "--out", str(out), "--epochs", "1",
                  "--batch-size", "4", "--metric", "micro_f1_positive", "--no-progress"]) == 0
+    assert "far from the DDI recipe (docs/training.md): no --filter-negatives" in caplog.text
     model = MultiExitModel.from_pretrained(out)
     assert model.labels == ["none", "mechanism", "effect", "advise", "int"] and model.task == "relation"
     sizes = model.config.training["sizes"]

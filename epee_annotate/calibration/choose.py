@@ -136,16 +136,16 @@ class Risk:
     text: str
 
 
-def risk_for(goal: CalibrationGoal, table: ExitTable, found: Candidates, alpha: float) -> tuple[Risk, list[str]]:
-    """The risk to test for a max_drop / max_disagreement goal, and notes; refuses an F1 goal it cannot certify."""
+def risk_for(goal: CalibrationGoal, table: ExitTable, found: Candidates, alpha: float) -> Risk:
+    """The risk to test for a max_drop / max_disagreement goal; refuses an F1 goal it cannot certify."""
     disagreements = [row["disagreement_count"] for row in found.rows]
     if goal.kind == "max_disagreement":
         return Risk("disagreement", disagreements, goal.value,
-                    f"the expected disagreement with full depth is <= {goal.value:.4g}"), []
+                    f"the expected disagreement with full depth is <= {goal.value:.4g}")
     if goal.metric not in F1_METRICS:
         return Risk("accuracy_drop", found.hurt, goal.value,
                     f"the expected accuracy drop below the last exit is <= {goal.value:.4g} (bounded through the "
-                    "share of inputs the last exit gets right and the policy wrong)"), []
+                    "share of inputs the last exit gets right and the policy wrong)")
     masses = class_masses(table, goal.metric, alpha)
     target = disagreement_for_f1_drop(goal.value, masses)
     per_path = alpha / max(1, len(found.paths))
@@ -162,7 +162,7 @@ def risk_for(goal: CalibrationGoal, table: ExitTable, found: Candidates, alpha: 
     drop = f1_drop_bound(target, masses)
     return Risk("disagreement", disagreements, target,
                 f"the expected disagreement with full depth is <= {target:.4g}, so the {goal.metric} drop below "
-                f"the last exit is <= {drop:.4g} (worst case, with the class masses bounded below)"), []
+                f"the last exit is <= {drop:.4g} (worst case, with the class masses bounded below)")
 
 
 def certify(risk: Risk, found: Candidates, n: int, depth: int, alpha: float) -> set[int]:
@@ -198,23 +198,8 @@ def calibrate(
     keys = statement_keys(goal)
     alpha = (1.0 - goal.confidence) / max(1, len(keys))
     speed_level = 1.0 - alpha / size  # Bonferroni over the grid: holds for whichever setting is chosen
+    ok, risk = _feasible(goal, table, found, reference, alpha, speed_level)
     notes: list[str] = []
-    risk = None
-    if goal.in_sample:
-        ok = _in_sample_feasible(goal, found, reference)
-    elif goal.kind == "min_speedup":
-        lower = [speedup_lower(e, depth, speed_level) for e in found.exits]
-        ok = [i for i in range(size) if lower[i] >= goal.value - 1e-12]
-        if not ok:
-            best = max(range(size), key=lower.__getitem__)
-            raise ValueError(f"no setting on the grid reaches speed-up {goal.value:g} (the fastest has a lower "
-                             f"confidence bound on new data of {lower[best]:.3f}, in-sample "
-                             f"{found.rows[best]['speedup']:.3f}); lower the speed-up goal, widen the grid, or "
-                             "calibrate on more data")
-    else:
-        risk, risk_notes = risk_for(goal, table, found, alpha)
-        notes += risk_notes
-        ok = sorted(certify(risk, found, n, depth, alpha))
     index, fallback, forced, guard_notes = _choose(goal, found, reference, ok, names)
     notes += guard_notes
     policy, chosen = (full_depth(), reference) if fallback else (found.policies[index], found.rows[index])
@@ -230,6 +215,26 @@ def calibrate(
         statements=statements, fallback=fallback, grid=found.grid, metric_names=_main_first(goal.metric, names),
         notes=notes, forced=forced, metric_source=metric_source(requested, training_metric, goal.metric),
     )
+
+
+def _feasible(goal: CalibrationGoal, table: ExitTable, found: Candidates, reference: dict[str, Any], alpha: float,
+              speed_level: float) -> tuple[list[int], Risk | None]:
+    """The candidates that meet the goal (certified, or in-sample), and the risk tested (max_* goals)."""
+    if goal.in_sample:
+        return _in_sample_feasible(goal, found, reference), None
+    if goal.kind == "min_speedup":
+        depth = table.num_layers
+        lower = [speedup_lower(e, depth, speed_level) for e in found.exits]
+        ok = [i for i in range(found.size) if lower[i] >= goal.value - 1e-12]
+        if not ok:
+            best = max(range(found.size), key=lower.__getitem__)
+            raise ValueError(f"no setting on the grid reaches speed-up {goal.value:g} (the fastest has a lower "
+                             f"confidence bound on new data of {lower[best]:.3f}, in-sample "
+                             f"{found.rows[best]['speedup']:.3f}); lower the speed-up goal, widen the grid, or "
+                             "calibrate on more data")
+        return ok, None
+    risk = risk_for(goal, table, found, alpha)
+    return sorted(certify(risk, found, table.num_rows, table.num_layers, alpha)), risk
 
 
 def _main_first(metric: str, names: Sequence[str]) -> list[str]:

@@ -34,8 +34,8 @@ def policy_from_args(args: argparse.Namespace):
 def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     """--threads N: torch's intra- and inter-op threads for this command."""
     parser.add_argument("--threads", type=int, metavar="N",
-                        help="torch threads (default: the cores that are free now, never more than this process "
-                             "may use)")
+                        help="torch threads (default: the cores this process may use, its CPU affinity; never "
+                             "more); on a shared machine give fewer")
 
 
 def usable_cores() -> int:
@@ -45,23 +45,13 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def free_cores() -> int:
-    """Cores this process may use (affinity) that the 1-minute load average leaves free, at least 1."""
-    import os
-
-    usable = usable_cores()
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        busy = 0.0
-    return max(1, min(usable, round((os.cpu_count() or usable) - busy)))
-
-
 def apply_threads(requested: int | None) -> int:
     """Set torch's thread pools before any model work (the inter-op pool can only be set once, first)."""
     if requested is not None and requested < 1:
         raise ValueError(f"--threads must be >= 1, got {requested}")
-    threads = free_cores() if requested is None else min(requested, usable_cores())
+    # Never the load average: a default that depends on how busy the machine was at start makes runs
+    # unreproducible (a busy start once gave a PHEE run 1 thread, twice the time and a worse model).
+    threads = usable_cores() if requested is None else min(requested, usable_cores())
     import torch
 
     torch.set_num_threads(threads)
@@ -89,3 +79,21 @@ def columns_from_args(args: argparse.Namespace) -> dict[str, str]:
     """The renamed columns as {standard name: column in the file}."""
     return {name: getattr(args, f"{name}_column") for name in COLUMN_OPTIONS
             if getattr(args, f"{name}_column", None)}
+
+
+# ----- runtime -------------------------------------------------------------------------------------
+def add_runtime_argument(parser) -> None:
+    """--runtime: torch, torch-int8, onnx or onnx-int8 (``epee_annotate.runtimes.RUNTIMES``)."""
+    from ..runtimes import RUNTIME_HELP, RUNTIMES
+
+    parser.add_argument("--runtime", choices=list(RUNTIMES), default=None, help=f"{RUNTIME_HELP} (default torch)")
+
+
+def runtime_from_args(args: argparse.Namespace) -> str | None:
+    """--runtime, with the older --int8 flag (where a command has it) as another name for torch-int8."""
+    runtime = getattr(args, "runtime", None)
+    if getattr(args, "int8", False):
+        if runtime not in (None, "torch-int8"):
+            raise ValueError(f"--int8 means --runtime torch-int8; it cannot be combined with --runtime {runtime}")
+        return "torch-int8"
+    return runtime

@@ -11,12 +11,13 @@ from typing import Any
 
 from ..vocab import METRICS
 from .common import (
-    add_column_arguments, add_policy_arguments, add_threads_argument, apply_threads, columns_from_args,
+    add_column_arguments, add_policy_arguments, add_runtime_argument, add_threads_argument, apply_threads,
+    columns_from_args, runtime_from_args,
 )
 
 log = logging.getLogger("epee_annotate.evaluate")
 
-GUESS_FORMAT = {".jsonl": "jsonl", ".csv": "csv", ".npz": "npz"}
+GUESS_FORMAT = {".jsonl": "jsonl", ".csv": "csv", ".npz": "npz", ".spacy": "docbin"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -100,7 +101,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--data", required=True, metavar="PATH", help="labelled data file (or DDI XML folder)")
     data.add_argument("--format", choices=FORMATS,
-                      help="data format (default: from the extension for .jsonl, .csv, .npz)")
+                      help="data format (default: from the extension for .jsonl, .csv, .npz, .spacy; "
+                           ".jsonl is 'spans' for a span checkpoint)")
+    data.add_argument("--spans-key", metavar="KEY", help="docbin: the doc.spans group to read (default: doc.ents)")
     data.add_argument("--split", help="which arrays of an npz file (e.g. val); required when it holds several")
     data.add_argument("--on-error", choices=("stop", "skip"), default="stop", help="bad records: stop or skip them")
     data.add_argument("--dev-fraction", type=float, metavar="F",
@@ -124,7 +127,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--batch-size", type=int, default=32)
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, cuda:1, ...")
     run.add_argument("--int8", action="store_true",
-                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost)")
+                     help="int8 dynamic quantization of the backbone's Linear layers (CPU; see its accuracy cost); "
+                          "the same as --runtime torch-int8")
+    add_runtime_argument(run)
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                      help="progress bars (default: when stderr is a terminal)")
     add_threads_argument(run)
@@ -155,13 +160,14 @@ def _load_model(args):
 
     from ..model import MultiExitModel
 
+    runtime = runtime_from_args(args)
     device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "auto":  # the int8 and ONNX runtimes are CPU runtimes
+        device = "cuda" if torch.cuda.is_available() and runtime in (None, "torch") else "cpu"
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
     model = MultiExitModel.from_pretrained(args.checkpoint, device=device)
-    return model.quantize_dynamic() if getattr(args, "int8", False) else model
+    return model.use_runtime(runtime)
 
 
 def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:
@@ -173,11 +179,17 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
     if not path.exists():
         raise FileNotFoundError(f"data path {args.data!r} does not exist")
     fmt = args.format or GUESS_FORMAT.get(path.suffix.lower())
+    if args.format is None and fmt == "jsonl" and model.task == "span":
+        fmt = "spans"  # a span checkpoint's JSONL data is span records
     if fmt is None:
         raise ValueError(f"cannot tell the format of {args.data!r} from its name: pass --format")
     split = _npz_split(path, args.split) if fmt == "npz" else args.split
     # npz labels are class ids: name them with the checkpoint's labels, in order.
     options: dict[str, Any] = {"label_names": model.labels} if fmt == "npz" else {}
+    if args.spans_key is not None:
+        if fmt != "docbin":
+            raise ValueError("--spans-key applies to --format docbin only")
+        options["spans_key"] = args.spans_key
     columns = columns_from_args(args)
     if columns:
         if fmt not in ("jsonl", "csv"):

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from ..vocab import FRAME_MODES
-from .common import add_policy_arguments, add_threads_argument, apply_threads, policy_from_args
+from .common import add_policy_arguments, add_runtime_argument, add_threads_argument, apply_threads, policy_from_args
 
 COLUMNS = ("source", "frame", "label", "exit_layer", "num_layers", "confidence", "entropy", "error")
 
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
     parser.add_argument("--extra-tags", default="", help="comma-separated DICOM keywords to add (may be PHI)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="cpu")
+    add_runtime_argument(parser)
     parser.add_argument("--output", type=Path, help="write all fields to .jsonl or .csv instead of a table")
     add_policy_arguments(parser)
     add_threads_argument(parser)
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from ..model import MultiExitModel
 
     policy = policy_from_args(args)  # conflicting flags fail before the model loads
-    model = MultiExitModel.from_pretrained(args.checkpoint, device=args.device)
+    model = MultiExitModel.from_pretrained(args.checkpoint, device=args.device).use_runtime(args.runtime)
     files = find_image_files(args.paths)
     if not files:
         raise ValueError("no files found under the given paths")

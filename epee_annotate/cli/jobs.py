@@ -8,19 +8,22 @@ import sys
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, FRAME_MODES, NOTE_FORMATS
-from .common import add_policy_arguments, policy_settings_from_args
+from .common import add_policy_arguments, add_runtime_argument, policy_settings_from_args
 
 # Library setting (SettingError.settings) -> this command line's option.
 FLAGS = {
     "out": "--out", "overwrite": "--overwrite", "num_actors": "--num-actors", "cpus_per_actor": "--cpus-per-actor",
     "gpus_per_actor": "--gpus-per-actor", "batch_size": "--batch-size", "model_batch_size": "--model-batch-size",
-    "autocast": "--autocast", "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
+    "model_batch_tokens": "--model-batch-tokens", "autocast": "--autocast", "runtime": "--runtime",
+    "actor_start_timeout_s": "--actor-start-timeout", "fmt": "--format",
     "id_column": "--id-column", "text_column": "--text-column", "keep_columns": "--keep-columns",
     "pipeline": "--pipeline", "config": "--config", "checkpoint": "--checkpoint", "overrides": "--set",
     "scope": "--scope", "inputs": "image files", "npz": "--npz", "frames": "--frames",
     "include_text": "--include-text", "resume": "--resume", "encoding": "--encoding",
-    "on_bad_record": "--on-bad-record", "note_id_column": "--note-id-column", "concept_map": "--concept-map",
-    "note_nlp": "--note-nlp", "audit_fraction": "--audit-fraction",
+    "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
+    "trust_unhashed_weights": "--allow-unhashed-weights", "lock_lease_s": "--lock-lease",
+    "note_id_column": "--note-id-column", "concept_map": "--concept-map", "note_nlp": "--note-nlp",
+    "audit_fraction": "--audit-fraction",
 }
 
 
@@ -36,18 +39,32 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--resume", action="store_true",
                      help="continue an interrupted --resume run of this job (Ray Data checkpointing by document "
                           "id; needs unique ids); a first run with it is resumable")
+    out.add_argument("--lock-lease", type=float, default=60.0, metavar="S",
+                     help="the output lock's lease: another job waits for this one to end, or to send no "
+                          "heartbeat for S seconds (a dead driver on another host), before it takes --out over")
+
+    parser.add_argument("--allow-unhashed-weights", action="store_true",
+                        help="load checkpoints that record no weights_sha256 (their weights cannot be checked); "
+                             "recorded in the output metadata")
 
     run = parser.add_argument_group("execution")
     run.add_argument("--num-actors", type=int, default=1, help="annotation actors (each loads the model once)")
     run.add_argument("--cpus-per-actor", type=float, default=1.0, help="CPUs reserved per actor (= torch threads)")
     run.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per actor; > 0 puts models on cuda")
     run.add_argument("--autocast", choices=AUTOCAST_MODES, default=None, help="mixed precision on GPU")
+    add_runtime_argument(run)
     run.add_argument("--batch-size", type=int, default=64, help="inputs per actor call")
     run.add_argument("--model-batch-size", type=int, default=32, help="model inputs per forward pass")
+    run.add_argument("--model-batch-tokens", type=int, default=None, metavar="T",
+                     help="notes: form model batches by padded tokens (at most T per forward pass; "
+                          "--model-batch-size still caps the rows)")
     run.add_argument("--max-restarts", type=int, default=3, help="times a dead actor is recreated")
     run.add_argument("--max-task-retries", type=int, default=3, help="times a batch of a dead actor is re-run")
     run.add_argument("--actor-start-timeout", type=float, default=600.0, metavar="S",
                      help="fail when the actors have not started (model loaded) after S seconds")
+    run.add_argument("--storage-timeout", type=float, default=None, metavar="S",
+                     help="bound of each object-store call (S3, GCS) in seconds (default: $EPEE_STORAGE_TIMEOUT_S, "
+                          "else 60)")
     run.add_argument("--address", default=None,
                      help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray started in-process)")
     run.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -63,27 +80,45 @@ def _options(args: argparse.Namespace):
     from ..pipelines.jobs import JobOptions
     from ..pipelines.runtime import ActorSettings
 
+    _storage_timeout(args.storage_timeout)
+
     actors = ActorSettings(args.num_actors, args.cpus_per_actor, args.gpus_per_actor, args.max_restarts,
                            args.max_task_retries)
     return JobOptions(
         out=args.out, overwrite=args.overwrite, actors=actors, batch_size=args.batch_size,
-        model_batch_size=args.model_batch_size, address=args.address, policy=policy_settings_from_args(args),
-        autocast=args.autocast,
+        model_batch_size=args.model_batch_size, model_batch_tokens=args.model_batch_tokens, address=args.address,
+        policy=policy_settings_from_args(args), autocast=args.autocast, runtime=args.runtime,
         partition_by_task=args.partition_by_task, include_text=getattr(args, "include_text", False),
         progress=args.progress, worker_logs=args.worker_logs, rows_per_file=args.rows_per_file, verbose=args.verbose,
-        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume,
+        actor_start_timeout_s=args.actor_start_timeout, resume=args.resume, lock_lease_s=args.lock_lease,
+        trust_unhashed_weights=args.allow_unhashed_weights,
     )
 
 
+def _storage_timeout(seconds: float | None) -> None:
+    """--storage-timeout as the process's storage bound; Ray workers get it from ``runtime.ray_session``."""
+    import os
+
+    from ..filesystem import TIMEOUT_VARIABLE, storage_timeout_s
+
+    if seconds is not None:
+        if not seconds > 0:
+            raise ValueError(f"--storage-timeout must be > 0 seconds, got {seconds:g}")
+        os.environ[TIMEOUT_VARIABLE] = f"{seconds:g}"
+    storage_timeout_s()  # a malformed environment value fails here, before any work
+
+
 def _with_flags(build: Callable[[], Any]) -> Any:
-    """Run ``build``; a SettingError gets this command line's option names as advice."""
+    """Run ``build``; a SettingError (or a storage timeout) gets this command line's option names as advice."""
+    from ..checkpoint import UnhashedWeightsError
+    from ..filesystem import StorageTimeoutError
     from ..pipelines.errors import OutputExistsError, SettingError
 
     try:
         return build()
     except OutputExistsError as error:
         raise FileExistsError(f"{error}; pass --overwrite to replace it") from None
-    except SettingError as error:
+    except (SettingError, StorageTimeoutError, UnhashedWeightsError) as error:
         from ..policies import settings
 
         known = {**FLAGS, **{setting.key: setting.flag for setting in settings()}}

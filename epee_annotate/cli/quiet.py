@@ -43,6 +43,7 @@ def quiet_ray(verbose: bool, command: str = "a batch job") -> None:
         logging.getLogger("ray.data").setLevel(logging.NOTSET)
         return
     logging.getLogger("ray").setLevel(logging.ERROR)  # token-auth notice, "Started a local Ray instance"
+    logging.getLogger("botocore").setLevel(logging.WARNING)  # "Found credentials ..." (the S3 output lock)
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # execution plans, sink notices, bar notices
     progress_logger.setLevel(logging.INFO)
     progress_logger.addFilter(_TotalProgressOnly())

@@ -36,6 +36,7 @@ from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
 from ..policies import ExitPolicy, resolve_policy
 from ..prediction import Prediction
+from ..runtimes import check_runtime
 from ..vocab import AUTOCAST_MODES
 from .extensions import register_extensions, replace_task_records, set_result
 from .medspacy_support import quiet_medspacy
@@ -106,6 +107,7 @@ class EpeeComponent(Pipe):
     """Base class: subclasses set ``task`` and implement ``collect``."""
 
     task: str = "text"  # the checkpoint task the component needs
+    older_tasks: tuple[str, ...] = ()  # checkpoint tasks it also reads (kept for checkpoints trained before)
     reports_context = False  # its records carry medSpaCy ConText flags (mentions)
 
     def __init__(
@@ -118,19 +120,25 @@ class EpeeComponent(Pipe):
         batch_size: int = 32,
         device: str = "cpu",
         autocast: str | None = None,
+        runtime: str = "torch",
+        batch_tokens: int | None = None,
         min_confidence: float | None = None,
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
+        trust_unhashed_weights: bool = False,
         audit_fraction: float | None = None,
     ):
         if checkpoint is None:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if batch_tokens is not None and batch_tokens < 1:
+            raise ValueError(f"batch_tokens must be >= 1 or null, got {batch_tokens}")
         if autocast is not None and autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast must be null or one of {AUTOCAST_MODES}, got {autocast!r}")
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
+        self.runtime = check_runtime(runtime, device, autocast)
         if audit_fraction is not None and not 0.0 <= audit_fraction <= 1.0:
             raise ValueError(f"audit_fraction must be in [0, 1], got {audit_fraction}")
         register_extensions()
@@ -142,11 +150,13 @@ class EpeeComponent(Pipe):
         # policy dict with "name".
         self._policy = resolve_policy(policy_settings, policy)
         self.batch_size = int(batch_size)
+        self.batch_tokens = batch_tokens
         self.device = device
         self.autocast = autocast
         self.min_confidence = min_confidence
         self.none_label = none_label
         self.expected_labels = list(expected_labels) if expected_labels else None
+        self.trust_unhashed_weights = bool(trust_unhashed_weights)
         # null: audit DEFAULT_AUDIT_FRACTION of the docs when the checkpoint carries a calibration, else none
         self.audit_fraction = audit_fraction
         self._audit: AuditCounter | None = None
@@ -174,8 +184,9 @@ class EpeeComponent(Pipe):
 
             if not torch.cuda.is_available():
                 raise ValueError(f"component {self.name!r}: device {self.device!r} asked for but CUDA is not available")
-        model = MultiExitModel.from_pretrained(checkpoint, device=self.device)
-        if model.task != self.task:
+        model = MultiExitModel.from_pretrained(checkpoint, device=self.device,
+                                               trust_unhashed_weights=self.trust_unhashed_weights)
+        if model.task != self.task and model.task not in self.older_tasks:
             raise ValueError(
                 f"component {self.name!r} needs a {self.task!r} checkpoint; {checkpoint!r} is a {model.task!r} one"
             )
@@ -183,7 +194,7 @@ class EpeeComponent(Pipe):
             logger.warning("component %r: checkpoint labels %s differ from the expected %s",
                            self.name, model.labels, self.expected_labels)
         model.use_autocast(self.autocast)
-        return model
+        return model.use_runtime(self.runtime)
 
     @property
     def policy(self) -> ExitPolicy:
@@ -260,7 +271,8 @@ class EpeeComponent(Pipe):
         if fraction and inputs:
             chosen = [audited(doc.text, fraction) for doc in docs]  # by document: all its items or none
             audit = [flag for flag, items in zip(chosen, per_doc) for _ in items]
-        predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size, audit=audit)
+        predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
+                                                     max_tokens=self.batch_tokens, audit=audit)
                        if inputs else [])
         for prediction in predictions:
             if prediction.full_label is not None:
@@ -278,6 +290,8 @@ class EpeeComponent(Pipe):
         import torch
 
         torch.set_num_threads(1)
+        if self.runtime.startswith("onnx"):
+            self._model = None  # ONNX Runtime sessions do not survive a fork: reload (the graphs are cached)
         self._pid = os.getpid()
 
     def _check_order(self) -> None:

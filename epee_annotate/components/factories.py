@@ -7,8 +7,11 @@ spaCy validates factory settings from the runtime type hints.)
 Every factory takes the same common settings: the checkpoint directory; the exit policy as the
 flat settings of the policy registry (``epee_annotate.policies.registry``; all null = the
 checkpoint's default; settings of two policies at once are an error) or ``policy``, a saved policy
-dict with "name"; the model batch size, device, autocast (null | "bf16" | "fp16", CUDA only), and
-an optional confidence floor below which the label becomes ``none_label``. The signatures are
+dict with "name"; the model batch size, device, autocast (null | "bf16" | "fp16", CUDA only), the
+runtime (``epee_annotate.runtimes.RUNTIMES``: torch, torch-int8, onnx, onnx-int8), batch_tokens (null,
+or a budget of padded tokens per model batch), an optional confidence floor below which the label
+becomes ``none_label``, and ``trust_unhashed_weights``, the explicit opt-in to load a checkpoint that
+records no weights hash. The signatures are
 built from the registry, so a new policy's settings reach every factory without editing this file.
 """
 
@@ -33,8 +36,11 @@ COMMON: Dict[str, tuple] = {
     "batch_size": (int, 32),
     "device": (str, "cpu"),
     "autocast": (Optional[str], None),
+    "runtime": (str, "torch"),  # epee_annotate.runtimes.RUNTIMES
+    "batch_tokens": (Optional[int], None),  # a budget of padded tokens per model batch; batch_size caps its rows
     "min_confidence": (Optional[float], None),
     "none_label": (str, "none"),
+    "trust_unhashed_weights": (bool, False),
     "audit_fraction": (Optional[float], None),
 }
 SPAN_SOURCE = {"spans_key": (Optional[str], None), "span_labels": (Optional[List[str]], None)}

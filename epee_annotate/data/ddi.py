@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .. import filesystem
 from ..vocab import DDI_LABELS, DDI_NEGATIVE
@@ -81,31 +82,64 @@ def _pair_spans(head: list[Span], tail: list[Span]) -> tuple[Span, Span] | None:
 
 def load_ddi(path: str | Path, on_error: str = "stop", encoding: str = "utf-8") -> list[Example]:
     """Relation examples for every entity pair under ``path``, in file order (reader: ``formats.ddi``)."""
-    files = ddi_files(path)
+    dropped: Counter = Counter()
+    examples = _load_sentences(path, on_error, encoding, lambda sentence: _sentence_examples(sentence, dropped))
+    if dropped:
+        logger.info("DDI %s: dropped pairs %s", path, dict(dropped))
+    return examples
+
+
+def load_ddi_entities(path: str | Path, on_error: str = "stop", encoding: str = "utf-8") -> list[Example]:
+    """Span examples: every ``<entity>`` of every sentence, labelled with its type (``ENTITY_TYPE_ORDER``).
+
+    A public stand-in for mention classification (``--task span --format ddi-entities``). A
+    discontinuous entity spans from its first fragment's start to its last fragment's end; the
+    context is its sentence; the group is the document.
+    """
+    return _load_sentences(path, on_error, encoding, _sentence_entities)
+
+
+def _load_sentences(path: str | Path, on_error: str, encoding: str,
+                    examples_of: Callable[[dict], list[Example]]) -> list[Example]:
+    """``examples_of(sentence record)`` over every sentence under ``path``; bad sentences follow ``on_error``."""
     counter = SkipCounter(on_error, str(path))
     examples: list[Example] = []
-    dropped: Counter = Counter()
-    for file in files:
+    for file in ddi_files(path):
         for record in read_records(file, "ddi", counter, encoding):
             try:
-                examples += _sentence_examples(record.data, dropped)
+                examples += examples_of(record.data)
             except _BadElement as error:
                 counter.bad(record.position, str(error))
     counter.finish()
-    if dropped:
-        logger.info("DDI %s: dropped pairs %s", path, dict(dropped))
     require_examples(examples, str(path), len(counter.skipped))
     return examples
 
 
-def _sentence_examples(sentence: dict, dropped: Counter) -> list[Example]:
-    text = sentence["text"]
+def _entities(sentence: dict) -> dict[str, tuple[list[Span], str | None]]:
+    """The sentence's entities: id -> (fragment spans, type)."""
     entities = {}
     for entity in sentence["entities"]:
         spans = parse_offsets(entity["charOffset"])
-        if spans[-1][1] > len(text):
+        if spans[-1][1] > len(sentence["text"]):
             raise _BadElement(f"entity {entity['id']} offsets run past the sentence end")
-        entities[entity["id"]] = spans
+        entities[entity["id"]] = (spans, entity["type"])
+    return entities
+
+
+def _sentence_entities(sentence: dict) -> list[Example]:
+    from .spans import span_example
+
+    out = []
+    for ident, (spans, kind) in _entities(sentence).items():
+        if kind not in ENTITY_TYPE_ORDER:
+            raise _BadElement(f"entity {ident} has type {kind!r}, expected one of {list(ENTITY_TYPE_ORDER)}")
+        out.append(span_example(sentence["text"], spans[0][0], spans[-1][1], kind, ident, sentence["document"]))
+    return out
+
+
+def _sentence_examples(sentence: dict, dropped: Counter) -> list[Example]:
+    text = sentence["text"]
+    entities = {ident: spans for ident, (spans, _) in _entities(sentence).items()}
     out = []
     for pair in sentence["pairs"]:
         ident = pair["id"]
@@ -123,8 +157,69 @@ def _sentence_examples(sentence: dict, dropped: Counter) -> list[Example]:
             dropped["overlapping entities"] += 1
             continue
         head, tail = spans
-        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, sentence["document"]))
+        others = [(v[0][0], v[-1][1]) for k, v in entities.items() if k not in (pair["e1"], pair["e2"])]
+        rule = filter_rule(text, head, tail, others)
+        out.append(Example({"text": text, "head": head, "tail": tail}, label, ident, sentence["document"],
+                           {"filter_rule": rule} if rule else None))
     return out
+
+
+# ----- negative-instance filtering (DDI 2013 systems: Chowdhury & Lavelli 2013, Liu et al. 2016) --------
+FILTER_RULES = ("same_drug", "abbreviation", "coordination")
+_COORDINATION = re.compile(r"(?:[\s,;/()]|\band\b|\bor\b|\bnor\b)*", re.IGNORECASE)
+
+
+def filter_rule(text: str, head: Span, tail: Span, others: Sequence[Span] = ()) -> str | None:
+    """The rule by which DDI 2013 systems drop the pair as a sure negative, or None.
+
+    - ``same_drug``: both entities are the same name (case-insensitive);
+    - ``abbreviation``: ``X (Y)``, the second entity in parentheses right after the first;
+    - ``coordination``: both in one list, as in "X, Y and Z": only separators (``,`` ``;`` ``/``
+      ``and`` ``or`` ``nor``, brackets) and other entities stand between them, with a comma, a
+      semicolon or a third entity among them.
+    """
+    first, second = sorted([head, tail])
+    if text[head[0] : head[1]].strip().lower() == text[tail[0] : tail[1]].strip().lower():
+        return "same_drug"
+    between = text[first[1] : second[0]]
+    if between.strip() == "(" and text[second[1] :].lstrip().startswith(")"):
+        return "abbreviation"
+    inside = sorted(s for s in others if first[1] <= s[0] and s[1] <= second[0])
+    pieces, last = [], first[1]
+    for start, end in inside:
+        if start >= last:
+            pieces.append(text[last:start])
+            last = end
+    pieces.append(text[last : second[0]])
+    # A list: a comma/semicolon or a third entity between them ("X and Y" alone is often a real interaction).
+    listed = bool(inside) or any(c in "".join(pieces) for c in ",;")
+    if listed and all(_COORDINATION.fullmatch(piece) for piece in pieces):
+        return "coordination"
+    return None
+
+
+def filter_negatives(examples: Sequence[Example]) -> list[Example]:
+    """Drop the negatives that a DDI 2013 filter rule marks as sure negatives (``filter_rule``); positives stay.
+
+    Logs how many pairs each rule dropped and how many positives the rules would have dropped
+    (the rules' cost in recall).
+    """
+    dropped: Counter = Counter()
+    spared: Counter = Counter()
+    kept = []
+    for example in examples:
+        rule = (example.meta or {}).get("filter_rule")
+        if rule and example.label == NEGATIVE:
+            dropped[rule] += 1
+            continue
+        if rule:
+            spared[rule] += 1
+        kept.append(example)
+    logger.info("DDI negative filtering dropped %s negatives; positives matching a rule (kept): %s",
+                dict(dropped), dict(spared))
+    return kept
+
+
 
 
 def subsample_negatives(examples: Sequence[Example], ratio: float | None, seed: int = 0) -> list[Example]:

@@ -27,6 +27,7 @@ class Example:
     label: str
     id: str | None = None  # record id in the source (sentence or pair id), for tracing without text
     group: str | None = None  # source document, so dev splits never share a document with train
+    meta: dict[str, Any] | None = None  # what a loader knows beyond the input (DDI: the filter rule a pair matches)
 
 
 def label_counts(examples: Iterable[Example]) -> dict[str, int]:

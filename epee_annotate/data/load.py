@@ -6,14 +6,16 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..formats import UnsupportedFormat, format_of
-from .ddi import DDI_LABELS, load_ddi, subsample_negatives
+from .ddi import DDI_LABELS, ENTITY_TYPE_ORDER, load_ddi, load_ddi_entities, subsample_negatives
 from .examples import Example, sorted_labels
 from .generic import TABLE_FORMATS, load_records
 from .medmnist import load_medmnist, medmnist_label_names
 from .phee import load_phee, phee_labels
+from .spans import load_docbin, load_span_records
 
 # Training formats: the registry's labelled formats (``formats.FORMATS``), plus "images", a CSV or
-# JSONL list of image paths and labels.
+# JSONL list of image paths and labels, and the span formats: "spans" (JSONL records with labelled
+# spans), "docbin" (spaCy) and "ddi-entities" (DDI 2013 entity types).
 _TASKS = {
     "jsonl": ("text", "relation"),
     "csv": ("text", "relation"),
@@ -23,6 +25,9 @@ _TASKS = {
     "ddi": ("relation",),
     "npz": ("image",),
     "images": ("image",),
+    "spans": ("span",),
+    "docbin": ("span",),
+    "ddi-entities": ("span",),
 }
 FORMATS = tuple(_TASKS)
 
@@ -49,7 +54,8 @@ def load_examples(
     ``split`` picks the npz arrays (default "train"). ``options`` go to the format's loader:
     ``both``/``no_event`` (phee), ``negative_ratio``/``seed`` (ddi: subsample negatives),
     ``label_names`` (npz), ``columns`` (jsonl, csv, tsv, parquet, images: standard name -> the file's
-    column). For "images", ``path`` is a CSV, TSV or JSONL list (by extension). ``encoding`` is the text
+    column), ``spans_key`` (docbin: the span group; None reads ``doc.ents``). For "images", ``path``
+    is a CSV, TSV or JSONL list (by extension). ``encoding`` is the text
     encoding of text formats (refused by the others). Files are read through ``epee_annotate.formats``.
     """
     check_format(format, task)
@@ -69,6 +75,15 @@ def load_examples(
         _no_options(format, options, ("negative_ratio", "seed"))
         examples = load_ddi(path, on_error, encoding)
         return subsample_negatives(examples, options.get("negative_ratio"), options.get("seed", 0))
+    if format == "spans":
+        _no_options(format, options)
+        return load_span_records(path, on_error, encoding)
+    if format == "docbin":
+        _no_options(format, options, ("spans_key",))
+        return load_docbin(path, options.get("spans_key"), on_error)
+    if format == "ddi-entities":
+        _no_options(format, options)
+        return load_ddi_entities(path, on_error, encoding)
     _no_options(format, options, ("label_names",))
     return load_medmnist(path, split or "train", options.get("label_names"), encoding)
 
@@ -83,6 +98,8 @@ def labels_for(format: str, examples: Sequence[Example], label_names: Sequence[s
     """The model's label list: fixed by the format (ddi, phee, named npz) or sorted from the data."""
     if format == "ddi":
         return list(DDI_LABELS)
+    if format == "ddi-entities":
+        return list(ENTITY_TYPE_ORDER)
     if format == "phee":
         return phee_labels(examples)
     if format == "npz":

@@ -17,3 +17,7 @@ class SettingError(ValueError):
 
 class OutputExistsError(SettingError, FileExistsError):
     """The output directory exists and ``overwrite`` was not set."""
+
+
+class WaitTimeoutError(SettingError, TimeoutError):
+    """A bounded wait ran out (resources on a shared cluster, the actors' start); ``settings`` holds the bound."""

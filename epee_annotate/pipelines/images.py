@@ -31,15 +31,19 @@ def job_policy(knobs: dict[str, Any] | None, default: ExitPolicy) -> ExitPolicy:
     return default if policy is None else policy
 
 
-def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None = None):
-    """A multi-exit image checkpoint, checked to be one."""
+def load_image_model(checkpoint: str, device: str = "cpu", autocast: str | None = None, runtime: str | None = None,
+                     trust_unhashed_weights: bool = False):
+    """A multi-exit image checkpoint, checked to be one, inferring with ``runtime`` (runtimes.RUNTIMES).
+
+    ``trust_unhashed_weights``: see ``MultiExitModel.from_pretrained``.
+    """
     from ..model import MultiExitModel
 
-    model = MultiExitModel.from_pretrained(checkpoint, device=device)
+    model = MultiExitModel.from_pretrained(checkpoint, device=device, trust_unhashed_weights=trust_unhashed_weights)
     if model.task != "image":
         raise ValueError(f"{checkpoint!r} is a {model.task!r} checkpoint; the images job needs an image one")
     model.use_autocast(autocast)
-    return model
+    return model.use_runtime(runtime)
 
 
 class ImageAnnotator:
@@ -57,17 +61,19 @@ class ImageAnnotator:
         policy_knobs: dict[str, Any] | None = None,
         device: str = "cpu",
         autocast: str | None = None,
+        runtime: str | None = None,
         frames: str = "middle",
         model_batch_size: int = 32,
         threads: int | None = None,
         max_pixels: int | None = MAX_PIXELS,
         path_prefix: str = "",
+        trust_unhashed_weights: bool = False,
     ):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        self.model = load_image_model(checkpoint, device, autocast)
+        self.model = load_image_model(checkpoint, device, autocast, runtime, trust_unhashed_weights)
         self.policy = job_policy(policy_knobs, self.model.default_policy)
         self.policy_text = self.policy.describe()
         self.schema = schema

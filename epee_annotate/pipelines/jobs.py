@@ -22,16 +22,19 @@ import pyarrow as pa
 from .. import __version__
 from ..formats import BAD_RECORD_MODES, ReadOptions
 from ..policies import PolicySettingError, given_settings, policy_overrides, resolve_policy, setting_keys
+from ..runtimes import RuntimeSettingError, check_runtime
 from ..vocab import AUTOCAST_MODES, FRAME_MODES
 from .. import storage
 from ..extras import require
-from .errors import SettingError
+from .errors import SettingError, WaitTimeoutError
 from ..omop import NoteNlpWriter, has_context
 from .note_nlp import NoteNlpOptions, check_note_id_type
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .publish import MAIN_DATASET, JobSink, check_job_output, job_output
-from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session
-from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, with_job_metadata
+from .identity import check_same_job, fingerprint, read_identity, summary as identity_summary, write_identity
+from .lock import OutputLock
+from .publish import MAIN_DATASET, JobSink, claim_output, identity_location, job_output
+from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session, wait_for_free_resources
+from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, weights_record, with_job_metadata
 from .summary import summarize, write_summary
 
 logger = logging.getLogger(__name__)
@@ -46,10 +49,12 @@ class JobOptions:
     actors: ActorSettings = field(default_factory=ActorSettings)
     batch_size: int = 64  # inputs per actor call (and per nlp.pipe batch)
     model_batch_size: int = 32  # model inputs per forward pass
+    model_batch_tokens: int | None = None  # notes: a budget of padded tokens per forward pass (size still caps rows)
     address: str | None = None
     # Exit-policy settings (flat keys of the policy registry; empty: each checkpoint's default).
     policy: dict[str, Any] = field(default_factory=dict)
     autocast: str | None = None
+    runtime: str | None = None  # runtimes.RUNTIMES; None = torch
     partition_by_task: bool = False
     include_text: bool = False
     progress: bool = True
@@ -58,6 +63,8 @@ class JobOptions:
     rows_per_file: int | None = 100_000
     actor_start_timeout_s: float = 600.0  # the longest wait for the actor pool (model loading included)
     resume: bool = False
+    trust_unhashed_weights: bool = False  # load checkpoints that record no weights hash (recorded in the metadata)
+    lock_lease_s: float = 60.0  # the output lock's lease: a holder silent this long is taken over
 
     @property
     def extra_cpus(self) -> int:
@@ -67,9 +74,15 @@ class JobOptions:
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.model_batch_size < 1:
             raise SettingError("batch sizes must be >= 1", "batch_size", "model_batch_size")
+        if self.model_batch_tokens is not None and self.model_batch_tokens < 1:
+            raise SettingError("the model batch token budget must be >= 1", "model_batch_tokens")
         if self.autocast is not None and self.autocast not in AUTOCAST_MODES:
             raise SettingError(f"autocast must be one of {', '.join(AUTOCAST_MODES)}; got {self.autocast!r}",
                                "autocast")
+        try:
+            check_runtime(self.runtime, self.actors.device, self.autocast)
+        except RuntimeSettingError as error:
+            raise SettingError(str(error), "runtime") from None
         if self.actor_start_timeout_s <= 0:
             raise SettingError("the actor start timeout must be > 0 seconds", "actor_start_timeout_s")
         unknown = sorted(set(self.policy) - set(setting_keys()))
@@ -139,6 +152,9 @@ class ImagesJob:
             raise SettingError(f"frames must be one of {FRAME_MODES}, got {self.frames!r}", "frames")
         if self.options.include_text:
             raise SettingError("include_text applies to the notes job only", "include_text")
+        if self.options.model_batch_tokens is not None:
+            raise SettingError("a token budget applies to text; images are all one size: set the model batch size",
+                               "model_batch_tokens")
 
 
 def _threads(actors: ActorSettings) -> int:
@@ -157,6 +173,8 @@ def _job_on_ray(options: JobOptions) -> Iterator[str]:
         import ray
 
         check_cluster_fits(options.actors, ray.cluster_resources(), options.extra_cpus)
+        wait_for_free_resources(options.actors, ray.available_resources, options.actor_start_timeout_s,
+                                options.extra_cpus)
         with job_data_context(options.progress, options.verbose, options.actor_start_timeout_s):
             yield mode
 
@@ -181,7 +199,7 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
-            started: float, ray_start_s: float,
+            started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any],
             derived: Callable[[JobSink], list[str]] | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
@@ -194,7 +212,10 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
 
     pipeline_started = time.perf_counter()
     write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
-    with job_output(options.out, options.overwrite, options.resume) as sink:
+    with job_output(options.out, options.overwrite, options.resume, lock) as sink:
+        sink.extra["identity"] = identity_summary(identity)
+        if options.resume:
+            write_identity(identity_location(options.out), identity)
         try:
             if not sink.checkpoint:
                 sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
@@ -205,11 +226,11 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 if unreadable:
                     _write_unreadable(unreadable, sink, schema, options)
         except GetTimeoutError as error:
-            raise TimeoutError(
+            raise WaitTimeoutError(
                 f"the {options.actors.num_actors} annotation actor(s) did not start within "
                 f"{options.actor_start_timeout_s:g} s (each needs {options.actors.cpus_per_actor:g} CPU"
                 f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
-                "the cluster may be busy or too small, or loading the model is slow"
+                "the cluster may be busy or too small, or loading the model is slow", "actor_start_timeout_s",
             ) from error
         names = derived(sink) if derived is not None else []
         pipeline_s = time.perf_counter() - pipeline_started
@@ -232,20 +253,38 @@ def _metadata(job: str, components: list[dict[str, Any]], inputs: dict[str, Any]
             "components": components, **more, "inputs": inputs, "parameters": options.parameters()}
 
 
-def _check_job(options: JobOptions) -> None:
-    """What can be refused before any slow work: Ray missing, an output that may not be written."""
+@contextmanager
+def _claimed(options: JobOptions, sources: Sequence[str | None]) -> Iterator[OutputLock]:
+    """What can be refused before any slow work (Ray missing, an output that may not be written, another
+    job on it), then the output's lock for the whole job (``publish.claim_output``)."""
     require("ray.data", "a batch job")
-    check_job_output(options.out, options.overwrite, options.resume)
+    with claim_output(options.out, options.overwrite, options.resume, [s for s in sources if s],
+                      options.lock_lease_s) as lock:
+        yield lock
+
+
+def _start_identity(options: JobOptions, inputs: Sequence[str], models: Any, settings: dict[str, Any]) -> dict:
+    """The job's fingerprint; a resumable run refuses, naming what differs, when the interrupted run's differs."""
+    identity = fingerprint(inputs, models, {**settings, "policy": options.policy_knobs, "autocast": options.autocast,
+                                            "device": options.actors.device,
+                                            "partition_by_task": options.partition_by_task})
+    if options.resume:  # recorded once the run stages something (``_finish``)
+        check_same_job(read_identity(identity_location(options.out)), identity)
+    return identity
 
 
 def run_notes_job(job: NotesJob) -> dict[str, Any]:
     """Annotate an EHR export with a spaCy/medspaCy EPEE pipeline; returns the run summary."""
+    source = job.source
+    with _claimed(job.options, [*job.inputs, source.pipeline, source.config, source.checkpoint]) as lock:
+        return _run_notes_job(job, lock, time.perf_counter())
+
+
+def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str, Any]:
     from .resume import NoteKeys
     from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
 
-    started = time.perf_counter()
     options = job.options
-    _check_job(options)
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt)
     files, unreadable = unreadable_inputs(listed)
     note_nlp = job.note_nlp
@@ -256,11 +295,22 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
     concept_map = note_nlp.read_map() if note_nlp else None
     if note_nlp:
         check_note_id_type(fmt, files, columns.note_id_source, job.id_column, job.read_options)
+    # The opt-in only when given: None keeps a pipeline config's own setting.
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
-                "device": options.actors.device, "autocast": options.autocast, "audit_fraction": job.audit_fraction}
-    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies.
+                "batch_tokens": options.model_batch_tokens, "device": options.actors.device,
+                "autocast": options.autocast, "runtime": options.runtime,
+                "trust_unhashed_weights": options.trust_unhashed_weights or None,
+                "audit_fraction": job.audit_fraction}
+    # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
+    # runtime exports its graphs here once, so the actors find them cached.
     nlp = job.source.load({**settings, "device": "cpu", "autocast": None})
     components = component_info(nlp)
+    identity = _start_identity(options, listed, components, {
+        "job": "notes", "format": fmt, "id_column": job.id_column, "text_column": job.text_column,
+        "keep_columns": list(job.keep_columns), "encoding": job.encoding, "on_bad_record": job.on_bad_record,
+        "include_text": options.include_text, "pipeline": job.source.describe(),
+        "note_nlp": None if note_nlp is None else {"note_id_column": columns.note_id_source,
+                                                   "concept_map": note_nlp.concept_map}})
     inputs = {"format": fmt, "num_files": len(listed), "files": listed[:1000], "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns)}
     more: dict[str, Any] = {"pipeline": job.source.describe()}
@@ -281,7 +331,7 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
         ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
         errors = [input_row({"doc_id": None}, STATUS_ERROR, f"{Path(path).name}: {reason}")
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, derived)
+        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity, derived)
 
 
 def _write_derived(sink: JobSink, writer: NoteNlpWriter | None, components: list[dict[str, Any]] | None,
@@ -327,22 +377,31 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
 
 def run_images_job(job: ImagesJob) -> dict[str, Any]:
     """Classify DICOM/PNG/JPEG files or an npz split with a multi-exit image model; returns the summary."""
+    if job.options.resume and job.npz:
+        raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
+                           "resume", "npz")
+    with _claimed(job.options, [*job.inputs, job.npz, job.checkpoint]) as lock:
+        return _run_images_job(job, lock, time.perf_counter())
+
+
+def _run_images_job(job: ImagesJob, lock: OutputLock, started: float) -> dict[str, Any]:
     from .images import job_policy, load_image_model
     from ..imaging.classify import DECODE_ERROR_PREFIX
     from .resume import PathKeys
     from .sources import read_image_files, read_npz
 
-    started = time.perf_counter()
     options = job.options
-    if options.resume and job.npz:
-        raise SettingError("resuming needs file inputs; an npz archive is read by the driver in one piece",
-                           "resume", "npz")
-    _check_job(options)
     if not job.npz:  # fail at once, not per DICOM file on the workers
         require("pydicom", "the images job on image files")
-    model = load_image_model(job.checkpoint)  # validate on the driver; actors load their own copy
+    # Validate on the driver (an ONNX runtime exports its graphs once here); actors load their own copy.
+    model = load_image_model(job.checkpoint, runtime=options.runtime,
+                             trust_unhashed_weights=options.trust_unhashed_weights)
     policy = job_policy(options.policy_knobs, model.default_policy)
     files, unreadable, inputs = _image_inputs(job)
+    identity = _start_identity(options, [job.npz] if job.npz else [*files, *unreadable],
+                               {"checkpoint_id": model.checkpoint_id, "labels": list(model.labels)}, {
+                                   "job": "images", "policy_config": policy.to_dict(), "frames": job.frames,
+                                   "split": job.split if job.npz else None, "task_name": job.task_name})
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         ds, passthrough = None, []
@@ -354,7 +413,8 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
         # Image ids are file paths, unique by construction (resolve_image_inputs): nothing to check.
         keys = PathKeys(storage.scheme(files[0]) + "://" if files and storage.is_uri(files[0]) else "")
         logger.info("images job: %s, Ray %s", inputs, mode)
-        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, "checkpoint": str(job.checkpoint),
+        component = {"task": job.task_name, "checkpoint_id": model.checkpoint_id, **weights_record(model),
+                     "checkpoint": str(job.checkpoint),
                      "labels": list(model.labels), "num_layers": model.num_layers, "policy": policy.describe(),
                      "policy_config": policy.to_dict()}
         schema = with_job_metadata(output_schema("images", passthrough),
@@ -363,7 +423,7 @@ def run_images_job(job: ImagesJob) -> dict[str, Any]:
             ds = _annotated_images(job, ds, schema, keys.prefix)
         errors = [{"doc_id": path, "path": path, "task": job.task_name, "kind": "image", "status": STATUS_ERROR,
                    "error": f"{DECODE_ERROR_PREFIX}{reason}"} for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s)
+        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity)
 
 
 def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any]]:
@@ -389,9 +449,9 @@ def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
         fn_constructor_kwargs={
             "checkpoint": checkpoint, "schema": schema.remove_metadata(),
             "task_name": job.task_name, "policy_knobs": options.policy_knobs,
-            "device": options.actors.device, "autocast": options.autocast, "frames": job.frames,
-            "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
-            "path_prefix": path_prefix,
+            "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
+            "frames": job.frames, "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
+            "path_prefix": path_prefix, "trust_unhashed_weights": options.trust_unhashed_weights,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",

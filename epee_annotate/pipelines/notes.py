@@ -32,7 +32,7 @@ from ..extras import require
 from ..formats import Record
 from ..policies import setting_keys
 from .errors import SettingError
-from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table
+from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table, weights_record
 from .sources import TYPED_FORMATS, block_records
 
 logger = logging.getLogger(__name__)
@@ -159,7 +159,8 @@ def component_info(nlp) -> list[dict[str, Any]]:
         model = pipe.multi_exit_model
         info.append({
             "task": pipe.name, "factory": type(pipe).__name__, "checkpoint_id": model.checkpoint_id,
-            "checkpoint_task": model.task, "labels": list(model.labels), "num_layers": model.num_layers,
+            **weights_record(model), "checkpoint_task": model.task, "labels": list(model.labels),
+            "num_layers": model.num_layers, "runtime": model.runtime,
             "policy": pipe.policy.describe(), "policy_config": pipe.policy.to_dict(),
             "audit_fraction": pipe.audit_fraction_in_use, "promised_bound": pipe.audit.promised,
             "promised_by": pipe.audit.source,

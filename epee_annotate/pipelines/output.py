@@ -10,7 +10,7 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .errors import OutputExistsError, SettingError
 
@@ -33,11 +33,12 @@ def check_output(out: str | Path, overwrite: bool) -> Path:
 
 
 @contextmanager
-def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
+def staged_output(out: Path, overwrite: bool, before_commit: Callable[[], None] | None = None) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``out``, on failure it is removed.
 
     The sibling lives in the same parent so the final move is a rename on one filesystem:
-    readers see either no dataset or a complete one, never a half-written one.
+    readers see either no dataset or a complete one, never a half-written one. ``before_commit``
+    runs right before the rename (the job's last chance to refuse, e.g. a lost lock).
     """
     out = check_output(out, overwrite)
     tag = uuid.uuid4().hex[:8]
@@ -50,6 +51,8 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     try:
+        if before_commit is not None:
+            before_commit()
         move_into_place(staging, out, overwrite, tag)
     except FileExistsError:
         raise
@@ -59,7 +62,11 @@ def staged_output(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def move_into_place(staging: Path, out: Path, overwrite: bool, tag: str) -> None:
-    """Rename ``staging`` to ``out`` (replacing it when ``overwrite``); same filesystem, so atomic."""
+    """Rename ``staging`` to ``out`` (replacing it when ``overwrite``); same filesystem, so atomic.
+
+    Replacing takes two renames (``out`` aside to ``.<name>.old-<tag>``, then ``staging`` in); a
+    kill between them leaves no ``out``, which the next job's ``recover_local`` completes.
+    """
     if out.exists():
         if not overwrite:  # someone else created it while we ran
             raise OutputExistsError(f"output {str(out)!r} appeared while the job ran; result left in {staging}",

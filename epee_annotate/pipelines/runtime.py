@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from .errors import SettingError
+from ..filesystem import TIMEOUT_VARIABLE, storage_timeout_s
+from .errors import SettingError, WaitTimeoutError
 
 # CPUs kept free for Ray Data's read and write tasks: actors hold theirs for the whole job, so
 # without a free slot the reader never runs and the job waits forever.
@@ -111,6 +113,30 @@ def check_cluster_fits(settings: ActorSettings, resources: dict[str, float], ext
         )
 
 
+def wait_for_free_resources(settings: ActorSettings, available: Callable[[], dict[str, float]],
+                            timeout_s: float, extra_cpus: float = 0, poll_s: float = 0.5) -> float:
+    """Wait until the cluster has the job's CPUs and GPUs free (not held by other jobs); seconds waited.
+
+    On a shared cluster another job may hold what ``check_cluster_fits`` counted: without this wait
+    the actors or the reader would queue behind it forever. ``available`` is ``ray.available_resources``.
+    """
+    cpus = settings.cpus_needed(extra_cpus)
+    gpus = settings.num_actors * settings.gpus_per_actor
+    started = time.monotonic()
+    while True:
+        free = available()
+        free_cpus, free_gpus = float(free.get("CPU", 0.0)), float(free.get("GPU", 0.0))
+        if free_cpus + 1e-9 >= cpus and free_gpus + 1e-9 >= gpus:
+            return time.monotonic() - started
+        if time.monotonic() - started >= timeout_s:
+            wanted = f"{cpus:g} CPUs" + (f" and {gpus:g} GPUs" if gpus else "")
+            have = f"{free_cpus:g} CPUs" + (f" and {free_gpus:g} GPUs" if gpus else "")
+            raise WaitTimeoutError(
+                f"waited {timeout_s:g} s for {wanted} free on the Ray cluster (the actor pool and its reader) "
+                f"and only {have} became free; other work holds the rest", "actor_start_timeout_s")
+        time.sleep(poll_s)
+
+
 @contextmanager
 def _native_stderr_silenced(enabled: bool) -> Iterator[None]:
     """Point file descriptor 2 at /dev/null (C++ start-up notices); Python errors still raise afterwards."""
@@ -138,6 +164,9 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
 
     A Ray started here is shut down at the end, and the environment variables ``ray.init`` sets in
     this process (e.g. ``RAY_USAGE_STATS_ENABLED``, ``PYTHONBREAKPOINT``) are put back as they were.
+    Workers get this process's storage timeout (``filesystem.storage_timeout_s``): a local Ray's
+    inherit this environment, a joined cluster's get it in the job's runtime environment; an
+    already running Ray's workers keep the one they were started with.
     """
     import ray
 
@@ -147,11 +176,12 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
     environment = dict(os.environ)
     address = address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.ERROR
+    runtime_env = {"env_vars": {TIMEOUT_VARIABLE: f"{storage_timeout_s():g}"}} if address else None
     try:
         # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
         with _native_stderr_silenced(not verbose):
             if address:
-                ray.init(address=address, log_to_driver=worker_logs, logging_level=level)
+                ray.init(address=address, log_to_driver=worker_logs, logging_level=level, runtime_env=runtime_env)
                 mode = f"cluster {address}"
             else:
                 # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).

@@ -161,3 +161,9 @@ def safe_rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> 
                 "status": STATUS_ERROR, "error": f"result could not be stored ({type(error).__name__})",
             }], schema))
     return pa.concat_tables(tables) if tables else rows_to_table([], schema)
+
+
+def weights_record(model) -> dict[str, Any]:
+    """The output metadata's record of a model's weights: the hash computed at load, and the opt-in if used."""
+    return {"weights_sha256": model.weights_sha256, **({"unhashed_weights_trusted": True}
+                                                        if model.unhashed_weights else {})}
