@@ -8,7 +8,6 @@ import pytest
 from epee_annotate.cli import main
 from epee_annotate.pipelines.publish import read_manifest, read_published
 from test_omop import REQUIRED, load_into_cdm
-from test_pipelines_ray import text_checkpoint as checkpoint  # noqa: F401  (the same tiny checkpoint fixture)
 
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.ray
@@ -25,6 +24,11 @@ def ray_session(num_cpus: int):
 COMMON = ["--no-progress", "--num-actors", "1", "--batch-size", "4"]
 TEXTS = ["the patient takes fish oil daily. aspirin increases the effect of warfarin.",
          "she stopped taking ginkgo biloba before surgery", "   ", "rash and nausea developed. pain. coq10 garlic."]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(text_checkpoint):
+    return text_checkpoint
 
 
 @pytest.fixture(scope="module")
