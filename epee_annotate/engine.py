@@ -31,6 +31,7 @@ class ExitResult:
 
     exit_layer: torch.Tensor  # (B,) 1-based
     probs: torch.Tensor  # (B, K) float32 probabilities of the exit that answered
+    full_probs: torch.Tensor | None = None  # (B, K) last exit's probabilities; set on audited rows only
 
 
 def autocast_context(device: torch.device, dtype: torch.dtype | None):
@@ -64,37 +65,52 @@ def compact(state: LayerState, stay: torch.Tensor) -> LayerState:
     return _trim_right_padding(state.select(stay))
 
 
-def early_exit_loop(state: LayerState, step: LayerStep, num_layers: int, policy: ExitPolicy) -> ExitResult:
+def early_exit_loop(state: LayerState, step: LayerStep, num_layers: int, policy: ExitPolicy,
+                    audit: torch.Tensor | None = None) -> ExitResult:
     """Run embedded ``state`` layer by layer, letting rows leave as soon as ``policy`` says so.
 
     Shared by every runtime (torch, ONNX Runtime): the runtime supplies ``step``; the policy
-    decisions and the compaction between layers are this one loop.
+    decisions and the compaction between layers are this one loop. ``audit`` (B,) bool: those rows
+    keep their early answer but stay in the batch to the last layer (the forward pass already done
+    is reused), whose answer goes to ``full_probs``.
     """
     size = state.hidden.size(0)
     device = state.hidden.device
     active = torch.arange(size, device=device)
     policy_state = policy.init_state(size, device)
     exit_layer = torch.full((size,), num_layers, dtype=torch.long, device=device)
+    answered = torch.zeros(size, dtype=torch.bool, device=device)
+    audited = audit.to(device=device, dtype=torch.bool) if audit is not None else None
     probs_out: torch.Tensor | None = None
+    full_out: torch.Tensor | None = None
     for index in range(num_layers):
         state, logits = step(index, state)
         probs = logits.float().softmax(-1)
         leave, policy_state = policy.step(index + 1, num_layers, probs, policy_state)
-        if index + 1 == num_layers:
+        last = index + 1 == num_layers
+        if last:
             leave = torch.ones_like(leave)
         if probs_out is None:
             probs_out = torch.empty(size, probs.size(-1), dtype=torch.float32, device=device)
-        if leave.any():
-            rows = active[leave]
+        newly = leave & ~answered[active]  # audited rows that answered earlier stay, answered
+        if newly.any():
+            rows = active[newly]
             exit_layer[rows] = index + 1
-            probs_out[rows] = probs[leave]
-            stay = (~leave).nonzero().squeeze(1)
+            probs_out[rows] = probs[newly]
+            answered[rows] = True
+        if audited is not None and last:
+            full_out = torch.zeros_like(probs_out)
+            keep = audited[active]
+            full_out[active[keep]] = probs[keep]
+        done = answered[active] if audited is None else answered[active] & ~audited[active]
+        if done.any():
+            stay = (~done).nonzero().squeeze(1)
             if stay.numel() == 0:
                 break
             active = active[stay]
             policy_state = policy_state[stay]
             state = compact(state, stay)
-    return ExitResult(exit_layer, probs_out)
+    return ExitResult(exit_layer, probs_out, full_out)
 
 
 def all_exits_loop(state: LayerState, step: LayerStep, num_layers: int) -> torch.Tensor:
@@ -123,12 +139,14 @@ def run_early_exit(
     batch: dict[str, torch.Tensor],
     policy: ExitPolicy,
     autocast_dtype: torch.dtype | None = None,
+    audit: torch.Tensor | None = None,
 ) -> ExitResult:
-    """Run one batch layer by layer in torch, letting rows leave as soon as ``policy`` says so."""
+    """Run one batch layer by layer in torch, letting rows leave as soon as ``policy`` says so (``audit``: see
+    ``early_exit_loop``)."""
     device = next(iter(batch.values())).device
     with autocast_context(device, autocast_dtype):
         state = backbone.embed(batch)
-        return early_exit_loop(state, torch_step(backbone, heads), backbone.num_layers, policy)
+        return early_exit_loop(state, torch_step(backbone, heads), backbone.num_layers, policy, audit)
 
 
 @torch.inference_mode()

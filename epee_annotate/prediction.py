@@ -18,6 +18,7 @@ class Prediction:
     probs: list[float] = field(default_factory=list)
     truncated: bool = False
     error: str | None = None
+    full_label: str | None = None  # the last exit's answer, when this input was audited
 
     @property
     def ok(self) -> bool:

@@ -18,7 +18,7 @@ from epee_annotate.components import (
 from epee_annotate.policies import EPEE, BudgetedExit
 
 REPO = Path(__file__).resolve().parents[1]
-FACTORIES = ["epee_textcat", "epee_span_classifier", "epee_supplement_status", "epee_ddi", "epee_pv_event"]
+FACTORIES = ["epee_textcat", "epee_span_classifier", "epee_supplement_status", "epee_ddi", "epee_pv_event", "epee_sections"]
 NOTES = [
     "the patient takes fish oil and vitamin e daily. she stopped taking ginkgo biloba before surgery.",
     "aspirin increases the anticoagulant effect of warfarin. melatonin was started for insomnia.",
@@ -83,7 +83,7 @@ def test_factories_resolve_without_importing_epee_annotate():
 def test_shipped_configs_resolve(ckpt, cfg, override, component):
     config = spacy.util.load_config(REPO / "configs" / cfg, overrides={k: ckpt[v] for k, v in override.items()})
     nlp = spacy.util.load_model_from_config(config, auto_fill=True)
-    assert nlp.pipe_names == ["sentencizer", component]
+    assert nlp.pipe_names == ["sentencizer", component, "epee_sections"]  # sections: shipped switched off
     doc = nlp("aspirin increases the effect of warfarin. she takes fish oil daily.")
     rows = doc_annotations(doc)
     assert rows and {r["task"] for r in rows} == {component}

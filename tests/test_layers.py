@@ -20,7 +20,7 @@ LAYERS = {
                      "checkpoint", "model", "inputs", "image_decoding", "storage", "filesystem", "formats", "extras", "progress",
                      "metrics", "timing", "offline", "testing", "runtimes"], CORE),
     "data": INPUTS, "imaging": INPUTS,
-    **dict.fromkeys(["components", "training", "evaluation", "calibration", "reports", "plots"], COMPONENTS),
+    **dict.fromkeys(["components", "training", "evaluation", "calibration", "reports", "plots", "omop"], COMPONENTS),
     "pipelines": PIPELINES,
     "cli": CLI, "__main__": CLI,
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 from typing import Any, Callable
 
 from ..vocab import AUTOCAST_MODES, BAD_RECORD_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES, NOTE_FORMATS
@@ -22,6 +23,8 @@ FLAGS = {
     "on_bad_record": "--on-bad-record", "storage_timeout_s": "--storage-timeout",
     "trust_unhashed_weights": "--allow-unhashed-weights", "lock_lease_s": "--lock-lease",
     "max_bad_records": "--max-bad-records", "max_field_lines": "--max-field-lines",
+    "note_id_column": "--note-id-column", "concept_map": "--concept-map", "note_nlp": "--note-nlp",
+    "audit_fraction": "--audit-fraction",
 }
 
 
@@ -169,10 +172,36 @@ def run_notes(args: argparse.Namespace) -> int:
                                       id_column=args.id_column, text_column=args.text_column,
                                       keep_columns=_split_columns(args.keep_columns), fmt=args.format,
                                       encoding=args.encoding, on_bad_record=args.on_bad_record,
-                                      max_bad_records=args.max_bad_records, max_field_lines=args.max_field_lines))
+                                      max_bad_records=args.max_bad_records, max_field_lines=args.max_field_lines,
+                                      note_nlp=_note_nlp(args), audit_fraction=args.audit_fraction))
 
-    _print_summary(_with_flags(run))
+    summary = _with_flags(run)
+    _print_summary(summary)
+    from ..pipelines.audit import exceeded
+
+    broken = exceeded(summary)
+    if args.audit_strict and not summary.get("audit"):
+        print("audit: no component was audited (its checkpoint carries no calibration and no --audit-fraction "
+              "was given), so --audit-strict has nothing to check; the output is published", file=sys.stderr)
+        return 1
+    if broken and args.audit_strict:
+        print(f"audit: the early answers of {', '.join(broken)} disagree with full depth more than calibration "
+              "promised (--audit-strict); the output is published", file=sys.stderr)
+        return 1
     return 0
+
+
+def _note_nlp(args: argparse.Namespace):
+    """``--note-nlp`` options; its companions without it are refused (they would reach nothing)."""
+    from ..pipelines.errors import SettingError
+    from ..pipelines.note_nlp import NoteNlpOptions
+
+    if not args.note_nlp:
+        given = [name for name in ("note_id_column", "concept_map") if getattr(args, name)]
+        if given:
+            raise SettingError("these options shape the NOTE_NLP dataset; add --note-nlp", *given, "note_nlp")
+        return None
+    return NoteNlpOptions(args.note_id_column, args.concept_map)
 
 
 def run_images(args: argparse.Namespace) -> int:
@@ -216,6 +245,22 @@ def register(subparsers) -> None:
     notes.add_argument("--keep-columns", default=None, help="comma-separated columns copied to every output row")
     notes.add_argument("--include-text", action="store_true",
                        help="write the annotated text spans (PHI!) in a 'text' column; off by default")
+    omop = notes.add_argument_group("OMOP CDM")
+    omop.add_argument("--note-nlp", action="store_true",
+                      help="also write an OMOP CDM v5.4 NOTE_NLP dataset in OUT/note_nlp/ (note ids must be integers)")
+    omop.add_argument("--note-id-column", default=None,
+                      help="--note-nlp: integer column with the OMOP note_id (default: --id-column)")
+    omop.add_argument("--concept-map", default=None, metavar="CSV",
+                      help="--note-nlp: CSV component,label,concept_id,source_concept_id (component 'section' "
+                           "maps section categories); unmapped values get concept 0")
+    audit = notes.add_argument_group("audit of the early answers")
+    audit.add_argument("--audit-fraction", type=float, default=None, metavar="F",
+                       help="share of documents (chosen by a hash of their text: the same ones on every run) also "
+                            "run to full depth, to check calibration's disagreement bound on this data; default: "
+                            "0.05 for checkpoints that carry a calibration, else off; 0 turns it off")
+    audit.add_argument("--audit-strict", action="store_true",
+                       help="exit with status 1 when the audit finds the bound exceeded (the output is still "
+                            "published)")
     source = notes.add_argument_group("pipeline (exactly one)")
     source.add_argument("--pipeline", default=None, help="directory written by nlp.to_disk")
     source.add_argument("--config", default=None, help="spaCy config file (.cfg)")

@@ -19,6 +19,7 @@ from .factories import (
 from .medspacy_support import doc_consumer_attrs, make_docbin_safe, quiet_medspacy
 from .mentions import read_rules, write_rules
 from .records import ANNOTATION_KEYS, doc_annotations
+from .sections import make_sections
 from .relations import RelationClassifier
 from .spans import SpanClassifier
 from .textcat import TextClassifier
@@ -30,6 +31,6 @@ __all__ = [
     "SUPPLEMENT_LABEL", "SUPPLEMENT_STATUS_LABELS", "SUPPLEMENT_VARIANTS", "EpeeComponent", "RelationClassifier",
     "SpanClassifier", "TextClassifier", "build_drug_lexicon", "doc_annotations", "doc_consumer_attrs",
     "make_ddi", "make_docbin_safe", "make_pv_event", "make_relation_classifier", "make_span_classifier",
-    "make_supplement_status", "make_textcat", "mark_mention", "quiet_medspacy", "read_rules", "register_extensions",
+    "make_sections", "make_supplement_status", "make_textcat", "mark_mention", "quiet_medspacy", "read_rules", "register_extensions",
     "supplement_rules", "write_rules",
 ]

@@ -31,6 +31,7 @@ from spacy.pipeline import Pipe
 from spacy.tokens import Doc, Span
 from spacy.util import minibatch, raise_error
 
+from ..calibration.audit import AuditCounter, audited, effective_fraction, promised_bound
 from ..checkpoint import CheckpointError, read_config
 from ..model import MultiExitModel
 from ..policies import ExitPolicy, resolve_policy
@@ -105,6 +106,7 @@ class EpeeComponent(Pipe):
         none_label: str = "none",
         expected_labels: Sequence[str] | None = None,
         trust_unhashed_weights: bool = False,
+        audit_fraction: float | None = None,
     ):
         if checkpoint is None:
             raise ValueError(f"component {name!r} needs a checkpoint directory (set its 'checkpoint' setting)")
@@ -117,6 +119,8 @@ class EpeeComponent(Pipe):
         if min_confidence is not None and not 0.0 <= min_confidence <= 1.0:
             raise ValueError(f"min_confidence must be in [0, 1], got {min_confidence}")
         self.runtime = check_runtime(runtime, device, autocast)
+        if audit_fraction is not None and not 0.0 <= audit_fraction <= 1.0:
+            raise ValueError(f"audit_fraction must be in [0, 1], got {audit_fraction}")
         register_extensions()
         quiet_medspacy()
         self.nlp = nlp
@@ -133,6 +137,9 @@ class EpeeComponent(Pipe):
         self.none_label = none_label
         self.expected_labels = list(expected_labels) if expected_labels else None
         self.trust_unhashed_weights = bool(trust_unhashed_weights)
+        # null: audit DEFAULT_AUDIT_FRACTION of the docs when the checkpoint carries a calibration, else none
+        self.audit_fraction = audit_fraction
+        self._audit: AuditCounter | None = None
         # Loaded on first use: spacy.load builds components from the saved config (the original
         # checkpoint path) and then calls from_disk, which points them at the saved copy.
         self._model: MultiExitModel | None = None
@@ -173,6 +180,19 @@ class EpeeComponent(Pipe):
     def policy(self) -> ExitPolicy:
         """The exit policy in use: the configured one, else the checkpoint's default."""
         return self._policy if self._policy is not None else self.multi_exit_model.default_policy
+
+    @property
+    def audit_fraction_in_use(self) -> float:
+        """The share of docs also run to full depth (``calibration.audit``)."""
+        return effective_fraction(self.audit_fraction, self.multi_exit_model.config.calibration)
+
+    @property
+    def audit(self) -> AuditCounter:
+        """Running audit counts and verdict against the checkpoint's promised disagreement bound."""
+        if self._audit is None:
+            promised, source = promised_bound(self.multi_exit_model.config.calibration, self.policy.to_dict())
+            self._audit = AuditCounter(promised, source)
+        return self._audit
 
     @property
     def labels(self) -> list[str]:
@@ -226,8 +246,17 @@ class EpeeComponent(Pipe):
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
         inputs = [item.input for items in per_doc for item in items]
-        predictions = self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
-                                                    max_tokens=self.batch_tokens) if inputs else []
+        fraction = self.audit_fraction_in_use
+        audit = None
+        if fraction and inputs:
+            chosen = [audited(doc.text, fraction) for doc in docs]  # by document: all its items or none
+            audit = [flag for flag, items in zip(chosen, per_doc) for _ in items]
+        predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
+                                                     max_tokens=self.batch_tokens, audit=audit)
+                       if inputs else [])
+        for prediction in predictions:
+            if prediction.full_label is not None:
+                self.audit.add(prediction.label, prediction.full_label, prediction.exit_layer)
         failed = sum(not p.ok for p in predictions)
         if failed:
             logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))

@@ -41,6 +41,7 @@ COMMON: Dict[str, tuple] = {
     "min_confidence": (Optional[float], None),
     "none_label": (str, "none"),
     "trust_unhashed_weights": (bool, False),
+    "audit_fraction": (Optional[float], None),
 }
 SPAN_SOURCE = {"spans_key": (Optional[str], None), "span_labels": (Optional[List[str]], None)}
 PAIRS = {"max_pairs_per_doc": (int, 1000), **SPAN_SOURCE}

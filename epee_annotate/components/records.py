@@ -7,26 +7,30 @@ Row keys (stable; batch jobs build table schemas from them):
 ``head_start``/``head_end``/``tail_start``/``tail_end`` (None unless ``kind == "pair"``),
 ``label`` (None when the input could not be classified), ``exit_layer``, ``num_layers``,
 ``confidence``, ``entropy``, ``probs`` (list of float, in the checkpoint's label order),
+``early_label``/``full_label`` (audited inputs only: the exit policy's answer and the last exit's),
 ``truncated`` (the model saw a cut version of the input), ``error`` (why the input could not be
 classified, from ``Prediction.error``; None when it was), ``context`` (mentions: ConText flags
-``negated``/``historical``/``hypothetical``/``family`` as booleans; None otherwise), and
-``text`` only when ``include_text=True`` (clinical text is PHI).
+``negated``/``historical``/``hypothetical``/``family`` as booleans; None otherwise), ``section``
+(the medSpaCy Sectionizer's category at the annotation's start; None without one), and ``text``
+and ``snippet`` (the text with up to 60 characters either side) only when ``include_text=True``
+(clinical text is PHI).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc, Span, Token
 
+from ..omop import snippet
 from ..prediction import Prediction
 
 KINDS = ("mention", "pair", "sentence", "doc")
 RECORD_KEYS = (
     "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "label", "exit_layer",
-    "num_layers", "confidence", "entropy", "probs", "truncated", "error",
+    "num_layers", "confidence", "entropy", "probs", "truncated", "error", "early_label", "full_label",
 )
-ANNOTATION_KEYS = RECORD_KEYS + ("context",)
+ANNOTATION_KEYS = RECORD_KEYS + ("context", "section")
 CONTEXT_FLAGS = {"negated": "is_negated", "historical": "is_historical", "hypothetical": "is_hypothetical",
                  "family": "is_family"}
 
@@ -62,6 +66,9 @@ def make_record(
         "probs": [float(p) for p in prediction.probs],
         "truncated": bool(truncated or prediction.truncated),
         "error": prediction.error,
+        # Audited inputs only: the policy's own answer (before any confidence floor) and full depth's.
+        "early_label": prediction.label if prediction.full_label is not None else None,
+        "full_label": prediction.full_label,
     }
 
 
@@ -75,6 +82,14 @@ def _context_flags(doc: Doc, start: int, end: int) -> dict[str, bool]:
     return flags
 
 
+def _section(doc: Doc, start: int) -> str | None:
+    """The Sectionizer's category of the token at character ``start`` (None without a Sectionizer)."""
+    if not Token.has_extension("section_category") or not len(doc):
+        return None
+    token = doc.char_span(start, start + 1, alignment_mode="expand")
+    return token[0]._.section_category if token is not None and len(token) else None
+
+
 def doc_annotations(doc: Doc, include_text: bool = False) -> list[dict[str, Any]]:
     """One dict per EPEE annotation on ``doc`` (keys: ``ANNOTATION_KEYS`` [+ ``text``]); [] when none."""
     if not Doc.has_extension("epee_annotations"):
@@ -86,7 +101,9 @@ def doc_annotations(doc: Doc, include_text: bool = False) -> list[dict[str, Any]
         row["probs"] = list(record.get("probs") or [])
         row["truncated"] = bool(record.get("truncated"))
         row["context"] = _context_flags(doc, row["start"], row["end"]) if row["kind"] == "mention" else None
+        row["section"] = _section(doc, row["start"])
         if include_text:
             row["text"] = text[row["start"] : row["end"]]
+            row["snippet"] = snippet(text, row["start"], row["end"])
         rows.append(row)
     return rows

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import contextmanager
+from functools import partial
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -26,6 +27,8 @@ from ..vocab import AUTOCAST_MODES, DEFAULT_MAX_FIELD_LINES, FRAME_MODES
 from .. import filesystem, storage
 from ..extras import require
 from .errors import SettingError, WaitTimeoutError
+from ..omop import NoteNlpWriter, has_context
+from .note_nlp import NoteNlpOptions, check_note_id_type
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
 from .identity import check_same_job, fingerprint, read_identity, summary as identity_summary, write_identity
 from .lock import OutputLock
@@ -116,6 +119,10 @@ class NotesJob:
     on_bad_record: str = "permissive"  # malformed records: error rows, or fail at the first one
     max_bad_records: str | None = None  # "N" or "F%": more bad records fail the job, nothing published
     max_field_lines: int = DEFAULT_MAX_FIELD_LINES  # CSV/TSV: a longer quoted field is a quote left open
+    note_nlp: NoteNlpOptions | None = None  # also write the OMOP NOTE_NLP dataset (``note_nlp``)
+    # Share of docs also run to full depth (``calibration.audit``); None: each component's setting
+    # (by default DEFAULT_AUDIT_FRACTION when its checkpoint carries a calibration, else 0).
+    audit_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if self.on_bad_record not in BAD_RECORD_MODES:
@@ -132,6 +139,8 @@ class NotesJob:
                                             max_bad_records=limit)
         except ValueError as error:  # an unknown encoding
             raise SettingError(str(error), "encoding") from None
+        if self.audit_fraction is not None and not 0.0 <= self.audit_fraction <= 1.0:
+            raise SettingError(f"the audit fraction must be in [0, 1], got {self.audit_fraction}", "audit_fraction")
 
 
 @dataclass
@@ -200,12 +209,14 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
             started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any],
-            bad_limit: BadRecordLimit | None = None, skipped: dict[str, str] | None = None) -> dict[str, Any]:
+            bad_limit: BadRecordLimit | None = None, skipped: dict[str, str] | None = None,
+            derived: Callable[[JobSink], list[str]] | None = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
     Past ``bad_limit`` (counted in the written rows) the job fails before anything is published.
     ``skipped`` (listed files not read, with why) goes into the summary and the manifest.
+    ``derived`` writes further datasets from the written rows and returns their names.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -234,6 +245,7 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 f"{f', {options.actors.gpus_per_actor:g} GPU' if options.actors.gpus_per_actor else ''}); "
                 "the cluster may be busy or too small, or loading the model is slow", "actor_start_timeout_s",
             ) from error
+        names = derived(sink) if derived is not None else []
         pipeline_s = time.perf_counter() - pipeline_started
         timings = {"pipeline_s": pipeline_s, "ray_start_s": ray_start_s, "wall_s": time.perf_counter() - started}
         summary = summarize(sink.staged(MAIN_DATASET), options.partition_by_task, timings, job)
@@ -242,6 +254,10 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
         summary["skipped_files"] = sink.extra["skipped_files"]
         summary["output"] = sink.out
         summary["dataset"] = sink.location(MAIN_DATASET)
+        if names:
+            summary["datasets"] = {name: sink.location(name) for name in names}
+        if "audit" in sink.extra:
+            summary["audit"] = sink.extra["audit"]
         write_summary(summary, sink)
     return summary
 
@@ -304,29 +320,47 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
     skipped: dict[str, str] = {}
     fmt, listed = resolve_note_inputs(job.inputs, job.fmt, skipped)
     files, unreadable = unreadable_inputs(listed)
-    columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns))
+    note_nlp = job.note_nlp
+    columns = NoteColumns(fmt, job.id_column, job.text_column, tuple(job.keep_columns), note_nlp is not None,
+                          note_nlp.note_id_column if note_nlp else None)
     passthrough = note_passthrough_fields(fmt, files, job.id_column, job.text_column, job.keep_columns,
                                           job.read_options)
+    concept_map = note_nlp.read_map() if note_nlp else None
+    if note_nlp:
+        check_note_id_type(fmt, files, columns.note_id_source, job.id_column, job.read_options)
     # The opt-in only when given: None keeps a pipeline config's own setting.
     settings = {**policy_overrides(options.policy_knobs), "batch_size": options.model_batch_size,
                 "batch_tokens": options.model_batch_tokens, "device": options.actors.device,
                 "autocast": options.autocast, "runtime": options.runtime,
-                "trust_unhashed_weights": options.trust_unhashed_weights or None}
+                "trust_unhashed_weights": options.trust_unhashed_weights or None,
+                "audit_fraction": job.audit_fraction}
     # Load the pipeline once here (on CPU) to validate it and record checkpoints, labels, policies; an ONNX
     # runtime exports its graphs here once, so the actors find them cached.
-    components = component_info(job.source.load({**settings, "device": "cpu", "autocast": None}))
+    nlp = job.source.load({**settings, "device": "cpu", "autocast": None})
+    components = component_info(nlp)
     identity = _start_identity(options, listed, components, {
         "job": "notes", "format": fmt, "id_column": job.id_column, "text_column": job.text_column,
         "keep_columns": list(job.keep_columns), "encoding": job.encoding, "on_bad_record": job.on_bad_record,
         "max_field_lines": job.max_field_lines, "include_text": options.include_text,
-        "pipeline": job.source.describe()})
+        "pipeline": job.source.describe(),
+        "note_nlp": None if note_nlp is None else {"note_id_column": columns.note_id_source,
+                                                   "concept_map": note_nlp.concept_map}})
     inputs = {"format": fmt, "num_files": len(listed), "files": [filesystem.display(f) for f in listed[:1000]],
               "skipped_files": len(skipped), "unreadable_files": len(unreadable),
               "id_column": job.id_column, "text_column": job.text_column, "keep_columns": list(job.keep_columns),
               "on_bad_record": job.on_bad_record, "max_bad_records": job.max_bad_records,
               "max_field_lines": job.max_field_lines}
-    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text),
-                               _metadata("notes", components, inputs, options, pipeline=job.source.describe()))
+    more: dict[str, Any] = {"pipeline": job.source.describe()}
+    writer = None
+    if note_nlp:
+        more["note_nlp"] = {"note_id_column": columns.note_id_source, "concept_map": note_nlp.concept_map,
+                            "concepts_mapped": len(concept_map.concepts)}
+        writer = NoteNlpWriter({c["task"]: c for c in components}, __version__, concept_map, has_context(nlp),
+                               options.include_text)
+    audit = any(c["audit_fraction"] > 0 for c in components)
+    derived = partial(_write_derived, writer=writer, components=components if audit else None, options=options)
+    schema = with_job_metadata(output_schema("notes", passthrough, options.include_text, note_nlp is not None, audit),
+                               _metadata("notes", components, inputs, options, **more))
     with _job_on_ray(options) as mode:
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
@@ -335,7 +369,22 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
         errors = [input_row({"doc_id": None}, STATUS_ERROR, _unreadable_message(path, reason))
                   for path, reason in unreadable.items()]
         return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity,
-                       job.read_options.max_bad_records, skipped)
+                       bad_limit=job.read_options.max_bad_records, skipped=skipped, derived=derived)
+
+
+def _write_derived(sink: JobSink, writer: NoteNlpWriter | None, components: list[dict[str, Any]] | None,
+                   options: JobOptions) -> list[str]:
+    """NOTE_NLP (with a writer) and the audit (with auditing components) from the written annotations."""
+    from . import audit, note_nlp
+
+    names = []
+    if writer is not None:
+        note_nlp.write_note_nlp(sink, writer, options.partition_by_task, MAIN_DATASET)
+        names.append(note_nlp.DATASET)
+    if components is not None:
+        audit.write_audit(sink, components, options.partition_by_task, MAIN_DATASET)
+        names.append(audit.DATASET)
+    return names
 
 
 def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
@@ -347,6 +396,10 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
     options = job.options
     if options.resume:
         check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), keys)
+    if columns.note_nlp:
+        from .note_nlp import check_note_ids
+
+        check_note_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), columns)
     return options.actors.map_batches(
         read_notes(columns.fmt, files, columns.read_columns, options=job.read_options),
         job.annotator,

@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import pyarrow as pa
 
 from .. import storage
+from ..extras import require
 from ..formats import Record
 from ..policies import setting_keys
 from .errors import SettingError
@@ -134,6 +135,8 @@ class PipelineSource:
                         raise SettingError(f"override {key}: section {section!r} not in the config", "overrides")
                     target = target[section]
                 target[leaf] = value
+        if any(str(c.get("factory", "")).startswith("medspacy_") for c in config.get("components", {}).values()):
+            require("medspacy", "a config with medSpaCy components")  # its factories have no entry points
         for component in config.get("components", {}).values():
             if str(component.get("factory", "")).startswith(EPEE_FACTORY_PREFIX):
                 component.update(settings)  # assigned, for the same reason
@@ -161,6 +164,8 @@ def component_info(nlp) -> list[dict[str, Any]]:
             **weights_record(model), "checkpoint_task": model.task, "labels": list(model.labels),
             "num_layers": model.num_layers, "runtime": model.runtime,
             "policy": pipe.policy.describe(), "policy_config": pipe.policy.to_dict(),
+            "audit_fraction": pipe.audit_fraction_in_use, "promised_bound": pipe.audit.promised,
+            "promised_by": pipe.audit.source,
         })
     if not info:
         raise ValueError("the pipeline has no EPEE component (factories epee_*); nothing would be annotated")
@@ -179,10 +184,19 @@ class NoteColumns:
     id_column: str = "id"
     text_column: str = "text"
     keep_columns: tuple[str, ...] = ()
+    note_nlp: bool = False  # read an OMOP note id (``note_id_column``, else the id column) per note
+    note_id_column: str | None = None
+
+    @property
+    def note_id_source(self) -> str:
+        return self.note_id_column or self.id_column
 
     @property
     def read_columns(self) -> list[str]:
-        return [self.id_column, self.text_column, *self.keep_columns]
+        columns = [self.id_column, self.text_column, *self.keep_columns]
+        if self.note_nlp and self.note_id_source not in columns:
+            columns.append(self.note_id_source)
+        return columns
 
 
 @dataclass
@@ -192,6 +206,8 @@ class NoteInput:
     keep: dict[str, Any]
     error: str | None = None
     position: str = ""  # "notes.csv line 3: ", for messages about this note
+    note_id: int | None = None  # OMOP note id (``NoteColumns.note_nlp`` only)
+    note_id_problem: str | None = None
 
 
 def _doc_id(value: Any) -> str | None:
@@ -260,6 +276,14 @@ def _note_input(record: dict[str, Any], error: str | None, where: str, columns: 
                 as_strings: bool) -> NoteInput:
     """The NoteInput of one parsed record; ``error`` is a read error found earlier."""
     keep = {c: _keep_value(record.get(c), as_strings) for c in columns.keep_columns}
+    if columns.note_nlp:
+        from .note_nlp import note_id_or_problem
+
+        note = _note_input(record, error, where, replace(columns, note_nlp=False), as_strings)
+        if note.error is not None:
+            return note
+        note_id, problem = note_id_or_problem(record.get(columns.note_id_source), where, columns.note_id_source)
+        return replace(note, note_id=note_id, note_id_problem=problem, error=problem)
     try:
         doc_id = _doc_id(record.get(columns.id_column))
     except ValueError as problem:
@@ -318,6 +342,8 @@ class NoteAnnotator:
         rows: list[dict[str, Any]] = []
         for index, note in enumerate(notes):
             base = {"doc_id": note.doc_id, **note.keep}
+            if note.note_id is not None:
+                base["note_id"] = note.note_id
             if note.error is not None:
                 rows.append(input_row(base, STATUS_ERROR, note.error))
             elif index in failed:
@@ -350,6 +376,13 @@ class NoteAnnotator:
         from ..components.records import doc_annotations
 
         annotations = doc_annotations(doc, include_text=self.include_text)
+        if "note_nlp_id" in self.names and annotations:  # the schema has the NOTE_NLP ids: --note-nlp
+            from ..omop import NoteNlpError, with_note_nlp_ids
+
+            try:
+                annotations = with_note_nlp_ids(annotations, base["note_id"])
+            except NoteNlpError as error:
+                return [input_row(base, STATUS_ERROR, str(error))]
         if not annotations:
             row = {**input_row(base, STATUS_OK), "start": 0, "end": len(doc.text)}
             if self.include_text:

@@ -4,9 +4,11 @@ Columns, in order (see docs/batch_jobs.md):
 
 ``doc_id`` ``task`` ``kind`` ``start`` ``end`` ``head_start`` ``head_end`` ``tail_start``
 ``tail_end`` ``frame`` ``label`` ``exit_layer`` ``num_layers`` ``confidence`` ``entropy``
-``probs`` ``policy`` ``status`` ``error`` ``truncated`` ``context``, then ``text`` (only with
-``--include-text``), the pass-through columns, and for image jobs the DICOM metadata columns
-and ``path``. Job provenance (package version, checkpoints, labels, policies, parameters; never
+``probs`` ``policy`` ``status`` ``error`` ``truncated`` ``context``; for notes jobs ``section``
+(medSpaCy section category, null without a Sectionizer), ``text`` and ``snippet`` (only with
+``--include-text``), ``note_id`` and ``note_nlp_id`` (only with ``--note-nlp``), ``early_label`` and
+``full_label`` (only when the audit is on; set on audited rows); then the pass-through columns, and
+for image jobs the DICOM metadata columns and ``path``. Job provenance (package version, checkpoints, labels, policies, parameters; never
 note text) is JSON under the schema metadata key ``b"epee_annotate"``.
 """
 
@@ -53,6 +55,10 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("context", pa.map_(pa.string(), pa.bool_())),  # ConText flags of a mention
 )
 TEXT_FIELD = pa.field("text", pa.string())
+SECTION_FIELD = pa.field("section", pa.string())
+SNIPPET_FIELD = pa.field("snippet", pa.string())  # the annotated text's window (NOTE_NLP.snippet)
+NOTE_NLP_FIELDS = (pa.field("note_id", pa.int64()), pa.field("note_nlp_id", pa.int64()))
+AUDIT_FIELDS = (pa.field("early_label", pa.string()), pa.field("full_label", pa.string()))
 IMAGE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("sop_instance_uid", pa.string()),
     pa.field("study_instance_uid", pa.string()),
@@ -61,11 +67,13 @@ IMAGE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("body_part_examined", pa.string()),
     pa.field("path", pa.string()),
 )
-RESERVED = {f.name for f in (*CORE_FIELDS, TEXT_FIELD, *IMAGE_FIELDS)}
+RESERVED = {f.name for f in (*CORE_FIELDS, TEXT_FIELD, SECTION_FIELD, SNIPPET_FIELD, *NOTE_NLP_FIELDS,
+                              *AUDIT_FIELDS, *IMAGE_FIELDS)}
 
 
 def output_schema(
-    job: str, passthrough: Sequence[pa.Field] = (), include_text: bool = False
+    job: str, passthrough: Sequence[pa.Field] = (), include_text: bool = False, note_nlp: bool = False,
+    audit: bool = False,
 ) -> pa.Schema:
     """The schema of a ``notes`` or ``images`` job's output (no metadata yet)."""
     if job not in ("notes", "images"):
@@ -73,9 +81,17 @@ def output_schema(
     clashes = sorted(f.name for f in passthrough if f.name in RESERVED)
     if clashes:
         raise ValueError(f"pass-through column(s) {clashes} clash with output columns; rename them first")
+    if job == "images" and (note_nlp or audit):
+        raise ValueError("NOTE_NLP ids and the audit columns are for the notes job")
     fields = list(CORE_FIELDS)
+    if job == "notes":
+        fields.append(SECTION_FIELD)
     if include_text:
-        fields.append(TEXT_FIELD)
+        fields += [TEXT_FIELD, SNIPPET_FIELD] if job == "notes" else [TEXT_FIELD]
+    if note_nlp:
+        fields += NOTE_NLP_FIELDS
+    if audit:
+        fields += AUDIT_FIELDS
     fields += list(passthrough)
     if job == "images":
         fields += list(IMAGE_FIELDS)

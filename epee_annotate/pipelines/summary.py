@@ -129,9 +129,30 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  {task}: {info['rows']} rows; mean exit layer {info['mean_exit_layer']:.2f}/{info['num_layers']} "
             f"(speed-up x{info['layer_speedup']:.2f}); exits {histogram}; labels {labels}"
         )
+    lines += audit_lines((summary.get("audit") or {}).get("components") or {})
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
+    for name, location in summary.get("datasets", {}).items():
+        lines.append(f"{name}: {location}")
     return "\n".join(lines)
+
+
+def audit_lines(reports: dict[str, Any]) -> list[str]:
+    """One line per audited component: counts, observed rate, its 95% upper bound, the promise, the verdict."""
+    lines = []
+    for task, r in reports.items():
+        if not r["audited"]:
+            seen = "no item audited"
+        else:
+            seen = (f"{r['audited']} items audited, {r['disagreements']} disagree with full depth (rate "
+                    f"{r['observed_rate']:.4f}, 95% upper bound {r['upper_bound']:.4f})")
+        promise = (f"promised <= {r['promised_bound']:.4f}" if r["promised_bound"] is not None
+                   else f"no promised bound: {r['promised_by']}")
+        verdict = r["verdict"].upper()
+        if r.get("n_needed"):
+            verdict += f" (about {r['n_needed']} audited items needed in all)"
+        lines.append(f"  audit {task} ({r['fraction']:.3g} of docs): {seen}; {promise}: {verdict}")
+    return lines
 
 
 def plot_summary(summary: dict[str, Any]) -> bytes:
@@ -158,7 +179,10 @@ def plot_summary(summary: dict[str, Any]) -> bytes:
     statuses = summary["rows_per_status"]
     right.bar(list(statuses), list(statuses.values()), color=["tab:green", "tab:gray", "tab:red"])
     right.set_title("Rows per status")
-    fig.suptitle(f"{summary['job']} job: {summary['documents']} inputs, {summary['rows']} rows", fontsize=10)
+    title = f"{summary['job']} job: {summary['documents']} inputs, {summary['rows']} rows"
+    audits = (summary.get("audit") or {}).get("components") or {}
+    verdicts = "; ".join(f"{task} {r['verdict']}" for task, r in audits.items())
+    fig.suptitle(title + (f"\naudit of the early answers: {verdicts}" if verdicts else ""), fontsize=10)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)

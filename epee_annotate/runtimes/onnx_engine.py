@@ -143,9 +143,10 @@ class OnnxEngine:
         return LayerState(out, None, state.token_mask, state.pool_index, state.extras), logits
 
     @torch.inference_mode()
-    def run_early_exit(self, batch: dict[str, torch.Tensor], policy: ExitPolicy) -> ExitResult:
+    def run_early_exit(self, batch: dict[str, torch.Tensor], policy: ExitPolicy,
+                       audit: torch.Tensor | None = None) -> ExitResult:
         """One batch with early exit: ``engine.early_exit_loop`` over this runtime's layers."""
-        return early_exit_loop(self.embed(batch), self.step, self.num_layers, policy)
+        return early_exit_loop(self.embed(batch), self.step, self.num_layers, policy, audit)
 
     @torch.inference_mode()
     def run_all_exits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
