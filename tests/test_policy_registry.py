@@ -295,3 +295,16 @@ def test_set_examples_in_annotate_notes_help_run_as_written(clinical_checkpoints
     nlp = PipelineSource(config=str(REPO / config[0]), overrides=parse_overrides(overrides)).load({})
     pipe = nlp.get_pipe("epee_pv_event")
     assert pipe.checkpoint == clinical_checkpoints["pv"] and pipe.policy == resolve_policy({"entropy": 0.3})
+
+
+@pytest.mark.parametrize("name, key", [("pv_event", "pv"), ("ddi", "ddi"), ("supplement_status", "sup")])
+def test_job_settings_reach_the_shipped_configs_classifiers_only(name, key, clinical_checkpoints):
+    # What annotate-notes --config does with each shipped config: the job's settings go to the EPEE
+    # classifiers, never to other components of the config (epee_sections takes none of them).
+    from epee_annotate.pipelines.notes import PipelineSource
+
+    path_key = {"pv": "pv_checkpoint", "ddi": "ddi_checkpoint", "sup": "supplement_checkpoint"}[key]
+    source = PipelineSource(config=str(REPO / "configs" / f"{name}.cfg"),
+                            overrides={f"paths.{path_key}": clinical_checkpoints[key]})
+    nlp = source.load({**policy_overrides({"budget": 1}), "batch_size": 8, "device": "cpu", "autocast": None})
+    assert nlp.get_pipe(f"epee_{name}").policy == resolve_policy({"budget": 1})

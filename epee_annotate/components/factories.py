@@ -54,6 +54,10 @@ SPAN_ASSIGNS = ["doc.ents", *RECORDS, *SPAN_RESULTS]  # doc.ents: mentions found
 PAIR_ASSIGNS = ["doc.ents", *RECORDS, "doc._.epee_relations", "doc._.epee_truncated_pairs"]
 
 
+# The factories of early-exit classifiers: every one takes the COMMON settings (a job sets them all).
+CLASSIFIER_FACTORIES: List[str] = []
+
+
 def _factory(name: str, build: Callable[..., Any], settings_: Dict[str, tuple], doc: str,
              **registration: Any) -> Callable[..., Any]:
     """Register ``name``: a factory taking COMMON + ``settings_`` that calls ``build(nlp, name, **settings)``.
@@ -61,6 +65,7 @@ def _factory(name: str, build: Callable[..., Any], settings_: Dict[str, tuple], 
     The policy keys are gathered into ``policy_settings`` for the component.
     """
     spec = {**COMMON, **settings_}
+    CLASSIFIER_FACTORIES.append(name)
 
     def factory(nlp: Language, name: str, **config: Any) -> Any:
         policy_settings = {key: config.pop(key) for key in setting_keys()}

@@ -39,7 +39,6 @@ from .sources import TYPED_FORMATS, block_records
 
 logger = logging.getLogger(__name__)
 
-EPEE_FACTORY_PREFIX = "epee_"
 SCOPES = ("sents", "doc")
 
 
@@ -104,11 +103,11 @@ class PipelineSource:
         return {k: v for k, v in asdict(self).items() if v not in (None, {}, "")}
 
     def load(self, settings: dict[str, Any]) -> "Language":  # noqa: F821
-        """Build the pipeline; ``settings`` (policy, batch_size, device, autocast) go to every EPEE component."""
+        """Build the pipeline; ``settings`` (policy, batch_size, device, autocast) go to every EPEE classifier."""
         import spacy
         from spacy.util import get_model_meta, load_config, load_model_from_config
 
-        from .. import components  # noqa: F401  (registers the epee_* factories)
+        from ..components.factories import CLASSIFIER_FACTORIES  # (importing registers the epee_* factories)
 
         # None means "keep the pipeline's value", except for policy keys: a job's policy replaces the whole
         # saved one (policies.policy_overrides), so its unset keys must reach the config as null.
@@ -138,7 +137,7 @@ class PipelineSource:
         if any(str(c.get("factory", "")).startswith("medspacy_") for c in config.get("components", {}).values()):
             require("medspacy", "a config with medSpaCy components")  # its factories have no entry points
         for component in config.get("components", {}).values():
-            if str(component.get("factory", "")).startswith(EPEE_FACTORY_PREFIX):
+            if component.get("factory") in CLASSIFIER_FACTORIES:  # not epee_sections: it takes none of them
                 component.update(settings)  # assigned, for the same reason
         if not self.pipeline:
             return load_model_from_config(config, auto_fill=True)
