@@ -330,13 +330,18 @@ def test_the_holder_renews_its_lease(tmp_path, s3):
         with OutputLock(out, lease_s=0.6) as lock:
             fs, path = storage.resolve(lock.location)
 
-            def heartbeat() -> float:
+            def heartbeat() -> float | None:
+                # A local record is rewritten in place under the flock: a read can catch it half written.
                 with fs.open_input_stream(path) as handle:
-                    return LockRecord.parse(handle.read()).heartbeat
+                    record = LockRecord.parse(handle.read())
+                return None if record is None else record.heartbeat
 
-            first = heartbeat()
             deadline = time.monotonic() + 10
-            while heartbeat() == first:
+            first = heartbeat()
+            while first is None:
+                assert time.monotonic() < deadline, f"{out}: no readable lock record within 10 s"
+                first = heartbeat()
+            while heartbeat() in (first, None):
                 assert time.monotonic() < deadline, f"{out}: no heartbeat within 10 s"
                 time.sleep(0.05)
             lock.check()
