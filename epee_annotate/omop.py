@@ -151,7 +151,7 @@ def _modifiers(row: Mapping[str, Any], policy: str | None) -> str:
     pairs = [(k, str(v).lower()) for k, v in _context(row).items()]
     if row.get("section"):
         pairs.append(("section", row["section"]))
-    pairs += [("component", row.get("task")), ("exit_layer", row.get("exit_layer")),
+    pairs += [("component", row.get("task")), ("exit_layer", row.get("exit_layer")), ("rule", row.get("rule")),
               ("confidence", None if row.get("confidence") is None else f"{row['confidence']:.4f}"),
               ("policy", policy)]
     return _clip(";".join(f"{k}={v}" for k, v in pairs if v is not None), "term_modifiers")

@@ -19,6 +19,7 @@ class Prediction:
     truncated: bool = False
     error: str | None = None
     full_label: str | None = None  # the last exit's answer, when this input was audited
+    rule: str | None = None  # the rule that answered without the model (no layer ran), e.g. a DDI negative rule
 
     @property
     def ok(self) -> bool:
@@ -27,6 +28,11 @@ class Prediction:
     @classmethod
     def failed(cls, message: str, num_layers: int) -> "Prediction":
         return cls(None, None, None, num_layers, None, None, [], False, message)
+
+    @classmethod
+    def by_rule(cls, rule: str, label: str, label_id: int, num_layers: int) -> "Prediction":
+        """An answer a rule gave before the model: no exit answered, so no layer, confidence or probabilities."""
+        return cls(label, label_id, None, num_layers, None, None, [], False, None, None, rule)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -25,12 +25,12 @@ def main() -> int:
     parser.add_argument("--fraction", type=float, default=0.15)
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args()
-    files = ddi_files(args.source)  # one XML file per <document>
+    files = [Path(f) for f in ddi_files(args.source)]  # one XML file per <document>
     order = sorted(files)
     random.Random(args.seed).shuffle(order)
     test = set(order[: round(args.fraction * len(order))])
     for file in files:
-        target = args.out / ("test" if file in test else "train") / file.relative_to(args.source)
+        target = args.out / ("test" if file in test else "train") / file.relative_to(args.source.resolve() if file.is_absolute() else args.source)
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink() or target.exists():
             target.unlink()

@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -197,10 +198,15 @@ def test_relations_pair_mentions_within_sentences(ckpt):
     text = "aspirin increases the effect of warfarin and coumadin. penicillin alone. amoxicillin. aspirin, Aspirin."
     doc = nlp(text)
     assert [e.label_ for e in doc.ents] == ["DRUG", "DRUG", "BRAND", "DRUG", "DRUG", "DRUG", "DRUG"]
-    relations = doc._.epee_relations
-    # three mentions in the first sentence -> three pairs; none across sentences; no drug with itself
+    # three mentions in the first sentence -> three pairs; none across sentences; a drug named twice
+    # is answered "none" by the same_drug rule (epee_ddi's negative_rules), without the model
+    *relations, same = doc._.epee_relations
+    assert (same["head"].text, same["tail"].text, same["label"], same["rule"]) == ("aspirin", "Aspirin", "none",
+                                                                                   "same_drug")
+    assert same["exit_layer"] is None and same["probs"] == [] and same["error"] is None
     assert [(r["head"].text, r["tail"].text) for r in relations] == [
         ("aspirin", "warfarin"), ("aspirin", "coumadin"), ("warfarin", "coumadin")]
+    assert all(r["rule"] is None for r in relations)
     sent = text[: text.index(".") + 1]
     expected = component.multi_exit_model.predict(
         [{"text": sent, "head": (r["head_start"], r["head_end"]), "tail": (r["tail_start"], r["tail_end"])}
@@ -210,6 +216,50 @@ def test_relations_pair_mentions_within_sentences(ckpt):
         assert record["probs"] == pytest.approx(pred.probs, abs=1e-5)
         assert (record["start"], record["end"]) == (record["head_start"], record["tail_end"])
     assert doc._.epee_truncated_pairs is False
+
+
+def test_ddi_negative_rules_answer_none_before_the_model_as_training_marks_them(ckpt, tmp_path):
+    """The component and the DDI loader (training's --filter-negatives) mark sure negatives with one function."""
+    from epee_annotate.data import load_examples
+    from epee_annotate.data.ddi import filter_rule
+
+    text = "Aspirin (ASA), warfarin, heparin and aspirin; digoxin increases the effect of quinidine."
+    words = ["Aspirin", "ASA", "warfarin", "heparin", "aspirin", "digoxin", "quinidine"]
+    at = [(text.index(w), text.index(w) + len(w)) for w in words]
+    at[4] = (text.index("aspirin"), text.index("aspirin") + 7)
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    component = nlp.add_pipe("epee_ddi", config={"checkpoint": ckpt["ddi"], "spans_key": "drugs"})
+    doc = nlp.make_doc(text)
+    doc.spans["drugs"] = [doc.char_span(s, e, label="DRUG") for s, e in at]
+    records = nlp(doc)._.epee_annotations
+    assert len(records) == 21  # every pair of the 7 mentions: ruled pairs are records too
+    by_pair = {((r["head_start"], r["head_end"]), (r["tail_start"], r["tail_end"])): r for r in records}
+    ruled = {pair: filter_rule(text, *pair, at) for pair in by_pair}
+    assert Counter(ruled.values()) == {"coordination": 12, None: 7, "abbreviation": 1, "same_drug": 1}
+    for pair, record in by_pair.items():
+        assert record["rule"] == ruled[pair]
+        if ruled[pair]:
+            assert (record["label"], record["exit_layer"], record["confidence"]) == ("none", None, None)
+        else:
+            assert record["exit_layer"] >= 1 and len(record["probs"]) == len(DDI_LABELS)
+    # The loader marks the same pairs of the same sentence (its ``filter_rule`` meta).
+    entities = "".join(f'<entity id="d.s0.e{i}" charOffset="{s}-{e - 1}" type="drug" text="{text[s:e]}"/>'
+                       for i, (s, e) in enumerate(at))
+    pairs = "".join(f'<pair id="d.s0.p{n}" e1="d.s0.e{i}" e2="d.s0.e{j}" ddi="false"/>'
+                    for n, (i, j) in enumerate((i, j) for i in range(7) for j in range(i + 1, 7)))
+    (tmp_path / "d.xml").write_text(f'<document id="d"><sentence id="d.s0" text="{text}">{entities}{pairs}'
+                                    "</sentence></document>")
+    loaded = {(e.input["head"], e.input["tail"]): (e.meta or {}).get("filter_rule")
+              for e in load_examples(tmp_path, "ddi", "relation")}
+    assert loaded == ruled
+    # Off (the generic relation classifier's default): the model answers every pair but a same-text one.
+    component.negative_rules = False
+    records = nlp(doc)._.epee_annotations
+    assert len(records) == 20 and all(r["rule"] is None and r["exit_layer"] >= 1 for r in records)
+    component.negative_rules, component.none_label = True, "no_interaction"
+    with pytest.raises(ValueError, match="negative_rules answer none_label 'no_interaction', which is not a label"):
+        nlp(doc)
 
 
 def test_min_confidence_gives_none_label(ckpt):

@@ -16,7 +16,7 @@ from epee_annotate.pipelines.schema import (
 from epee_annotate.formats import ReadOptions, read_stream
 from epee_annotate.formats.jsonl import parse_object
 from epee_annotate.pipelines.sources import note_format, records_block, resolve_image_inputs, resolve_note_inputs
-from epee_annotate.pipelines.summary import summarize
+from epee_annotate.pipelines.summary import format_summary, summarize
 
 
 # ----- schema --------------------------------------------------------------------------
@@ -59,7 +59,7 @@ def test_metadata_round_trip_through_parquet(tmp_path):
     assert table.schema.field("probs").type == pa.list_(pa.float32())
     pq.write_table(table.replace_schema_metadata(schema.metadata), tmp_path / "x.parquet")
     meta = read_job_metadata(tmp_path)
-    assert meta["job"] == "notes" and meta["schema_version"] == 1 and meta["components"] == [{"task": "t"}]
+    assert meta["job"] == "notes" and meta["schema_version"] == 2 and meta["components"] == [{"task": "t"}]
     assert job_metadata(pa.schema([])) == {}
     assert METADATA_KEY in pq.read_schema(tmp_path / "x.parquet").metadata
 
@@ -246,13 +246,18 @@ def test_summary_counts_and_speedup(tmp_path):
         {"doc_id": "b", "kind": "doc", "status": "empty"},
         {"doc_id": None, "kind": "doc", "status": "error", "error": "missing id"},
         {"doc_id": None, "kind": "doc", "status": "error", "error": "missing id"},
+        # A pair a DDI negative rule answered: no exit layer, counted apart from the model's rows.
+        {"doc_id": "a", "task": "t", "kind": "pair", "start": 0, "end": 9, "label": "none", "num_layers": 4,
+         "status": "ok", "rule": "coordination"},
     ]
     pq.write_table(rows_to_table(rows, schema), tmp_path / "p.parquet")
     summary = summarize(tmp_path, False, {"pipeline_s": 2.0, "wall_s": 3.0}, "notes")
-    assert summary["documents"] == 4 and summary["rows"] == 5
-    assert summary["rows_per_status"] == {"ok": 2, "empty": 1, "error": 2}
-    assert summary["tasks"]["t"]["exit_layers"] == {2: 1, 4: 1}
+    assert summary["documents"] == 4 and summary["rows"] == 6
+    assert summary["rows_per_status"] == {"ok": 3, "empty": 1, "error": 2}
+    assert summary["tasks"]["t"]["exit_layers"] == {2: 1, 4: 1} and summary["tasks"]["t"]["rows"] == 2
     assert summary["tasks"]["t"]["layer_speedup"] == pytest.approx(4 / 3, abs=1e-3)
+    assert summary["rule_rows"] == {"t": {"coordination": 1}}
+    assert "t: 1 more rows answered by rules without the model (coordination 1)" in format_summary(summary)
     assert summary["throughput"]["docs_per_s"] == 2.0
     json.dumps(summary)
 

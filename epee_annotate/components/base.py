@@ -61,6 +61,7 @@ class Item:
     head: tuple[int, int] | None = None
     tail: tuple[int, int] | None = None
     clipped: bool = False  # the component cut the input before encoding
+    rule: str | None = None  # a rule already answered ``none_label`` (e.g. a DDI negative rule): the model skips it
 
 
 def sentences(doc: Doc) -> list[Span]:
@@ -245,25 +246,31 @@ class EpeeComponent(Pipe):
         if not self._order_checked:
             self._check_order()
         per_doc = [self.collect(doc) for doc in docs]
-        inputs = [item.input for items in per_doc for item in items]
+        inputs = [item.input for items in per_doc for item in items if item.rule is None]
         fraction = self.audit_fraction_in_use
         audit = None
         if fraction and inputs:
             chosen = [audited(doc.text, fraction) for doc in docs]  # by document: all its items or none
-            audit = [flag for flag, items in zip(chosen, per_doc) for _ in items]
-        predictions = (self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
-                                                     max_tokens=self.batch_tokens, audit=audit)
-                       if inputs else [])
+            audit = [flag for flag, items in zip(chosen, per_doc) for item in items if item.rule is None]
+        modelled = iter(self.multi_exit_model.predict(inputs, self.policy, batch_size=self.batch_size,
+                                                      max_tokens=self.batch_tokens, audit=audit)
+                        if inputs else [])
+        predictions = [next(modelled) if item.rule is None else self._by_rule(item.rule)
+                       for items in per_doc for item in items]
         for prediction in predictions:
             if prediction.full_label is not None:
                 self.audit.add(prediction.label, prediction.full_label, prediction.exit_layer)
         failed = sum(not p.ok for p in predictions)
         if failed:
-            logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(inputs))
+            logger.warning("component %r: %d of %d inputs could not be classified", self.name, failed, len(predictions))
         position = 0
         for doc, items in zip(docs, per_doc):
             self._write(doc, items, predictions[position : position + len(items)])
             position += len(items)
+
+    def _by_rule(self, rule: str) -> Prediction:
+        model = self.multi_exit_model
+        return Prediction.by_rule(rule, self.none_label, model.labels.index(self.none_label), model.num_layers)
 
     def _enter_worker_process(self) -> None:
         """First use in a forked/spawned process: one torch thread (a forked OpenMP pool would hang)."""

@@ -99,8 +99,10 @@ make_span_classifier = _factory(
     assigns=SPAN_ASSIGNS, requires=["doc.ents"])
 
 make_relation_classifier = _factory(
-    "epee_relation_classifier", RelationClassifier, {**PAIRS, "rules": (Optional[str], None)},
-    "Classify every pair of mentions within a sentence (at most max_pairs_per_doc per doc).",
+    "epee_relation_classifier", RelationClassifier,
+    {**PAIRS, "rules": (Optional[str], None), "negative_rules": (bool, False)},
+    "Classify every pair of mentions within a sentence (at most max_pairs_per_doc per doc); negative_rules: "
+    "the DDI 2013 negative-instance rules answer none_label first.",
     assigns=PAIR_ASSIGNS, requires=["doc.ents"])
 
 
@@ -124,10 +126,11 @@ def _ddi(nlp: Language, name: str, lexicon: Optional[str], **config: Any) -> Rel
 
 
 make_ddi = _factory(
-    "epee_ddi", _ddi, {**PAIRS, "lexicon": (Optional[str], None)},
+    "epee_ddi", _ddi, {**PAIRS, "lexicon": (Optional[str], None), "negative_rules": (bool, True)},
     "Drug-drug interaction type (none / mechanism / effect / advise / int) of drug mention pairs. Drug "
     "mentions come from doc.ents (all labels, or span_labels) and, with lexicon (a rules JSON, e.g. written "
-    "by write_rules(build_drug_lexicon(...), path)), from a matcher.",
+    "by write_rules(build_drug_lexicon(...), path)), from a matcher. negative_rules (on): the DDI 2013 "
+    "negative-instance rules (same drug, abbreviation, coordinate list) answer none before the model.",
     assigns=PAIR_ASSIGNS)
 
 make_pv_event = _factory(

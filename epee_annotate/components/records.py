@@ -5,10 +5,13 @@ Row keys (stable; batch jobs build table schemas from them):
 ``task`` (component name), ``kind`` ("mention" | "pair" | "sentence" | "doc"), ``start``/``end``
 (character offsets of the mention, sentence or doc; for a pair the span covering head and tail),
 ``head_start``/``head_end``/``tail_start``/``tail_end`` (None unless ``kind == "pair"``),
-``label`` (None when the input could not be classified), ``exit_layer``, ``num_layers``,
+``label`` (None when the input could not be classified), ``exit_layer`` (None when a rule answered,
+see ``rule``), ``num_layers``,
 ``confidence``, ``entropy``, ``probs`` (list of float, in the checkpoint's label order),
 ``early_label``/``full_label`` (audited inputs only: the exit policy's answer and the last exit's),
-``truncated`` (the model saw a cut version of the input), ``error`` (why the input could not be
+``truncated`` (the model saw a cut version of the input), ``rule`` (the rule that answered
+without running the model, e.g. a DDI 2013 negative rule; None when the model answered), ``error``
+(why the input could not be
 classified, from ``Prediction.error``; None when it was), ``context`` (mentions: ConText flags
 ``negated``/``historical``/``hypothetical``/``family`` as booleans; None otherwise), ``section``
 (the medSpaCy Sectionizer's category at the annotation's start; None without one), and ``text``
@@ -28,7 +31,7 @@ from ..prediction import Prediction
 KINDS = ("mention", "pair", "sentence", "doc")
 RECORD_KEYS = (
     "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "label", "exit_layer",
-    "num_layers", "confidence", "entropy", "probs", "truncated", "error", "early_label", "full_label",
+    "num_layers", "confidence", "entropy", "probs", "truncated", "rule", "error", "early_label", "full_label",
 )
 ANNOTATION_KEYS = RECORD_KEYS + ("context", "section")
 CONTEXT_FLAGS = {"negated": "is_negated", "historical": "is_historical", "hypothetical": "is_hypothetical",
@@ -65,6 +68,7 @@ def make_record(
         "entropy": prediction.entropy,
         "probs": [float(p) for p in prediction.probs],
         "truncated": bool(truncated or prediction.truncated),
+        "rule": prediction.rule,
         "error": prediction.error,
         # Audited inputs only: the policy's own answer (before any confidence floor) and full depth's.
         "early_label": prediction.label if prediction.full_label is not None else None,

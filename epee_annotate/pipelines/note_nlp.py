@@ -16,7 +16,7 @@ from ..omop import ConceptMap, NoteNlpError, NoteNlpWriter, note_id_value
 from .errors import SettingError
 
 DATASET = "note_nlp"
-_READ = ["task", "kind", "start", "head_start", "tail_start", "label", "exit_layer", "confidence", "error",
+_READ = ["task", "kind", "start", "head_start", "tail_start", "label", "exit_layer", "rule", "confidence", "error",
          "context", "section", "note_id", "note_nlp_id", "text", "snippet"]
 
 

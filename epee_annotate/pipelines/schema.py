@@ -4,7 +4,7 @@ Columns, in order (see docs/batch_jobs.md):
 
 ``doc_id`` ``task`` ``kind`` ``start`` ``end`` ``head_start`` ``head_end`` ``tail_start``
 ``tail_end`` ``frame`` ``label`` ``exit_layer`` ``num_layers`` ``confidence`` ``entropy``
-``probs`` ``policy`` ``status`` ``error`` ``truncated`` ``context``; for notes jobs ``section``
+``probs`` ``policy`` ``status`` ``error`` ``truncated`` ``rule`` ``context``; for notes jobs ``section``
 (medSpaCy section category, null without a Sectionizer), ``text`` and ``snippet`` (only with
 ``--include-text``), ``note_id`` and ``note_nlp_id`` (only with ``--note-nlp``), ``early_label`` and
 ``full_label`` (only when the audit is on; set on audited rows); then the pass-through columns, and
@@ -21,7 +21,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pyarrow as pa
 
 METADATA_KEY = b"epee_annotate"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: the ``rule`` column
 
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
@@ -52,6 +52,7 @@ CORE_FIELDS: tuple[pa.Field, ...] = (
     pa.field("status", pa.string()),
     pa.field("error", pa.string()),
     pa.field("truncated", pa.bool_()),
+    pa.field("rule", pa.string()),  # the rule that answered without the model (exit_layer is then null)
     pa.field("context", pa.map_(pa.string(), pa.bool_())),  # ConText flags of a mention
 )
 TEXT_FIELD = pa.field("text", pa.string())

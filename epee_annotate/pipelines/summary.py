@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 SUMMARY_JSON = "summary.json"
 SUMMARY_PNG = "summary.png"
 _COLUMNS = ["doc_id", "task", "kind", "status", "label", "exit_layer", "num_layers", "start", "end", "head_start",
-            "head_end", "tail_start", "tail_end", "frame"]
+            "head_end", "tail_start", "tail_end", "frame", "rule"]
 # What one record's rows never repeat (one row per span, pair or frame and task): a row repeated under
 # one id is another record with that id.
 _ROW_KEY = ["doc_id", "task", "kind", "start", "end", "head_start", "head_end", "tail_start", "tail_end", "frame",
@@ -69,6 +69,10 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
             "mean_exit_layer": round(mean_layer, 4),
             "layer_speedup": round(num_layers / mean_layer, 4),
         }
+    # Rows a rule answered without the model (exit_layer null): counted apart, outside the layer speed-up.
+    ruled = frame[frame["rule"].notna()]
+    rule_rows = {str(task): {str(k): int(v) for k, v in group["rule"].value_counts().sort_index().items()}
+                 for task, group in ruled.groupby("task", sort=True)}
     overall = None
     if len(answered):
         overall = round(float(answered["num_layers"].astype(int).sum()) / float(answered["exit_layer"].astype(int).sum()), 4)
@@ -83,6 +87,7 @@ def summarize(dataset_dir: str | Path, partitioned: bool, timings: dict[str, flo
         "duplicate_ids": {"ids": int((repeats > 1).sum()), "extra_records": int((repeats - 1).sum())},
         "rows_per_status": status,
         "tasks": tasks,
+        "rule_rows": rule_rows,
         "layer_speedup": overall,
         "throughput": {
             **{k: round(v, 3) for k, v in timings.items()},
@@ -129,6 +134,9 @@ def format_summary(summary: dict[str, Any]) -> str:
             f"  {task}: {info['rows']} rows; mean exit layer {info['mean_exit_layer']:.2f}/{info['num_layers']} "
             f"(speed-up x{info['layer_speedup']:.2f}); exits {histogram}; labels {labels}"
         )
+    for task, rules in (summary.get("rule_rows") or {}).items():
+        counts = ", ".join(f"{k} {v}" for k, v in rules.items())
+        lines.append(f"  {task}: {sum(rules.values())} more rows answered by rules without the model ({counts})")
     lines += audit_lines((summary.get("audit") or {}).get("components") or {})
     if summary.get("dataset"):
         lines.append(f"dataset: {summary['dataset']}")
