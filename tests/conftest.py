@@ -98,3 +98,14 @@ def s3_server():
 
     with loopback_s3_server():
         yield boto3.client("s3")
+
+
+@pytest.fixture
+def progress_shown(monkeypatch) -> dict:
+    """(total, units, records) of every update of a job's progress bar, by bar name, as the driver draws them."""
+    from epee_annotate.pipelines.progress import Display
+
+    shown: dict = {}
+    monkeypatch.setattr(Display, "show", lambda self, units, records: shown.setdefault(self.desc, []).append(
+        (self.total, units, records)))
+    return shown

@@ -1,7 +1,9 @@
 """Every wait is bounded: free resources on a shared Ray cluster, object-store calls; unsupported and Azure URIs."""
 
 import json
+import os
 import socket
+import time
 
 import pytest
 
@@ -124,3 +126,58 @@ def test_abfs_reads_the_account_and_credentials_adlfs_documents(monkeypatch):
                        f"AccountKey=a2V5;BlobEndpoint=http://127.0.0.1:{_closed_port()}/clinic;")
     with pytest.raises(OSError, match="no answer from the object store for abfs://container/x"):
         filesystem.exists("abfs://container/x")
+
+
+REAPER_DRIVER = """
+import sys, time
+from epee_annotate.pipelines.runtime import ActorSettings, ray_session
+with ray_session(None, ActorSettings(num_actors=1)):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Busy:  # a live actor and a running task, as in a job
+        def wait(self):
+            time.sleep(600)
+
+    actor = Busy.remote()
+    running = actor.wait.remote()
+    time.sleep(3)
+    print(ray._private.worker._global_node.get_session_dir_path(), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.ray
+def test_a_killed_drivers_local_ray_ends_with_it():
+    """SIGKILL runs no cleanup in the driver: the local Ray it started (GCS, raylet, agents, and the workers of a
+    live actor and a running task, which Ray's own reaper leaves orphaned) ends within seconds (``reaper``)."""
+    import select
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    env = {**os.environ}  # the caller's RAY_TMPDIR: Ray's socket paths must stay short
+    env.pop("RAY_ADDRESS", None)
+    driver = subprocess.Popen([sys.executable, "-c", REAPER_DRIVER], stdout=subprocess.PIPE, text=True, env=env,
+                              start_new_session=True)
+    try:
+        assert select.select([driver.stdout], [], [], 120)[0], "the driver did not start Ray within 120 s"
+        assert driver.stdout.readline().strip()
+        started = [p for p in psutil.Process(driver.pid).children(recursive=True)
+                   if "pipelines/reaper.py" not in " ".join(p.cmdline())]
+        assert any("raylet" in " ".join(p.cmdline()) for p in started) and len(started) >= 5
+        os.kill(driver.pid, signal.SIGKILL)
+        driver.wait(timeout=30)
+        deadline = time.monotonic() + 30
+
+        def alive():
+            return [p for p in started if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+        while alive():
+            assert time.monotonic() < deadline, f"{len(alive())} Ray process(es) outlived the driver by 30 s"
+            time.sleep(0.5)
+    finally:
+        if driver.poll() is None:
+            driver.kill()

@@ -139,6 +139,10 @@ def test_the_wait_for_the_actor_pool_is_bounded_for_the_job_only(monkeypatch):
     monkeypatch.setattr(context, "enable_progress_bars", True)
     with job_data_context(False, False, JobOptions(out="x").actor_start_timeout_s):
         assert context.wait_for_min_actors_s == 600 and context.enable_progress_bars is False
+    with job_data_context(True, False, 5):  # the job's own bar (with a total) replaces Ray's "0/?" one
+        assert context.enable_progress_bars is False
+    with job_data_context(True, True, 5):
+        assert context.enable_progress_bars is True and context.enable_operator_progress_bars is True
     assert context.wait_for_min_actors_s == -1 and context.enable_progress_bars is True  # the caller's again
     with pytest.raises(ValueError, match="must be > 0"):
         JobOptions(out="x", actor_start_timeout_s=0)

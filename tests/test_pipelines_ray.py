@@ -450,6 +450,34 @@ def test_a_folder_job_accounts_for_every_file(local_ray, text_checkpoint, tmp_pa
         assert report["count"] == 1 and report["files"][0]["path"].endswith("README.md")
 
 
+def test_progress_has_the_listed_size_as_total_and_reaches_it(local_ray, text_checkpoint, image_checkpoint, tmp_path,
+                                                              progress_shown):
+    """Ray's own bar says "0/?"; the job's bar counts input bytes annotated of the listed files' size."""
+    import gzip
+
+    shown = progress_shown
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text("".join(f'{{"id": "a{i}", "text": "rash {i}"}}\n' for i in range(2100)))
+    (folder / "b.jsonl.gz").write_bytes(gzip.compress(b'{"id": "b", "text": "cough"}\n' * 3))
+    (folder / "c.jsonl").write_text('{"id": "c1", "text": "fever"}\n{"id": "c2", "text": \n')  # 1 good, 1 bad
+    out = tmp_path / "out"
+    assert main(["annotate-notes", str(folder), "--checkpoint", str(text_checkpoint), "--out", str(out),
+                 "--num-actors", "1", "--batch-size", "64"]) == 0
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    total, units, records = shown["annotating"][-1]
+    assert (total, units) == (size, size) and records == 2100 + 3 + 2
+    assert all(u <= size for _, u, _ in shown["annotating"])
+    # Images: file bytes too; an npz archive counts its images.
+    (tmp_path / "img").mkdir()
+    _write_images(tmp_path / "img")
+    shown.clear()
+    assert main(["annotate-images", str(tmp_path / "img"), "--checkpoint", str(image_checkpoint),
+                 "--out", str(tmp_path / "img_out"), "--num-actors", "1"]) == 0
+    size = sum(f.stat().st_size for f in (tmp_path / "img").rglob("*") if f.is_file())
+    assert shown["annotating"][-1][:2] == (size, size)
+
+
 def test_the_resume_prescan_refuses_real_duplicates_only_even_when_every_hash_collides(local_ray):
     from benchmarks.resume_ids import SyntheticKeys
     from epee_annotate.pipelines.resume import ResumeError, check_resumable_ids

@@ -278,7 +278,8 @@ def _committed(client, prefix: str) -> list[str]:
 
 
 @pytest.mark.ray
-def test_driver_killed_mid_run_then_resumed_gives_one_row_per_input(local_ray, s3, text_checkpoint_uri, tmp_path):
+def test_driver_killed_mid_run_then_resumed_gives_one_row_per_input(local_ray, s3, text_checkpoint_uri, tmp_path,
+                                                                       progress_shown):
     """SIGKILL the driver once Ray has committed some parts; ``--resume`` finishes without redoing them."""
     count = 48
     source = tmp_path / "notes.jsonl"
@@ -314,10 +315,17 @@ def test_driver_killed_mid_run_then_resumed_gives_one_row_per_input(local_ray, s
 
     from epee_annotate.cli import main
 
-    assert main(args) == 0  # the resumed run in this process (same Ray, one interpreter start saved)
+    shown = progress_shown
+    # The resumed run in this process (same Ray, one interpreter start saved), with its progress.
+    assert main([a for a in args if a != "--no-progress"]) == 0
     table = read_published(out)
     ids = table.column("doc_id").to_pylist()
     assert sorted(ids) == [f"n{i:04d}" for i in range(count)]  # exactly one row per input
+    # Progress has a total (the listed size) and reaches it: the pre-scan reads every record, and the
+    # records resume's filter skips count as done beside those annotated.
+    size = source.stat().st_size
+    assert shown["resume pre-scan"][-1] == (size, size, count)
+    assert shown["annotating"][-1] == (size, size, count)
     # The documents committed before the kill were not annotated again: the parts the first run
     # committed are published as they were, and (ids being unique above) no other part holds them.
     fs, out_path = storage.resolve(out)

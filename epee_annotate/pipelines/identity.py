@@ -45,6 +45,12 @@ def input_listing(paths: Sequence[str]) -> list[dict[str, Any]]:
     return listing
 
 
+def listed_bytes(identity: dict[str, Any], paths: Sequence[str]) -> int:
+    """The listed size of ``paths`` (the readable inputs) in ``identity``'s listing, for the progress total."""
+    wanted = {p if storage.is_uri(p) else os.path.abspath(p) for p in paths}
+    return sum(entry["bytes"] or 0 for entry in identity["parts"]["inputs"] if entry["path"] in wanted)
+
+
 def fingerprint(inputs: Sequence[str], models: Any, options: dict[str, Any]) -> dict[str, Any]:
     """The job's identity: its parts plus one digest of them all."""
     parts = {"inputs": input_listing(inputs), "models": models, "options": options}

@@ -21,6 +21,7 @@ from ..imaging.classify import DECODE_ERROR_PREFIX, ImagePrediction, classify_de
 from ..policies import ExitPolicy, resolve_policy
 from ..prediction import Prediction
 from ..vocab import DICOM_COLUMNS
+from .progress import report
 from .schema import STATUS_ERROR, STATUS_OK, safe_rows_to_table
 from .sources import READ_ERROR, SOURCE_FILE
 
@@ -68,6 +69,7 @@ class ImageAnnotator:
         max_pixels: int | None = MAX_PIXELS,
         path_prefix: str = "",
         trust_unhashed_weights: bool = False,
+        progress: Any = None,
     ):
         if threads:
             import torch
@@ -82,6 +84,7 @@ class ImageAnnotator:
         self.model_batch_size = model_batch_size
         self.max_pixels = max_pixels
         self.path_prefix = path_prefix  # "s3://" etc.: Ray's paths on object storage lack the scheme
+        self.progress = progress  # the job's progress counter (``progress.job_progress``) or None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if "bytes" in batch.column_names:
@@ -103,7 +106,9 @@ class ImageAnnotator:
             rows = [{"doc_id": doc_id, "reference_label": label, "path": source, **self._row(r)}
                     for r, doc_id, label, source in zip(results, columns["doc_id"], columns["reference_label"],
                                                         columns["path"])]
-        return safe_rows_to_table(rows, self.schema)
+        table = safe_rows_to_table(rows, self.schema)
+        report(self.progress, batch)
+        return table
 
     def _row(self, result: ImagePrediction) -> dict[str, Any]:
         """Output columns of one image or frame (or of a file that could not be decoded)."""

@@ -30,8 +30,10 @@ from .errors import SettingError, WaitTimeoutError
 from ..omop import NoteNlpWriter, has_context
 from .note_nlp import NoteNlpOptions, check_note_id_type
 from .notes import NoteAnnotator, NoteColumns, PipelineSource, component_info
-from .identity import check_same_job, fingerprint, read_identity, summary as identity_summary, write_identity
+from .identity import (check_same_job, fingerprint, listed_bytes, read_identity, summary as identity_summary,
+                       write_identity)
 from .lock import OutputLock
+from .progress import job_progress
 from .publish import MAIN_DATASET, JobSink, claim_output, identity_location, job_output
 from .runtime import ActorSettings, check_cluster_fits, job_data_context, ray_session, wait_for_free_resources
 from .schema import STATUS_ERROR, input_row, output_schema, rows_to_table, weights_record, with_job_metadata
@@ -210,13 +212,14 @@ def _write_unreadable(rows: list[dict[str, Any]], sink: JobSink, schema: pa.Sche
 def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, options: JobOptions, job: str,
             started: float, ray_start_s: float, lock: OutputLock, identity: dict[str, Any],
             bad_limit: BadRecordLimit | None = None, skipped: dict[str, str] | None = None,
-            derived: Callable[[JobSink], list[str]] | None = None) -> dict[str, Any]:
+            derived: Callable[[JobSink], list[str]] | None = None, progress: Any = None) -> dict[str, Any]:
     """Write ``ds`` and the ``unreadable`` error rows into the output staging area, summarise, publish.
 
     With --resume ``ds`` is checkpointed by ``keys`` and the error rows are written apart from it.
     Past ``bad_limit`` (counted in the written rows) the job fails before anything is published.
     ``skipped`` (listed files not read, with why) goes into the summary and the manifest.
     ``derived`` writes further datasets from the written rows and returns their names.
+    ``progress``: the job's progress counter (``progress.job_progress``), also fed by resume's filter.
     """
     from ray.exceptions import GetTimeoutError
 
@@ -234,7 +237,7 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
             else:
                 if ds is not None:  # the dataset's own context: its write plans the checkpointing
-                    ds.context.checkpoint_config = checkpoint_config(keys, sink.checkpoint)
+                    ds.context.checkpoint_config = checkpoint_config(keys, sink.checkpoint, progress)
                     sink.write_ray(ds, MAIN_DATASET, **write)
                 if unreadable:
                     _write_unreadable(unreadable, sink, schema, options)
@@ -313,8 +316,8 @@ def run_notes_job(job: NotesJob) -> dict[str, Any]:
 
 
 def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str, Any]:
-    from .resume import NoteKeys
-    from .sources import note_passthrough_fields, resolve_note_inputs, unreadable_inputs
+    from .resume import NoteKeys, check_resumable_ids
+    from .sources import note_passthrough_fields, read_notes, resolve_note_inputs, unreadable_inputs
 
     options = job.options
     skipped: dict[str, str] = {}
@@ -365,11 +368,17 @@ def _run_notes_job(job: NotesJob, lock: OutputLock, started: float) -> dict[str,
         ray_start_s = time.perf_counter() - started
         logger.info("notes job: %d %s file(s), Ray %s", len(files), fmt, mode)
         keys = NoteKeys(columns)
-        ds = _annotated_notes(job, files, columns, keys, settings, schema) if files else None
-        errors = [input_row({"doc_id": None}, STATUS_ERROR, _unreadable_message(path, reason))
-                  for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity,
-                       bad_limit=job.read_options.max_bad_records, skipped=skipped, derived=derived)
+        total = listed_bytes(identity, files)
+        if files and options.resume:
+            check_resumable_ids(read_notes(fmt, files, columns.read_columns, options=job.read_options), keys,
+                                progress=options.progress, total_bytes=total)
+        with job_progress(options.progress, total) as counter:
+            ds = _annotated_notes(job, files, columns, settings, schema, counter) if files else None
+            errors = [input_row({"doc_id": None}, STATUS_ERROR, _unreadable_message(path, reason))
+                      for path, reason in unreadable.items()]
+            return _finish(ds, keys, errors, schema, options, "notes", started, ray_start_s, lock, identity,
+                           bad_limit=job.read_options.max_bad_records, skipped=skipped, derived=derived,
+                           progress=counter)
 
 
 def _write_derived(sink: JobSink, writer: NoteNlpWriter | None, components: list[dict[str, Any]] | None,
@@ -387,15 +396,12 @@ def _write_derived(sink: JobSink, writer: NoteNlpWriter | None, components: list
     return names
 
 
-def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys, settings: dict[str, Any],
-                     schema: pa.Schema):
-    """The notes read and annotated on the actor pool (a lazy Ray Dataset); ids checked first when resuming."""
-    from .resume import check_resumable_ids
+def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, settings: dict[str, Any],
+                     schema: pa.Schema, progress: Any = None):
+    """The notes read and annotated on the actor pool (a lazy Ray Dataset), each batch counted on ``progress``."""
     from .sources import read_notes
 
     options = job.options
-    if options.resume:
-        check_resumable_ids(read_notes(columns.fmt, files, columns.read_columns, options=job.read_options), keys)
     if columns.note_nlp:
         from .note_nlp import check_note_ids
 
@@ -406,7 +412,7 @@ def _annotated_notes(job: NotesJob, files: list[str], columns: NoteColumns, keys
         fn_constructor_kwargs={
             "source": job.source, "columns": columns, "settings": settings,
             "schema": schema.remove_metadata(), "pipe_batch_size": options.batch_size,
-            "include_text": options.include_text, "threads": _threads(options.actors),
+            "include_text": options.include_text, "threads": _threads(options.actors), "progress": progress,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",
@@ -457,13 +463,16 @@ def _run_images_job(job: ImagesJob, lock: OutputLock, started: float) -> dict[st
                      "policy_config": policy.to_dict()}
         schema = with_job_metadata(output_schema("images", passthrough),
                                    _metadata("images", [component], inputs, options))
-        if ds is not None:
-            ds = _annotated_images(job, ds, schema, keys.prefix)
         errors = [{"doc_id": filesystem.display(path), "path": filesystem.display(path), "task": job.task_name,
                    "kind": "image", "status": STATUS_ERROR, "error": f"{DECODE_ERROR_PREFIX}{reason}"}
                   for path, reason in unreadable.items()]
-        return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity,
-                       skipped=skipped)
+        # An npz archive counts images (rows); image files count their bytes.
+        total, unit = (ds.count(), "images") if job.npz else (listed_bytes(identity, files), "B")
+        with job_progress(options.progress, total, unit) as counter:
+            if ds is not None:
+                ds = _annotated_images(job, ds, schema, keys.prefix, counter)
+            return _finish(ds, keys, errors, schema, options, "images", started, ray_start_s, lock, identity,
+                           skipped=skipped, progress=counter)
 
 
 def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, Any], dict[str, str]]:
@@ -481,8 +490,8 @@ def _image_inputs(job: ImagesJob) -> tuple[list[str], dict[str, str], dict[str, 
     return files, unreadable, inputs, skipped
 
 
-def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
-    """``ds`` classified on the actor pool (a lazy Ray Dataset)."""
+def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str, progress: Any = None):
+    """``ds`` classified on the actor pool (a lazy Ray Dataset), each batch counted on ``progress``."""
     from .images import ImageAnnotator
 
     options = job.options
@@ -496,6 +505,7 @@ def _annotated_images(job: ImagesJob, ds, schema: pa.Schema, path_prefix: str):
             "device": options.actors.device, "autocast": options.autocast, "runtime": options.runtime,
             "frames": job.frames, "model_batch_size": options.model_batch_size, "threads": _threads(options.actors),
             "path_prefix": path_prefix, "trust_unhashed_weights": options.trust_unhashed_weights,
+            "progress": progress,
         },
         batch_size=options.batch_size,
         batch_format="pyarrow",

@@ -34,6 +34,7 @@ from ..extras import require
 from ..formats import Record
 from ..policies import setting_keys
 from .errors import SettingError
+from .progress import report
 from .schema import INPUT_TASK, STATUS_EMPTY, STATUS_ERROR, STATUS_OK, input_row, safe_rows_to_table, weights_record
 from .sources import TYPED_FORMATS, block_records
 
@@ -313,11 +314,13 @@ class NoteAnnotator:
         pipe_batch_size: int = 64,
         include_text: bool = False,
         threads: int | None = None,
+        progress: Any = None,
     ):
         if threads:
             import torch
 
             torch.set_num_threads(threads)
+        self.progress = progress  # the job's progress counter (``progress.job_progress``) or None
         self.nlp = source.load(settings)
         # Load every model now, once per actor, so a bad checkpoint fails at start-up.
         self.policies = {info["task"]: info["policy"] for info in component_info(self.nlp)}
@@ -351,7 +354,9 @@ class NoteAnnotator:
                 rows.append({**input_row(base, STATUS_EMPTY), "start": 0, "end": len(note.text or "")})
             else:
                 rows += self._rows(base, outcome[index])
-        return safe_rows_to_table(rows, self.schema)
+        table = safe_rows_to_table(rows, self.schema)
+        report(self.progress, batch)
+        return table
 
     def _run(self, texts: list[str]) -> tuple[list[Any], dict[int, str]]:
         """Batched ``nlp.pipe``; if the batch fails, redo it one doc at a time to isolate the bad ones."""

@@ -27,6 +27,10 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
+
+from .progress import Display, batch_units, report
+from .sources import INPUT_BYTES
 
 ID_COLUMN = "doc_id"
 
@@ -73,10 +77,11 @@ def _checkpoint_classes():
     class DocIdCheckpointConfig(CheckpointConfig):
         """Ray's config plus how to derive ``doc_id`` from an input row."""
 
-        def __init__(self, keys, checkpoint_path: str, filesystem) -> None:
+        def __init__(self, keys, checkpoint_path: str, filesystem, progress=None) -> None:
             super().__init__(ID_COLUMN, checkpoint_path, delete_checkpoint_on_success=False,
                              override_filesystem=filesystem, checkpoint_filter_cls=DocIdCheckpointFilter)
             self.keys = keys
+            self.progress = progress  # the job's progress counter: skipped records count as done
 
     class DocIdCheckpointFilter(NumpyArrayBasedCheckpointFilter):
         """Drops input rows whose derived ``doc_id`` Ray has committed."""
@@ -87,7 +92,9 @@ def _checkpoint_classes():
             if not hasattr(self, "_done"):  # once per filter actor
                 self._done = frozenset(self.checkpointed_ids.tolist())
             keys = self.ckpt_config.keys(block)
-            return block.filter(pa.array([key is None or key not in self._done for key in keys]))
+            keep = pa.array([key is None or key not in self._done for key in keys])
+            report(self.ckpt_config.progress, block.filter(pc.invert(keep)))
+            return block.filter(keep)
 
     return DocIdCheckpointConfig, DocIdCheckpointFilter
 
@@ -95,15 +102,16 @@ def _checkpoint_classes():
 _CLASSES: tuple | None = None
 
 
-def checkpoint_config(keys, checkpoint_path: str):
-    """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``)."""
+def checkpoint_config(keys, checkpoint_path: str, progress=None):
+    """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``);
+    the records it skips count as done on ``progress`` (the job's counter, or None)."""
     from .. import storage
 
     global _CLASSES
     if _CLASSES is None:  # Ray is imported only when a job runs
         _CLASSES = _checkpoint_classes()
     filesystem, resolved = storage.resolve(checkpoint_path)
-    return _CLASSES[0](keys, checkpoint_path if storage.is_uri(checkpoint_path) else resolved, filesystem)
+    return _CLASSES[0](keys, checkpoint_path if storage.is_uri(checkpoint_path) else resolved, filesystem, progress)
 
 
 BUCKET_BITS = 8  # 256 bucket files: 10 million ids make 39,000 hashes (312 KB) per bucket
@@ -115,18 +123,23 @@ def id_hash(doc_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little")
 
 
-def check_resumable_ids(ds, keys, limit: int = 5, hash_id=id_hash) -> int:
+def check_resumable_ids(ds, keys, limit: int = 5, hash_id=id_hash, progress: bool = False,
+                        total_bytes: int | None = None) -> int:
     """Read every input id once; ``ResumeError`` on duplicates or records without one. Returns the count.
 
     Bounded memory (module docstring): the driver holds one block of hashes and one bucket at a time.
+    With ``progress``, a "resume pre-scan" bar counts the input bytes read of ``total_bytes``.
     """
-    def resume_prescan(block: pa.Table) -> pa.Table:  # the name Ray's progress shows for this pass
+    def resume_prescan(block: pa.Table) -> pa.Table:  # the name Ray's own progress shows for this pass
         ids, problems = keys.with_problems(block)
         return pa.table({"hash": pa.array([0 if i is None else hash_id(i) for i in ids], pa.uint64()),
                          "missing": pa.array([i is None for i in ids], pa.bool_()),
-                         "problem": pa.array(problems, pa.string())})
+                         "problem": pa.array(problems, pa.string()),
+                         INPUT_BYTES: pa.array([batch_units(block)] + [0] * (block.num_rows - 1)
+                                               if block.num_rows else [], pa.int64())})
 
-    total, missing, reasons = 0, 0, []
+    display = Display("resume pre-scan", total_bytes, "B") if progress else None
+    total, missing, read, reasons = 0, 0, 0, []
     with tempfile.TemporaryDirectory(prefix="epee-resume-ids-") as tmp:
         buckets = [open(os.path.join(tmp, f"{b:03d}"), "wb") for b in range(1 << BUCKET_BITS)]
         try:
@@ -134,6 +147,9 @@ def check_resumable_ids(ds, keys, limit: int = 5, hash_id=id_hash) -> int:
                     .iter_batches(batch_format="pyarrow", batch_size=None):
                 absent = batch.column("missing").to_numpy(zero_copy_only=False)
                 total += batch.num_rows
+                read += batch_units(batch)
+                if display is not None:
+                    display.show(read, total)
                 if absent.any():
                     missing += int(absent.sum())
                     if len(reasons) < limit:
@@ -143,6 +159,8 @@ def check_resumable_ids(ds, keys, limit: int = 5, hash_id=id_hash) -> int:
         finally:
             for handle in buckets:
                 handle.close()
+            if display is not None:
+                display.close()
         if missing:
             raise ResumeError(f"resuming keys documents by id, but {missing} input record(s) have no usable id "
                               f"(e.g. {'; '.join(reasons)}); fix them or do not resume")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 from ..filesystem import TIMEOUT_VARIABLE, storage_timeout_s
+from . import reaper
 from .errors import SettingError, WaitTimeoutError
 
 # CPUs kept free for Ray Data's read and write tasks: actors hold theirs for the whole job, so
@@ -177,6 +178,7 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
     address = address or os.environ.get("RAY_ADDRESS") or None
     level = logging.INFO if verbose else logging.ERROR
     runtime_env = {"env_vars": {TIMEOUT_VARIABLE: f"{storage_timeout_s():g}"}} if address else None
+    watcher = None
     try:
         # ray.init's native start-up line ("Set ray log level ...") is the only thing hidden here.
         with _native_stderr_silenced(not verbose):
@@ -184,6 +186,8 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
                 ray.init(address=address, log_to_driver=worker_logs, logging_level=level, runtime_env=runtime_env)
                 mode = f"cluster {address}"
             else:
+                # A local Ray's workers end with this driver even when it is killed (``reaper``).
+                watcher = reaper.start()
                 # GPUs are detected by Ray itself; CPUs are logical slots (see local_cpus).
                 ray.init(num_cpus=local_cpus(settings, extra_cpus), include_dashboard=False,
                          log_to_driver=worker_logs, logging_level=level)
@@ -193,6 +197,9 @@ def ray_session(address: str | None, settings: ActorSettings, worker_logs: bool 
         finally:
             ray.shutdown()
     finally:
+        if watcher is not None:
+            watcher.terminate()
+            watcher.wait(timeout=10)
         _restore_environment(environment)
 
 
@@ -208,7 +215,8 @@ def _restore_environment(saved: dict[str, str]) -> None:
 def job_data_context(progress: bool, verbose: bool, actor_start_timeout_s: float) -> Iterator[None]:
     """The job's Ray Data options on the current ``DataContext``, restored when the job ends.
 
-    Progress: one overall bar (per-operator bars too with ``verbose``), or none. The actor start
+    Progress: the job draws its own bar with a total (``progress.job_progress``); Ray Data's bars
+    (which show "0/?" for these reads) only with ``verbose``, per-operator ones too. The actor start
     bound (``wait_for_min_actors_s``): without it Ray Data waits forever when the actors cannot be
     placed; with it the job fails with ``ray.exceptions.GetTimeoutError``, which the jobs turn into
     a message (``jobs._finish``).
@@ -216,7 +224,7 @@ def job_data_context(progress: bool, verbose: bool, actor_start_timeout_s: float
     from ray.data import DataContext
 
     context = DataContext.get_current()
-    values = {"enable_progress_bars": progress, "enable_operator_progress_bars": progress and verbose,
+    values = {"enable_progress_bars": progress and verbose, "enable_operator_progress_bars": progress and verbose,
               "print_on_execution_start": verbose,
               "wait_for_min_actors_s": max(1, int(math.ceil(actor_start_timeout_s)))}
     saved = {name: getattr(context, name) for name in values}

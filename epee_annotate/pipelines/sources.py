@@ -6,7 +6,9 @@ malformed records) is the same for both. Each record becomes one row of a block:
 
 * ``__record``: the record's requested fields as JSON text (Parquet: the columns themselves, typed);
 * ``__where`` / ``__source_file``: its position ("line 3", "row 7") and file;
-* ``__read_error``: for an error record, its one-line message (file, position, reason; never the text).
+* ``__read_error``: for an error record, its one-line message (file, position, reason; never the text);
+* ``__input_bytes``: the file bytes the block's records were read from, on its first row (0 on the
+  others), so the job's progress (``progress``) counts input bytes annotated against the listed sizes.
 
 A listed path that cannot be read as a file (dangling symlink, symlink loop, no permission) is
 kept in the file list and becomes one error row (``unreadable_inputs``), never a job failure.
@@ -34,6 +36,7 @@ FOLDER_FORMATS = ("txt", "ddi")  # named: only files with their extensions are r
 IMAGE_FORMATS = ("image", "dicom")
 # Column names used between the reader and the annotator (never written).
 RECORD, WHERE, SOURCE_FILE, READ_ERROR = "__record", "__where", "__source_file", "__read_error"
+INPUT_BYTES = "__input_bytes"
 TYPED_FORMATS = ("parquet",)  # records keep the file's column types instead of JSON text
 ROWS_PER_BLOCK = 2048
 
@@ -143,7 +146,7 @@ def _parquet_schema(path: str) -> pa.Schema:
         return pq.read_schema(handle)
 
 
-def records_block(records: Iterable[Record], schema: pa.Schema | None = None) -> pa.Table:
+def records_block(records: Iterable[Record], schema: pa.Schema | None = None, input_bytes: int = 0) -> pa.Table:
     """Records as one block (module docstring); ``schema`` types the columns of typed formats."""
     records = list(records)
     errors = [r.message for r in records]
@@ -159,6 +162,7 @@ def records_block(records: Iterable[Record], schema: pa.Schema | None = None) ->
     block[WHERE] = pa.array([r.where for r in records], pa.string())
     block[SOURCE_FILE] = pa.array([str(r.source) for r in records], pa.string())
     block[READ_ERROR] = pa.array(errors, pa.string())
+    block[INPUT_BYTES] = pa.array([input_bytes] + [0] * (len(records) - 1) if records else [], pa.int64())
     return pa.table(block)
 
 
@@ -213,13 +217,30 @@ class RecordsDatasource(_file_based_datasource()):
     def _read_stream(self, f, path: str) -> Iterator[pa.Table]:
         fmt = self.fmt or format_of(path, IMAGE_FORMATS) or self.default_format
         chunk: list[Record] = []
+        size = _size(f)  # now: a reader may close the file when it is done
+        counted = 0  # file bytes already put on a block (the reader reads ahead: a block's share is close)
         for record in read_stream(f, path, fmt, self.options):
             chunk.append(record)
             if len(chunk) >= ROWS_PER_BLOCK:
-                yield records_block(chunk, self.record_schema)
-                chunk = []
-        if chunk:
-            yield records_block(chunk, self.record_schema)
+                position = min(size, max(counted, _position(f)))
+                yield records_block(chunk, self.record_schema, position - counted)
+                chunk, counted = [], position
+        if chunk:  # the last block carries the rest of the file, so a file's blocks add up to its size
+            yield records_block(chunk, self.record_schema, max(counted, size) - counted)
+
+
+def _position(f) -> int:
+    try:
+        return int(f.tell())
+    except (OSError, ValueError):  # a closed or unseekable stream: count it with the last block
+        return 0
+
+
+def _size(f) -> int:
+    try:
+        return int(f.size())
+    except (OSError, ValueError, AttributeError):
+        return 0
 
 
 def read_notes(fmt: str, files: Sequence[str], columns: Sequence[str], num_blocks: int | None = None,
