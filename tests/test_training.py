@@ -230,8 +230,10 @@ def test_cli_train_ddi_with_dev_fraction_and_npz(tiny_bert_dir, tmp_path, capsys
     out = tmp_path / "ddi_model"
     assert main(["train", "--task", "relation", "--base", str(tiny_bert_dir), "--format", "ddi",
                  "--train", str(tmp_path / "ddi"), "--dev-fraction", "0.5", "--out", str(out), "--epochs", "1",
-                 "--batch-size", "4", "--metric", "micro_f1_positive", "--no-progress"]) == 0
+                 "--batch-size", "4", "--metric", "micro_f1_positive", "--no-progress", "--negative-ratio", "1"]) == 0
     assert "far from the DDI recipe (docs/training.md): no --filter-negatives" in caplog.text
+    assert "far from the DDI recipe (docs/training.md): --negative-ratio 1: the recipe keeps every negative" \
+        in caplog.text
     model = MultiExitModel.from_pretrained(out)
     assert model.labels == ["none", "mechanism", "effect", "advise", "int"] and model.task == "relation"
     sizes = model.config.training["sizes"]

@@ -155,6 +155,9 @@ def ddi_recipe_warnings(args: argparse.Namespace) -> list[str]:
         notes.append(f"--max-length {args.max_length}: DDI pairs are long (mean 104 tokens); the recipe uses 128")
     if args.epochs < 3:
         notes.append(f"--epochs {args.epochs}: the recipe trains 3 epochs with --early-stopping 1")
+    if args.negative_ratio is not None:
+        notes.append(f"--negative-ratio {args.negative_ratio:g}: the recipe keeps every negative the rules leave "
+                     "(about 3.8 per positive, the mix the relation component meets after its own rules)")
     return notes
 
 
