@@ -223,7 +223,7 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
     """
     from ray.exceptions import GetTimeoutError
 
-    from .resume import checkpoint_config
+    from .resume import checkpoint_config, finish_interrupted_commits
 
     pipeline_started = time.perf_counter()
     write = dict(schema=schema, partition_cols=_partition(options), min_rows_per_file=options.rows_per_file)
@@ -237,6 +237,10 @@ def _finish(ds, keys, unreadable: list[dict[str, Any]], schema: pa.Schema, optio
                 sink.write_ray(_with_unreadable(ds, unreadable, schema), MAIN_DATASET, **write)
             else:
                 if ds is not None:  # the dataset's own context: its write plans the checkpointing
+                    finished = finish_interrupted_commits(sink.checkpoint)
+                    if finished:
+                        logger.info("resume: completed %d checkpoint commit(s) the interrupted run left half done",
+                                    finished)
                     ds.context.checkpoint_config = checkpoint_config(keys, sink.checkpoint, progress)
                     sink.write_ray(ds, MAIN_DATASET, **write)
                 if unreadable:

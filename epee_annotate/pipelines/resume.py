@@ -102,6 +102,34 @@ def _checkpoint_classes():
 _CLASSES: tuple | None = None
 
 
+PENDING_SUFFIX = ".pending.parquet"  # Ray's pending checkpoint files (ray.data.checkpoint.checkpoint_writer)
+
+
+def finish_interrupted_commits(checkpoint_path: str) -> int:
+    """Complete the checkpoint commits a killed run left half done; how many there were.
+
+    Ray commits a checkpoint by moving ``X.pending.parquet`` to ``X.parquet``. On object storage a
+    move is a copy and then a delete, so a driver killed between the two leaves both files. Ray's
+    recovery then deletes the data files of every pending checkpoint, although its ids are
+    committed and will be skipped: those documents would be lost. A pending file whose committed
+    twin exists is a finished commit, so its pending file is deleted first, as Ray's own
+    (idempotent) commit would have done.
+    """
+    from pyarrow.fs import FileSelector, FileType
+
+    from .. import storage
+
+    filesystem, path = storage.resolve(checkpoint_path)
+    if filesystem.get_file_info(path).type != FileType.Directory:
+        return 0
+    names = {info.path for info in filesystem.get_file_info(FileSelector(path)) if info.type == FileType.File}
+    finished = [name for name in names if name.endswith(PENDING_SUFFIX)
+                and name[: -len(PENDING_SUFFIX)] + ".parquet" in names]
+    for name in finished:
+        filesystem.delete_file(name)
+    return len(finished)
+
+
 def checkpoint_config(keys, checkpoint_path: str, progress=None):
     """Ray Data checkpointing at ``checkpoint_path``, keyed by ``keys`` (``NoteKeys``/``PathKeys``);
     the records it skips count as done on ``progress`` (the job's counter, or None)."""
