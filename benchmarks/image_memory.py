@@ -18,7 +18,7 @@ the defaults and the full mode needs several GB of memory.
 
 ``--dicom`` instead measures one DICOM decode (``read_image``, reduced to the model side as the
 images job does) per process: a single 100 MP 16-bit frame, and a 500-frame 512 x 512 series
-(``--frames all``). It reports the peak minus the process's baseline as bytes per pixel of the
+(``--frames all``, and ``--frames mip``). It reports the peak minus the process's baseline as bytes per pixel of the
 largest frame, with and without the file's own bytes (the job hands each file over whole).
 
     python -m benchmarks.image_memory --dicom [--megapixels 100] [--series-frames 500]
@@ -118,7 +118,8 @@ def run_dicom(path: str, frames: str, reduce_to: int) -> dict:
 
 def dicom_main(args: argparse.Namespace) -> None:
     side = int((args.megapixels * 1e6) ** 0.5)
-    cases = [("single frame", side, side, 1, "middle"), ("series", 512, 512, args.series_frames, "all")]
+    cases = [("single frame", side, side, 1, "middle"), ("series", 512, 512, args.series_frames, "all"),
+             ("series MIP", 512, 512, args.series_frames, "mip")]
     with tempfile.TemporaryDirectory() as tmp:
         for name, rows, columns, frames, mode in cases:
             path = Path(tmp) / f"{name.replace(' ', '_')}.dcm"

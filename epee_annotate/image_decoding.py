@@ -28,7 +28,8 @@ Documented choices:
   ``"all"`` returns every frame with its index; ``"mip"`` is the max over frames of the
   fully displayed frames (after VOI and inversion), with ``frame=None``. A percentile
   window is computed per frame for "middle"/"all" (so ``all[n // 2]`` equals "middle")
-  and over the whole volume for "mip". ``frame`` is None for single-frame files.
+  and over the whole volume for "mip" (from a histogram of the stored values counted frame by
+  frame; every mode decodes one frame at a time). ``frame`` is None for single-frame files.
 * Constant images (all stored values equal, or a blank result after VOI) raise ImageReadError
   rather than returning zeros: a blank image carries nothing to classify, and windowing it
   would divide by zero.
@@ -57,7 +58,7 @@ import io
 import os
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,10 +217,10 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
     _check_complete_frames(ds, indices, n_frames)
     metadata = _metadata(ds, extra_tags)
     factor = limits.factor(int(ds.Rows), int(ds.Columns))
-    if frames == "mip":  # the percentile window spans the volume: the frames are decoded together
-        shown = _dicom_display(ds, _dicom_frames(ds, None, n_frames), photometric, per_frame=False)
+    if frames == "mip":
+        shown = _mip(ds, n_frames, photometric)
         _check_not_constant(shown)
-        return [DecodedImage(_box_reduce(shown.max(axis=0), factor), None, metadata)]
+        return [DecodedImage(_box_reduce(shown, factor), None, metadata)]
     images = []
     for i in indices:  # one frame at a time: memory is that of the largest frame, not of the series
         shown = _dicom_display(ds, _dicom_frames(ds, i, n_frames), photometric, per_frame=True)[0]
@@ -227,6 +228,28 @@ def _read_dicom(stream: Path | io.BytesIO, frames: str, extra_tags: Sequence[str
         images.append(DecodedImage(_box_reduce(shown, factor), i if n_frames > 1 else None, dict(metadata)))
         del shown
     return images
+
+
+def _mip(ds: pydicom.Dataset, n_frames: int, photometric: str) -> np.ndarray:
+    """Max over frames of the displayed frames, decoding one frame at a time.
+
+    The percentile window of a monochrome file without VOI spans the volume: a first pass counts
+    the stored values frame by frame (``_stored_percentiles``), the second displays each frame in
+    that window. Where a histogram does not apply (a Modality LUT, stored values wider than 16
+    bits) the frames are decoded together, as the docs state.
+    """
+    window = None
+    if photometric in _MONO and not _has_voi(ds):
+        window = _stored_percentiles((_dicom_frames(ds, i, n_frames)[0] for i in range(n_frames)), ds,
+                                     (0.5, 99.5, 0.0, 100.0))
+        if window is None:
+            return _dicom_display(ds, _dicom_frames(ds, None, n_frames), photometric, per_frame=False).max(axis=0)
+    peak = None
+    for i in range(n_frames):
+        shown = _dicom_display(ds, _dicom_frames(ds, i, n_frames), photometric, per_frame=True, window=window)[0]
+        peak = shown if peak is None else np.maximum(peak, shown, out=peak)
+        del shown
+    return peak
 
 
 def _read_dicom_header(stream: Path | io.BytesIO) -> pydicom.Dataset:
@@ -283,12 +306,16 @@ def _dicom_frames(ds: pydicom.Dataset, index: int | None, n_frames: int) -> np.n
     return stack
 
 
-def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, per_frame: bool) -> np.ndarray:
-    """Stored values -> display values in [0, 1], float32 (VOI for monochrome, LUT for palette colour)."""
+def _dicom_display(ds: pydicom.Dataset, stack: np.ndarray, photometric: str, per_frame: bool,
+                   window: tuple[float, ...] | None = None) -> np.ndarray:
+    """Stored values -> display values in [0, 1], float32 (VOI for monochrome, LUT for palette colour).
+
+    ``window``: a percentile window already found over the volume (``_mip``), for a frame of it.
+    """
     if photometric in _MONO:
         if per_frame:
-            shown = _display_mono(stack[0], ds)[None] if len(stack) == 1 else \
-                np.stack([_display_mono(f, ds) for f in stack])
+            shown = _display_mono(stack[0], ds, window)[None] if len(stack) == 1 else \
+                np.stack([_display_mono(f, ds, window) for f in stack])
         else:
             shown = _display_mono(stack, ds)
         del stack
@@ -363,17 +390,22 @@ def _check_decoder(ds: pydicom.Dataset) -> None:
         )
 
 
-def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
+def _display_mono(raw: np.ndarray, ds: pydicom.Dataset, volume: tuple[float, ...] | None = None) -> np.ndarray:
     """Modality LUT then VOI (file's LUT/window, else percentile window) scaled to [0, 1], as float32.
 
     Float32 and in place where pydicom's own steps would make float64 copies: a frame costs about
     4 bytes per pixel plus the stored frame, and a percentile window one more 4-byte copy.
+    ``volume``: the (0.5, 99.5, 0, 100) percentiles of the whole volume this frame belongs to (a MIP).
     """
-    window = _stored_percentiles(raw, ds, (0.5, 99.5)) if not _has_voi(ds) else None
+    if volume is not None:
+        window = volume[:2] if volume[1] > volume[0] else volume[2:]
+    else:
+        window = _stored_percentiles([raw], ds, (0.5, 99.5)) if not _has_voi(ds) else None
     values = _modality(raw, ds)
     if not np.isfinite(values).all():
         raise ImageReadError("non-finite (NaN/inf) pixel values after modality rescale")
-    _check_not_constant(values)
+    if volume is None:  # one frame of a MIP may be blank; the MIP itself is checked
+        _check_not_constant(values)
     if _has_voi(ds):
         if _linear_window(values, ds):
             return values
@@ -399,26 +431,36 @@ def _display_mono(raw: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 _CHUNK = 1 << 20  # stored values counted per chunk: bincount's own copy stays small
 
 
-def _stored_percentiles(raw: np.ndarray, ds: pydicom.Dataset, qs: Sequence[float]) -> tuple[float, ...] | None:
-    """``np.percentile`` (linear) of the rescaled values, from a histogram of the stored integers (no copy of
-    the frame); None where that does not apply (a Modality LUT, stored values wider than 16 bits)."""
-    if "ModalityLUTSequence" in ds or raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
+def _stored_percentiles(frames: Iterable[np.ndarray], ds: pydicom.Dataset,
+                        qs: Sequence[float]) -> tuple[float, ...] | None:
+    """``np.percentile`` (linear) of the rescaled values of ``frames`` (taken one at a time), from a histogram
+    of the stored integers (no copy of a frame); None where that does not apply (a Modality LUT, stored
+    values wider than 16 bits)."""
+    if "ModalityLUTSequence" in ds:
+        return None
+    counts, offset, size = None, 0, 0
+    for raw in frames:
+        if raw.dtype.kind not in "iu" or raw.dtype.itemsize > 2:
+            return None
+        if counts is None:
+            offset = -int(np.iinfo(raw.dtype).min)
+            counts = np.zeros(1 << (8 * raw.dtype.itemsize), dtype=np.int64)
+        flat = raw.reshape(-1)
+        size += flat.size
+        for start in range(0, flat.size, _CHUNK):
+            chunk = flat[start:start + _CHUNK].astype(np.int64) + offset
+            counts[: chunk.max() + 1] += np.bincount(chunk)
+    if counts is None or not size:
         return None
     slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
     slope, intercept = (1.0, 0.0) if slope is None or intercept is None else (float(slope), float(intercept))
-    offset = -int(np.iinfo(raw.dtype).min)
-    flat = raw.reshape(-1)
-    counts = np.zeros(1 << (8 * raw.dtype.itemsize), dtype=np.int64)
-    for start in range(0, flat.size, _CHUNK):
-        chunk = flat[start:start + _CHUNK].astype(np.int64) + offset
-        counts[: chunk.max() + 1] += np.bincount(chunk)
     ranks = np.cumsum(counts)
     out = []
     for q in qs:
-        position = (q if slope >= 0 else 100 - q) / 100 * (flat.size - 1)
+        position = (q if slope >= 0 else 100 - q) / 100 * (size - 1)
         below = int(np.floor(position))
         first, second = (int(np.searchsorted(ranks, r, side="right")) - offset
-                         for r in (below, min(below + 1, flat.size - 1)))
+                         for r in (below, min(below + 1, size - 1)))
         out.append((first + (position - below) * (second - first)) * slope + intercept)
     return tuple(out)
 

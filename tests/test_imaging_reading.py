@@ -508,3 +508,49 @@ def test_decoded_image_is_public_dataclass():
     assert isinstance(decoded, DecodedImage) and decoded.pixels.dtype == np.float32
     assert 0.0 <= decoded.pixels.min() and decoded.pixels.max() <= 1.0
     assert decoded.metadata and set(decoded.metadata) <= set(DICOM_COLUMNS)
+
+
+def _series(photometric: str, frames: np.ndarray, slope: float = 1.0, intercept: float = -1024.0) -> bytes:
+    """An uncompressed 16-bit multi-frame DICOM of ``frames`` (no VOI: the percentile window applies)."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PhotometricInterpretation, ds.SamplesPerPixel = "CT", photometric, 1
+    ds.Rows, ds.Columns = frames.shape[1:]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.RescaleSlope, ds.RescaleIntercept, ds.NumberOfFrames = slope, intercept, len(frames)
+    ds.PixelData = frames.astype("<u2").tobytes()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("photometric,slope", [("MONOCHROME2", 1.0), ("MONOCHROME1", 1.0), ("MONOCHROME2", -2.0)])
+def test_mip_is_decoded_frame_by_frame_with_the_volume_window(photometric, slope):
+    """The MIP equals the max of the volume shown in one percentile window, and its memory is that of a
+    frame: the stored volume is never decoded (or converted to float) whole."""
+    import tracemalloc
+
+    rng = np.random.default_rng(3)
+    frames = rng.integers(0, 4096, (200, 64, 64)).astype(np.uint16)
+    frames[5] = 2048  # a blank frame in a series is fine; a blank MIP is not
+    data = _series(photometric, frames, slope)
+    shown = _percentile_window(frames.astype(np.float64) * slope - 1024.0)
+    expected = (1.0 - shown if photometric == "MONOCHROME1" else shown).max(axis=0)
+    tracemalloc.start()
+    try:
+        (mip,) = read_image(data, frames="mip", reduce_to=None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert mip.frame is None and mip.pixels.shape == (64, 64)
+    np.testing.assert_allclose(mip.pixels, expected, atol=1e-5)
+    # The file's own bytes, the 16-bit histogram (2 x 512 KB) and a few frame-sized buffers; decoding the
+    # volume whole would add its stored values and a float32 copy (3x the pixel data, 4.9 MB here).
+    assert peak < len(data) + 2**20 + 2**19 + 64 * 64 * 64, (peak, len(data))
