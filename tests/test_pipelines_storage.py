@@ -153,8 +153,8 @@ def test_unreadable_rows_part_is_rewritten_not_duplicated_and_partitioned_like_r
 
 def test_a_commit_interrupted_between_copy_and_delete_keeps_its_data(s3, tmp_path):
     """On S3 Ray's checkpoint commit is copy + delete; a kill between them left both files, and Ray's recovery
-    deleted the data of every pending checkpoint although its ids were committed (observed: 8 of 48 notes lost
-    in the kill-and-resume test below, 1 run in 5). The resume finishes such commits before Ray looks."""
+    deleted the data of every pending checkpoint although its ids were committed (the likely cause of 8 of 48
+    notes missing once in 5 runs of the kill-and-resume test below). The resume finishes such commits first."""
     from epee_annotate.pipelines.resume import finish_interrupted_commits
 
     local = tmp_path / "ckpt"
