@@ -72,6 +72,9 @@ class ExitTable:
     gold: torch.Tensor
     labels: list[str]
     negative_label: str | None = None
+    # Rows a rule answered with negative_label before the model (the DDI 2013 negative rules, as
+    # ``epee_ddi`` applies them): their prediction is fixed at every exit and they run no layer.
+    ruled: torch.Tensor | None = None
     _last: torch.Tensor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,7 +93,15 @@ class ExitTable:
             raise ValueError("gold label ids out of range")
         if self.negative_label is not None and self.negative_label not in self.labels:
             raise ValueError(f"negative label {self.negative_label!r} is not one of {self.labels}")
-        self._last = self.probs[:, -1].argmax(-1)
+        if self.ruled is not None:
+            self.ruled = torch.as_tensor(self.ruled, dtype=torch.bool).cpu()
+            if self.ruled.shape != (self.probs.size(0),):
+                raise ValueError(f"need one rule flag per row: {tuple(self.ruled.shape)} vs {self.probs.size(0)} rows")
+            if self.negative_label is None:
+                raise ValueError("rows answered by a rule need the negative label they are answered with")
+            if bool(self.ruled.all()):
+                raise ValueError(f"rules answer all {self.num_rows} rows: the model answers none to evaluate")
+        self._last = self.predictions(torch.full((self.num_rows,), self.num_layers))
 
     @classmethod
     def from_model(
@@ -100,6 +111,7 @@ class ExitTable:
         gold: Sequence[Any],
         *,
         negative_label: str | None = None,
+        ruled: Sequence[bool] | None = None,
         batch_size: int = 32,
         progress: bool = False,
     ) -> "ExitTable":
@@ -110,7 +122,8 @@ class ExitTable:
             raise ValueError("cannot evaluate on zero examples")
         gold_ids = encode_gold(gold, model.labels)
         probs = model.exit_probs(list(inputs), batch_size=batch_size, progress=progress)
-        return cls(probs, gold_ids, list(model.labels), negative_label)
+        return cls(probs, gold_ids, list(model.labels), negative_label,
+                   None if ruled is None else torch.tensor(list(ruled), dtype=torch.bool))
 
     @property
     def num_rows(self) -> int:
@@ -121,35 +134,57 @@ class ExitTable:
         return self.probs.size(1)
 
     @property
+    def rule_rows(self) -> int:
+        return 0 if self.ruled is None else int(self.ruled.sum())
+
+    def model_rows(self) -> "ExitTable":
+        """The rows the model answers (all of them without rules)."""
+        if self.ruled is None:
+            return self
+        keep = ~self.ruled
+        return ExitTable(self.probs[keep], self.gold[keep], self.labels, self.negative_label)
+
+    @property
     def metric_names(self) -> list[str]:
         return list(METRICS) if self.negative_label is not None else list(METRICS[:2])
 
     def predictions(self, exit_layer: torch.Tensor) -> torch.Tensor:
         """Argmax of the exit each row answered at (1-based ``exit_layer``)."""
         rows = torch.arange(self.num_rows)
-        return self.probs[rows, exit_layer.long() - 1].argmax(-1)
+        predicted = self.probs[rows, exit_layer.long() - 1].argmax(-1)
+        if self.ruled is not None:
+            predicted[self.ruled] = self.labels.index(self.negative_label)
+        return predicted
 
     def metrics(self, predicted: torch.Tensor) -> dict[str, float]:
         return compute_metrics(self.gold, predicted, self.labels, self.negative_label)
 
     def evaluate_exits(self, exit_layer: torch.Tensor) -> dict[str, Any]:
-        """Quality, cost and agreement with full depth when row i answers at ``exit_layer[i]``."""
+        """Quality, cost and agreement with full depth when row i answers at ``exit_layer[i]``.
+
+        Quality and agreement count every row; cost counts the rows the model answers (a row a
+        rule answered runs no layer at any setting, full depth included).
+        """
         exit_layer = exit_layer.long().cpu()
         predicted = self.predictions(exit_layer)
         n, depth = self.num_rows, self.num_layers
-        used = int(exit_layer.sum())
+        modelled = exit_layer if self.ruled is None else exit_layer[~self.ruled]
+        run, used = modelled.numel(), int(modelled.sum())
         disagreements = int((predicted != self._last).sum())
-        return {
+        row = {
             **self.metrics(predicted),
-            "mean_exit_layer": used / n,
+            "mean_exit_layer": used / run,
             # Eq. 5 of the EPEE paper: the fraction of layer computations skipped.
-            "saved_fraction": 1.0 - used / (n * depth),
+            "saved_fraction": 1.0 - used / (run * depth),
             # The same as a ratio: full-depth layers per layer actually run.
-            "speedup": depth * n / used,
+            "speedup": depth * run / used,
             "disagreement": disagreements / n,
             "disagreement_count": disagreements,
-            "exit_histogram": torch.bincount(exit_layer, minlength=depth + 1)[1:].tolist(),
+            "exit_histogram": torch.bincount(modelled, minlength=depth + 1)[1:].tolist(),
         }
+        if self.ruled is not None:
+            row["rule_rows"] = self.rule_rows
+        return row
 
     def evaluate(self, policy: ExitPolicy) -> dict[str, Any]:
         """One policy replayed on the table: a report row."""
@@ -323,6 +358,7 @@ def evaluate_table(
     requested, metric = metric, resolve_metric(metric, table, training_metric)
     report: dict[str, Any] = {
         "n": table.num_rows,
+        "rule_rows": table.rule_rows,  # of n: answered by a rule before the model, outside cost and timing
         "num_layers": table.num_layers,
         "labels": table.labels,
         "negative_label": table.negative_label,
@@ -357,16 +393,21 @@ def evaluate_model(
     timing: str = "selected",
     timing_repeats: int = 3,
     negative_label: str | None = None,
+    ruled: Sequence[bool] | None = None,
     batch_size: int = 32,
     progress: bool = False,
 ) -> dict[str, Any]:
-    """Full evaluation of ``model`` on labelled ``inputs``; ``timing`` is none, selected or all."""
+    """Full evaluation of ``model`` on labelled ``inputs``; ``timing`` is none, selected or all.
+
+    ``ruled`` marks the inputs a rule answers with ``negative_label`` before the model (as
+    ``epee_ddi`` does): they count in every quality figure and are left out of cost and timing.
+    """
     if timing not in ("none", "selected", "all"):
         raise ValueError(f"timing must be none, selected or all, got {timing!r}")
     if negative_label is None and model.task == "relation":
         negative_label = find_negative_label(model.labels)
-    table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, batch_size=batch_size,
-                                 progress=progress)
+    table = ExitTable.from_model(model, inputs, gold, negative_label=negative_label, ruled=ruled,
+                                 batch_size=batch_size, progress=progress)
     report = evaluate_table(table, policy=policy, grid=grid, taus=taus, patiences=patiences, metric=metric,
                             training_metric=checkpoint_metric(model), progress=progress)
     report["checkpoint"] = {
@@ -386,8 +427,9 @@ def evaluate_model(
             for f in families(report_only=True):
                 for row in report["dynamic"][f.name]:
                     chosen[row["name"]] = _policy_of(row)
-        measured = time_policies(model, inputs, chosen, batch_size=batch_size, repeats=timing_repeats, table=table,
-                                 progress=progress)
+        timed = inputs if ruled is None else [x for x, r in zip(inputs, ruled) if not r]
+        measured = time_policies(model, timed, chosen, batch_size=batch_size, repeats=timing_repeats,
+                                 table=table.model_rows(), progress=progress)
         report["timing"] = {"device": str(model.device), "batch_size": batch_size, "repeats": timing_repeats,
                             "policies": measured}
         if timing == "all" and grid:

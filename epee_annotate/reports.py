@@ -67,6 +67,9 @@ def _header(report: dict[str, Any]) -> list[str]:
             f", {data['part']} part of a split (fraction {data.get('fraction')}, seed {data.get('seed')})"
         out.append(f"- data: `{where}` (format {data.get('format')}, split {data.get('split')}{part})")
     out.append(f"- n = {report['n']}; gold label counts: {report.get('gold_counts')}")
+    if report.get("rule_rows"):
+        out.append(f"- {report['rule_rows']} of the {report['n']} rows were answered by the negative rules before the "
+                   "model (as epee_ddi does): they count in every quality figure, not in layers or timing")
     negative = report.get("negative_label")
     source = f" ({report['metric_source']})" if report.get("metric_source") else ""
     out.append(f"- main metric: {report['metric']}{source}"

@@ -251,3 +251,73 @@ def test_beem_in_dynamic_grid(table):
     assert by_threshold[0.5]["exit_histogram"] == [0, 3, 1]  # without the reset row 3 would score .6 at exit 2
     assert by_threshold[2.0]["exit_histogram"] == [0, 0, 4]
     assert all(r["policy"]["name"] == "beem" for r in out["beem"])
+
+
+# ----- rows a rule answers (the DDI negative rules, as epee_ddi applies them) ---------------------------
+def test_rule_rows_count_in_quality_and_not_in_cost(table):
+    ruled = ExitTable(table.probs, table.gold, table.labels, "neg", ruled=torch.tensor([False, True, False, False]))
+    full = ruled.evaluate(full_depth())
+    assert full["accuracy"] == 0.75  # row 1 (gold pos, the model says pos) is answered neg by the rule
+    assert (full["speedup"], full["exit_histogram"], full["rule_rows"]) == (1.0, [0, 0, 3], 1)
+    entropy = ruled.evaluate(EntropyExit(0.5))  # the model rows exit at 1, 2, 3
+    assert entropy["exit_histogram"] == [1, 1, 1] and entropy["mean_exit_layer"] == 2.0
+    assert entropy["speedup"] == pytest.approx(9 / 6)
+    assert entropy["disagreement_count"] == 0  # a ruled row answers the same at every setting
+    assert ruled.model_rows().num_rows == 3 and ruled.model_rows().ruled is None
+    with pytest.raises(ValueError, match="rules answer all 4 rows"):
+        ExitTable(table.probs, table.gold, table.labels, "neg", ruled=torch.ones(4, dtype=torch.bool))
+    with pytest.raises(ValueError, match="need the negative label"):
+        ExitTable(table.probs, table.gold, table.labels, None, ruled=torch.zeros(4, dtype=torch.bool))
+
+
+RULE_TEXT = "Aspirin (ASA), warfarin, heparin and aspirin; digoxin increases the effect of quinidine."
+RULE_WORDS = ["Aspirin", "ASA", "warfarin", "heparin", "aspirin", "digoxin", "quinidine"]
+
+
+def _ddi_sentence(folder):
+    """One DDI XML sentence with 21 pairs, 14 of them matched by a negative rule; digoxin-quinidine is an effect."""
+    at = [(RULE_TEXT.index(w), RULE_TEXT.index(w) + len(w)) for w in RULE_WORDS]
+    entities = "".join(f'<entity id="d.s0.e{i}" charOffset="{s}-{e - 1}" type="drug" text="{RULE_TEXT[s:e]}"/>'
+                       for i, (s, e) in enumerate(at))
+    pairs = "".join(f'<pair id="d.s0.p{n}" e1="d.s0.e{i}" e2="d.s0.e{j}" '
+                    + ('ddi="true" type="effect"/>' if (i, j) == (5, 6) else 'ddi="false"/>')
+                    for n, (i, j) in enumerate((i, j) for i in range(7) for j in range(i + 1, 7)))
+    folder.mkdir()
+    (folder / "d.xml").write_text(f'<document id="d"><sentence id="d.s0" text="{RULE_TEXT}">{entities}{pairs}'
+                                  "</sentence></document>")
+    return folder
+
+
+def test_cli_evaluate_and_calibrate_apply_the_ddi_negative_rules(clinical_checkpoints, tmp_path, capsys):
+    from epee_annotate.data import load_examples
+    from epee_annotate.model import MultiExitModel
+
+    data, ckpt = _ddi_sentence(tmp_path / "ddi"), clinical_checkpoints["ddi"]
+    examples = load_examples(data, "ddi", "relation")
+    ruled = [bool((e.meta or {}).get("filter_rule")) for e in examples]
+    assert (len(examples), sum(ruled)) == (21, 14)
+    answers = [p.label for p in MultiExitModel.from_pretrained(ckpt).predict([e.input for e in examples],
+                                                                            policy=full_depth())]
+    expected = [("none" if r else a) == e.label for a, r, e in zip(answers, ruled, examples)]
+    reports = {}
+    for choice in ("auto", "off"):
+        out = tmp_path / f"report_{choice}"
+        assert main(["evaluate", ckpt, "--data", str(data), "--format", "ddi", "--report", str(out), "--no-plots",
+                     "--no-timing", "--negative-rules", choice]) == 0
+        reports[choice] = json.loads((out / "report.json").read_text())
+    on, off = reports["auto"], reports["off"]
+    assert (on["n"], on["rule_rows"], off["rule_rows"]) == (21, 14, 0)
+    assert on["full_depth"]["accuracy"] == pytest.approx(sum(expected) / 21)
+    assert sum(on["full_depth"]["exit_histogram"]) == 7 and sum(off["full_depth"]["exit_histogram"]) == 21
+    assert "answered by the negative rules" in (tmp_path / "report_auto" / "report.md").read_text()
+    record = tmp_path / "cal.json"
+    assert main(["calibrate", ckpt, "--data", str(data), "--format", "ddi", "--max-disagreement", "0.5",
+                 "--in-sample", "--dry-run", "--json", str(record), "--metric", "accuracy"]) == 0
+    assert "calibrating on the 7 pairs the model answers; 14 pairs" in capsys.readouterr().err
+    calibration = json.loads(record.read_text())
+    assert calibration["data"]["negative_rules"] == {"rule_rows": 14, "model_rows": 7}
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text(json.dumps({"text": "A with B.", "head": [0, 1], "tail": [7, 8], "label": "none"}) + "\n")
+    assert main(["evaluate", ckpt, "--data", str(jsonl), "--report", str(tmp_path / "r"), "--no-timing",
+                 "--negative-rules", "on"]) == 2
+    assert "--negative-rules on needs --format ddi" in capsys.readouterr().err

@@ -121,6 +121,10 @@ def _common(parser: argparse.ArgumentParser) -> None:
                            "label, else accuracy)")
     grid.add_argument("--negative-label", metavar="LABEL",
                       help="the no-relation label for micro_f1_positive (default: 'none' etc. for relation tasks)")
+    grid.add_argument("--negative-rules", choices=("auto", "on", "off"), default="auto",
+                      help="answer the pairs a DDI 2013 negative rule matches with the negative label before the "
+                           "model, as the epee_ddi component does: they count in every quality figure, and cost, "
+                           "timing and calibration cover the pairs the model answers (auto: on for --format ddi)")
     grid.add_argument("--taus", type=_floats, metavar="T1,T2,...", help="entropy thresholds of the grid")
     grid.add_argument("--patiences", type=_ints, metavar="P1,P2,...", help="patience values of the grid (default 1..M)")
     run = parser.add_argument_group("run")
@@ -170,8 +174,8 @@ def _load_model(args):
     return model.use_runtime(runtime)
 
 
-def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str]]:
-    """(inputs, gold labels, fingerprint, warnings) of the requested part of --data."""
+def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, Any], list[str], list[bool] | None]:
+    """(inputs, gold labels, fingerprint, warnings, rule flags or None) of the requested part of --data."""
     from ..calibration import data_fingerprint, split_examples
     from ..data import load_examples
 
@@ -220,7 +224,25 @@ def _load_data(args, model, part: str) -> tuple[list[Any], list[str], dict[str, 
                         "the checkpoint's labels, so each counts with F1 0)")
     fingerprint = data_fingerprint(inputs, path=path, format=fmt, split=split, fraction=fraction, seed=args.seed,
                                    part=part, holdout=holdout)
-    return inputs, gold, fingerprint, warnings
+    ruled = _rule_flags(args.negative_rules, fmt, model, examples)
+    if ruled is not None:
+        fingerprint["negative_rules"] = {"rule_rows": sum(ruled), "model_rows": len(ruled) - sum(ruled)}
+    return inputs, gold, fingerprint, warnings, ruled
+
+
+def _rule_flags(choice: str, fmt: str, model, examples) -> list[bool] | None:
+    """Which examples a DDI negative rule answers (None: rules off); ``on`` is refused where it cannot apply."""
+    if choice == "off" or (choice == "auto" and fmt != "ddi"):
+        return None
+    if fmt != "ddi":
+        raise ValueError(f"--negative-rules on needs --format ddi (the loader that marks the pairs a DDI 2013 "
+                         f"negative rule matches), not {fmt}")
+    from ..evaluation import find_negative_label
+
+    if find_negative_label(model.labels) is None:
+        raise ValueError(f"--negative-rules answers the negative label, and the checkpoint has none: {model.labels}"
+                         "; pass --negative-rules off")
+    return [bool((e.meta or {}).get("filter_rule")) for e in examples]
 
 
 def _npz_split(path: Path, split: str | None) -> str:
@@ -285,7 +307,7 @@ def run_evaluate(args) -> int:
         raise ValueError("--time-all needs --grid")
     model = _load_model(args)
     negative = _negative_label(args, model)
-    inputs, gold, fingerprint, warnings = _load_data(args, model, part="report")
+    inputs, gold, fingerprint, warnings, ruled = _load_data(args, model, part="report")
     same = _check_split(model.config.calibration, fingerprint, args.allow_same_split)
     if same:
         warnings.insert(0, same)
@@ -303,7 +325,7 @@ def run_evaluate(args) -> int:
     report = evaluate_model(
         model, inputs, gold, policy=policy, grid=args.grid, taus=args.taus, patiences=args.patiences,
         metric=args.metric, timing=timing, timing_repeats=args.timing_repeats, negative_label=negative,
-        batch_size=args.batch_size, progress=_progress(args),
+        ruled=ruled, batch_size=args.batch_size, progress=_progress(args),
     )
     report["data"] = fingerprint
     report["warnings"] = warnings
@@ -359,7 +381,17 @@ def run_calibrate(args) -> int:
         raise ValueError(f"--out {args.out!r} already exists and is not empty; pass --overwrite or another folder")
     model = _load_model(args)
     negative = _negative_label(args, model)
-    inputs, gold, fingerprint, warnings = _load_data(args, model, part="calibration")
+    inputs, gold, fingerprint, warnings, ruled = _load_data(args, model, part="calibration")
+    if ruled is not None:
+        # A rule-answered pair is answered the same at every setting and runs no layer, so the
+        # statements are about the pairs the model answers, the ones production audits and times.
+        inputs = [x for x, r in zip(inputs, ruled) if not r]
+        gold = [g for g, r in zip(gold, ruled) if not r]
+        print(f"negative rules: calibrating on the {len(inputs)} pairs the model answers; {sum(ruled)} pairs a "
+              "DDI rule answers with the negative label are the same at every setting (--negative-rules off "
+              "includes them)", file=sys.stderr)
+        if not inputs:
+            raise ValueError("the negative rules answer every pair: nothing left to calibrate on")
     for warning in warnings:
         print(f"note: {warning}", file=sys.stderr)
     target = args.out or args.checkpoint
