@@ -60,6 +60,30 @@ def test_batched_equals_one_by_one(vit_checkpoint, archive):
     assert [key(r) for r in batched] == [key(r) for r in single]
 
 
+def test_prefetched_chunks_equal_one_decode_of_everything(vit_checkpoint, archive, monkeypatch):
+    """Decoding chunk k+1 beside the model on chunk k changes nothing: order, names, errors, frames, answers."""
+    import threading
+
+    from epee_annotate.imaging import classify
+
+    model = MultiExitModel.from_pretrained(vit_checkpoint)
+    files = find_image_files([archive])
+    sources = [*files[:3], (archive / "image1.png").read_bytes(), b"not an image", *files[3:]]
+    decoded_on = []
+    decode = classify.decode_sources
+    monkeypatch.setattr(classify, "decode_sources",
+                        lambda *a, **k: decoded_on.append(threading.current_thread().name) or decode(*a, **k))
+    whole = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all")
+    chunked = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all", prefetch_chunk=2)
+    assert len(decoded_on) == 1 + 6 and all(name.startswith("epee-decode") for name in decoded_on)
+    key = lambda r: (r.source, r.frame, r.prediction.label, r.prediction.exit_layer, r.prediction.error)  # noqa: E731
+    assert [key(r) for r in chunked] == [key(r) for r in whole]
+    assert [r.source for r in whole if r.source.startswith("item-")] == ["item-3", "item-4"]
+    assert whole[4].prediction.error and not whole[3].prediction.error
+    with pytest.raises(ValueError, match="prefetch_chunk must be >= 1"):
+        classify_images(model, sources, prefetch_chunk=0)
+
+
 def test_all_frames_give_one_row_per_frame(vit_checkpoint, archive):
     model = MultiExitModel.from_pretrained(vit_checkpoint)
     results = classify_images(model, [archive / "rtdose.dcm"], frames="all")

@@ -3,15 +3,20 @@
 Decoding failures become per-item errors (``"cannot decode image: <reason>"``); every readable
 image or frame is classified in one batched early-exit run. Images are downscaled at decode time
 towards the model's input side (``reading.read_image(reduce_to=...)``), so a batch never holds
-full-resolution pixels, and images above ``max_pixels`` are per-item errors.
+full-resolution pixels, and images above ``max_pixels`` are per-item errors. ``classify_images``
+decodes chunk k+1 on a background thread while the model runs on chunk k, so decoding (most of
+the time for DICOM) overlaps inference.
 """
 
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
+
+from tqdm.auto import tqdm
 
 from ..model import MultiExitModel
 from ..policies import ExitPolicy
@@ -59,8 +64,7 @@ def decode_sources(
 ) -> list[tuple[str, DecodedImage | ImageReadError]]:
     """Decode each source into its images (several for frames="all"), or one error; never raises per item."""
     decoded: list[tuple[str, DecodedImage | ImageReadError]] = []
-    for index, source in enumerate(sources):
-        name = names[index] if names is not None else f"item-{index}" if isinstance(source, bytes) else str(source)
+    for name, source in zip(source_names(sources) if names is None else names, sources):
         try:
             images = read_image(source, frames=frames, extra_tags=extra_tags, reduce_to=reduce_to,
                                 max_pixels=max_pixels)
@@ -72,6 +76,11 @@ def decode_sources(
         except Exception as error:  # a decoder bug on one file must not sink the batch
             decoded.append((name, ImageReadError(f"unexpected {type(error).__name__} while decoding")))
     return decoded
+
+
+def source_names(sources: Sequence[str | os.PathLike | bytes]) -> list[str]:
+    """Each source's name in results: its path, or ``item-<n>`` for in-memory bytes."""
+    return [f"item-{i}" if isinstance(source, bytes) else str(source) for i, source in enumerate(sources)]
 
 
 def model_input_side(model: MultiExitModel) -> int | None:
@@ -111,9 +120,36 @@ def classify_images(
     progress: bool = False,
     names: Sequence[str] | None = None,
     max_pixels: int | None = MAX_PIXELS,
+    prefetch_chunk: int = 128,
 ) -> list[ImagePrediction]:
-    """One ImagePrediction per image or frame (per source for unreadable ones), in input order."""
+    """One ImagePrediction per image or frame (per source for unreadable ones), in input order.
+
+    Sources are decoded ``prefetch_chunk`` at a time, the next chunk while the model runs on this one.
+    """
     if model.task != "image":
         raise ValueError(f"classify_images needs an image checkpoint, not a {model.task!r} one")
-    decoded = decode_sources(sources, frames, extra_tags, names, model_input_side(model), max_pixels)
-    return classify_decoded(model, decoded, policy, batch_size, progress)
+    if prefetch_chunk < 1:
+        raise ValueError(f"prefetch_chunk must be >= 1, got {prefetch_chunk}")
+    names = source_names(sources) if names is None else list(names)
+    if len(names) != len(sources):
+        raise ValueError(f"{len(names)} names for {len(sources)} sources")
+    side = model_input_side(model)
+    starts = range(0, len(sources), prefetch_chunk)
+
+    def decode(start: int) -> list[tuple[str, DecodedImage | ImageReadError]]:
+        end = start + prefetch_chunk
+        return decode_sources(sources[start:end], frames, extra_tags, names[start:end], side, max_pixels)
+
+    results: list[ImagePrediction] = []
+    # One decoding thread: decoding (pydicom, Pillow, numpy) and torch overlap; bounded memory,
+    # since at most two chunks of decoded images exist at once.
+    with ThreadPoolExecutor(1, thread_name_prefix="epee-decode") as pool, \
+            tqdm(total=len(sources), desc="images", unit="file", disable=not progress) as bar:
+        pending = pool.submit(decode, 0) if len(sources) else None
+        for k, start in enumerate(starts):
+            decoded = pending.result()
+            if k + 1 < len(starts):
+                pending = pool.submit(decode, starts[k + 1])
+            results += classify_decoded(model, decoded, policy, batch_size)
+            bar.update(min(prefetch_chunk, len(sources) - start))
+    return results

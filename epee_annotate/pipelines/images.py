@@ -93,7 +93,8 @@ class ImageAnnotator:
             read = [i for i, error in enumerate(errors) if error is None]
             data = batch.column("bytes").to_pylist()
             results = classify_images(self.model, [data[i] for i in read], self.policy, self.model_batch_size,
-                                      self.frames, names=[paths[i] for i in read], max_pixels=self.max_pixels)
+                                      self.frames, names=[paths[i] for i in read], max_pixels=self.max_pixels,
+                                      prefetch_chunk=self.model_batch_size)
             results += [ImagePrediction(paths[i], None, Prediction.failed(f"{DECODE_ERROR_PREFIX}{errors[i]}",
                                                                           self.model.num_layers))
                         for i, error in enumerate(errors) if error is not None]
