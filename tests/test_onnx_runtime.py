@@ -82,6 +82,22 @@ def test_batched_decisions_equal_batch_size_one(checkpoints, key):
     np.testing.assert_allclose([p.probs for p in batched], [p.probs for p in single], atol=1e-5)
 
 
+def test_torch_glue_runs_on_one_thread_and_the_count_comes_back(checkpoints, monkeypatch):
+    """torch's spinning OpenMP workers would take cores from ONNX Runtime between layers."""
+    model = MultiExitModel.from_pretrained(checkpoints["bert"]).use_runtime("onnx")
+    engine, seen = model.runtime_engine, []
+    step = engine.step
+    monkeypatch.setattr(engine, "step", lambda index, state: seen.append(torch.get_num_threads()) or step(index, state))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model.predict(make_texts(6, seed=4), EPEE(entropy=0.5, patience=2), batch_size=4)
+        model.exit_probs(make_texts(3, seed=5), batch_size=4)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_int8_graphs_are_quantized_and_close(checkpoints):
     import onnx
 

@@ -6,11 +6,13 @@ runs. Tensors stay torch tensors on CPU: each layer session reads the (compacted
 and masks in place and writes into preallocated buffers through IO binding, so no layer copies
 through numpy. Sessions use the same options as the full-depth ONNX Runtime baseline
 (``session_options``): ``threads`` intra-op threads (default torch's count), one inter-op
-thread, all graph optimisations, no spinning threads.
+thread, all graph optimisations, no spinning threads. The torch glue between layers (softmax,
+policy, compaction) runs on one torch thread (``single_torch_thread``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 from pathlib import Path
@@ -65,6 +67,22 @@ def make_session(path: str | Path, threads: int | None = None, providers: Sequen
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), session_options(threads), providers=list(providers))
+
+
+@contextlib.contextmanager
+def single_torch_thread():
+    """torch on one thread for the duration: the glue between ONNX layers is tiny, and torch's
+    OpenMP workers spin-wait after each parallel region, taking cores from ONNX Runtime's threads
+    (PHEE, 2 cores: per-layer full depth ran ~15% slower with torch on 2 threads)."""
+    threads = torch.get_num_threads()
+    if threads == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Buffers:
@@ -146,12 +164,14 @@ class OnnxEngine:
     def run_early_exit(self, batch: dict[str, torch.Tensor], policy: ExitPolicy,
                        audit: torch.Tensor | None = None) -> ExitResult:
         """One batch with early exit: ``engine.early_exit_loop`` over this runtime's layers."""
-        return early_exit_loop(self.embed(batch), self.step, self.num_layers, policy, audit)
+        with single_torch_thread():
+            return early_exit_loop(self.embed(batch), self.step, self.num_layers, policy, audit)
 
     @torch.inference_mode()
     def run_all_exits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Probabilities of every exit, (B, M, K), for evaluation and calibration."""
-        return all_exits_loop(self.embed(batch), self.step, self.num_layers)
+        with single_torch_thread():
+            return all_exits_loop(self.embed(batch), self.step, self.num_layers)
 
     def describe(self) -> dict[str, Any]:
         return {"runtime": self.name, "graphs": str(self.directory), "threads": self.threads}
