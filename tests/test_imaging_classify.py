@@ -5,6 +5,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from pydicom.data import get_testdata_file
 
@@ -73,11 +74,20 @@ def test_prefetched_chunks_equal_one_decode_of_everything(vit_checkpoint, archiv
     decode = classify.decode_sources
     monkeypatch.setattr(classify, "decode_sources",
                         lambda *a, **k: decoded_on.append(threading.current_thread().name) or decode(*a, **k))
-    whole = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all")
-    chunked = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all", prefetch_chunk=2)
-    assert len(decoded_on) == 1 + 6 and all(name.startswith("epee-decode") for name in decoded_on)
+    whole = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all", prefetch=False)
+    assert decoded_on == ["MainThread"]
+    chunked = classify_images(model, sources, policy=EntropyExit(0.6), batch_size=4, frames="all", prefetch_chunk=2,
+                              prefetch=True)
+    assert len(decoded_on) == 1 + 6 and all(name.startswith("epee-decode") for name in decoded_on[1:])
     key = lambda r: (r.source, r.frame, r.prediction.label, r.prediction.exit_layer, r.prediction.error)  # noqa: E731
     assert [key(r) for r in chunked] == [key(r) for r in whole]
+    # The default prefetches only with a core to spare beside torch's threads.
+    monkeypatch.setattr(classify, "usable_cores", lambda: torch.get_num_threads())
+    classify_images(model, sources[:3], prefetch_chunk=1)
+    assert decoded_on[-3:] == ["MainThread"] * 3
+    monkeypatch.setattr(classify, "usable_cores", lambda: torch.get_num_threads() + 1)
+    classify_images(model, sources[:3], prefetch_chunk=1)
+    assert all(name.startswith("epee-decode") for name in decoded_on[-3:])
     assert [r.source for r in whole if r.source.startswith("item-")] == ["item-3", "item-4"]
     assert whole[4].prediction.error and not whole[3].prediction.error
     with pytest.raises(ValueError, match="prefetch_chunk must be >= 1"):

@@ -18,7 +18,7 @@ LAYERS = {
     "": CORE,  # the package itself: __version__ and lazy exports
     **dict.fromkeys(["vocab", "policies", "prediction", "backbones", "heads", "engine",
                      "checkpoint", "model", "inputs", "image_decoding", "storage", "filesystem", "formats", "extras", "progress",
-                     "metrics", "timing", "offline", "testing", "runtimes"], CORE),
+                     "metrics", "timing", "offline", "testing", "runtimes", "cores"], CORE),
     "data": INPUTS, "imaging": INPUTS,
     **dict.fromkeys(["components", "training", "evaluation", "calibration", "reports", "plots", "omop"], COMPONENTS),
     "pipelines": PIPELINES,

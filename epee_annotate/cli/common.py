@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from ..cores import usable_cores
+
 
 def add_policy_arguments(parser: argparse.ArgumentParser, title: str | None = None) -> None:
     """One flag per setting of every registered exit policy; none given means the checkpoint's default."""
@@ -36,13 +38,6 @@ def add_threads_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, metavar="N",
                         help="torch threads (default: the cores this process may use, its CPU affinity; never "
                              "more); on a shared machine give fewer")
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity)."""
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def apply_threads(requested: int | None) -> int:
