@@ -36,12 +36,13 @@ def sentence_label(sentence: ET.Element) -> str | None:
 
 def build(ddi: Path, out: Path, dev_fraction: float = 0.25, seed: int = 0) -> dict[str, Counter]:
     documents: dict[str, list[dict]] = {}
-    for file in ddi_files(ddi):
-        for sentence in ET.parse(file).getroot().iter("sentence"):
+    for file in ddi_files(ddi):  # local paths (ET.parse reads files, not URIs)
+        root = ET.parse(file).getroot()
+        document = root.get("id") or Path(file).stem  # the loader's group: the <document id>
+        for sentence in root.iter("sentence"):
             label = sentence_label(sentence)
             if label is None or not sentence.get("text"):
                 continue
-            document = file.stem
             documents.setdefault(document, []).append(
                 {"id": sentence.get("id"), "group": document, "text": sentence.get("text"), "label": label})
     names = sorted(documents)

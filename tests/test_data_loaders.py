@@ -326,3 +326,15 @@ def test_ddi_negative_filter_rules(tmp_path, caplog):
         kept = filter_negatives(examples)
     assert [e.label for e in kept] == ["advise"]  # positives are never dropped, only counted
     assert "dropped {'coordination': 1} negatives" in caplog.text and "(kept): {'coordination': 1}" in caplog.text
+
+
+def test_ddi_sentence_task_groups_by_document_like_the_loader(ddi_dir, tmp_path):
+    """benchmarks.ddi_sentences (the benchmark's 3-class task): one row per sentence with a pair."""
+    from benchmarks.ddi_sentences import build
+
+    counts = build(ddi_dir, tmp_path / "ddi3", dev_fraction=0.5, seed=0)
+    rows = [json.loads(line) for part in ("train", "dev") for line in (tmp_path / "ddi3" / f"{part}.jsonl").open()]
+    assert {r["id"]: r["label"] for r in rows} == {"DDI-Test.d1.s0": "interaction", "DDI-Test.d1.s1": "mechanism",
+                                                   "DDI-Test.d2.s0": "interaction"}
+    groups = {e.group for e in load_examples(ddi_dir, "ddi", "relation")}
+    assert {r["group"] for r in rows} == groups and sum(sum(c.values()) for c in counts.values()) == 3
