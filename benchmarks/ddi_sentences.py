@@ -4,7 +4,9 @@ Each DDI sentence with at least one candidate drug pair becomes one text example
 ``mechanism`` when any pair is a pharmacokinetic (mechanism) interaction, else ``interaction``
 when any pair is an effect / advise / int interaction, else ``none``. Documents are split
 into train and dev (whole documents, deterministic by seed) and written as JSONL for
-``epee-annotate train --format jsonl``.
+``epee-annotate train --format jsonl``. A dev sentence whose text also occurs in train (DrugBank
+repeats boilerplate sentences across documents) is dropped and counted: ``calibrate`` refuses
+calibration data that model selection saw, and the guarantee needs it independent.
 
     python -m benchmarks.ddi_sentences --ddi ../shared/data/ddi/Train --out /work/runs/ddi3
 """
@@ -34,7 +36,8 @@ def sentence_label(sentence: ET.Element) -> str | None:
     return "interaction" if types else "none"
 
 
-def build(ddi: Path, out: Path, dev_fraction: float = 0.25, seed: int = 0) -> dict[str, Counter]:
+def build(ddi: Path, out: Path, dev_fraction: float = 0.25, seed: int = 0) -> tuple[dict[str, Counter], int]:
+    """Write train.jsonl and dev.jsonl under ``out``: (label counts per part, dev rows dropped as repeats of train)."""
     documents: dict[str, list[dict]] = {}
     for file in ddi_files(ddi):  # local paths (ET.parse reads files, not URIs)
         root = ET.parse(file).getroot()
@@ -50,14 +53,17 @@ def build(ddi: Path, out: Path, dev_fraction: float = 0.25, seed: int = 0) -> di
     cut = int(len(names) * dev_fraction)
     parts = {"dev": names[:cut], "train": names[cut:]}
     out.mkdir(parents=True, exist_ok=True)
+    rows_of = {part: [row for name in sorted(docs) for row in documents[name]] for part, docs in parts.items()}
+    train_texts = {row["text"] for row in rows_of["train"]}
+    kept = [row for row in rows_of["dev"] if row["text"] not in train_texts]
+    dropped, rows_of["dev"] = len(rows_of["dev"]) - len(kept), kept
     counts = {}
-    for part, docs in parts.items():
-        rows = [row for name in sorted(docs) for row in documents[name]]
+    for part, rows in rows_of.items():
         with open(out / f"{part}.jsonl", "w", encoding="utf-8") as handle:
             for row in rows:
                 handle.write(json.dumps(row) + "\n")
         counts[part] = Counter(row["label"] for row in rows)
-    return counts
+    return counts, dropped
 
 
 def main() -> None:
@@ -67,8 +73,10 @@ def main() -> None:
     parser.add_argument("--dev-fraction", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    for part, counts in build(args.ddi, args.out, args.dev_fraction, args.seed).items():
-        print(part, sum(counts.values()), dict(counts))
+    counts, dropped = build(args.ddi, args.out, args.dev_fraction, args.seed)
+    for part, labels in counts.items():
+        print(part, sum(labels.values()), dict(labels))
+    print(f"dev: dropped {dropped} sentences whose text also occurs in train")
 
 
 if __name__ == "__main__":

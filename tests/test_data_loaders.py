@@ -332,9 +332,27 @@ def test_ddi_sentence_task_groups_by_document_like_the_loader(ddi_dir, tmp_path)
     """benchmarks.ddi_sentences (the benchmark's 3-class task): one row per sentence with a pair."""
     from benchmarks.ddi_sentences import build
 
-    counts = build(ddi_dir, tmp_path / "ddi3", dev_fraction=0.5, seed=0)
+    counts, dropped = build(ddi_dir, tmp_path / "ddi3", dev_fraction=0.5, seed=0)
     rows = [json.loads(line) for part in ("train", "dev") for line in (tmp_path / "ddi3" / f"{part}.jsonl").open()]
     assert {r["id"]: r["label"] for r in rows} == {"DDI-Test.d1.s0": "interaction", "DDI-Test.d1.s1": "mechanism",
                                                    "DDI-Test.d2.s0": "interaction"}
     groups = {e.group for e in load_examples(ddi_dir, "ddi", "relation")}
     assert {r["group"] for r in rows} == groups and sum(sum(c.values()) for c in counts.values()) == 3
+    assert dropped == 0
+
+
+def test_ddi_sentence_task_drops_dev_sentences_that_train_also_has(ddi_dir, tmp_path):
+    """A sentence repeated in another document must not reach dev when train has it (calibrate refuses the overlap)."""
+    from benchmarks.ddi_sentences import build
+
+    (ddi_dir / "DrugBank" / "c_ddi.xml").write_text(DDI_DOC.replace("DDI-Test.d1", "DDI-Test.d3"))
+    seen = set()
+    for seed in range(12):
+        out = tmp_path / f"s{seed}"
+        counts, dropped = build(ddi_dir, out, dev_fraction=0.34, seed=seed)
+        parts = {part: [json.loads(line) for line in (out / f"{part}.jsonl").open()] for part in ("train", "dev")}
+        assert not {r["text"] for r in parts["dev"]} & {r["text"] for r in parts["train"]}
+        assert len(parts["train"]) + len(parts["dev"]) + dropped == 5
+        assert sum(counts["dev"].values()) == len(parts["dev"])
+        seen.add(dropped)
+    assert seen == {0, 2}  # d2 in dev drops nothing; d1 or d3 in dev drops its two sentences
